@@ -1,0 +1,16 @@
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+SPECS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
+
+
+@pytest.fixture
+def specs_dir():
+    """Folder of the upstream state-dict key lists, configs and the LatentSync mask."""
+    return SPECS
