@@ -1,0 +1,218 @@
+"""Moving messages between processes with pixel data in shared memory.
+
+`dumps` pickles a message but stores every large NumPy array (and CPU/CUDA torch tensor) in a
+fresh shared-memory file, so only metadata and the file's name travel through the pipe.
+`loads` maps each file, unlinks it at once and returns arrays viewing the mapping: no copy on
+the receiving side, and the memory is returned when the last array using it is freed.
+
+Every segment is named ``lipgraph-<run>-<pid>-<n>``: the runner removes whatever a failed or
+killed run left behind with `sweep(run_id)`, and `sweep_stale()` removes segments of runs
+whose main process no longer exists.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import mmap
+import os
+import pickle
+import re
+import sys
+import tempfile
+
+import numpy as np
+
+PREFIX = "lipgraph-"
+# arrays smaller than this are pickled inline: a segment costs a few syscalls
+INLINE_BYTES = 64 * 1024
+_SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+
+
+def shm_dir() -> str:
+    return _SHM_DIR
+
+
+class _Arena:
+    """Names segments for one process of one run."""
+
+    def __init__(self):
+        self.run_id = None
+        self.pid = None
+        self.counter = itertools.count()
+
+    def name(self, run_id: str) -> str:
+        pid = os.getpid()
+        if pid != self.pid or run_id != self.run_id:
+            self.pid, self.run_id, self.counter = pid, run_id, itertools.count()
+        return f"{PREFIX}{run_id}-{pid}-{next(self.counter)}"
+
+
+_arena = _Arena()
+
+
+def _export(arr: np.ndarray, run_id: str) -> tuple:
+    name = _arena.name(run_id)
+    path = os.path.join(_SHM_DIR, name)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, arr.nbytes)
+        # populate: allocate all pages in one call instead of faulting page by page
+        mm = mmap.mmap(fd, arr.nbytes, flags=mmap.MAP_SHARED | _POPULATE)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
+    try:
+        dst = np.frombuffer(mm, dtype=arr.dtype, count=arr.size).reshape(arr.shape)
+        np.copyto(dst, arr, casting="no")
+        del dst
+    finally:
+        mm.close()
+    return name, arr.dtype.str, arr.shape
+
+
+def _attach(name: str, dtype: str, shape: tuple) -> np.ndarray:
+    path = os.path.join(_SHM_DIR, name)
+    dt = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dt.itemsize
+    fd = os.open(path, os.O_RDWR)
+    try:
+        # populate: map every page in one call; the receiver reads all of them anyway
+        mm = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED | _POPULATE)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return np.frombuffer(mm, dtype=dt).reshape(shape)
+
+
+def _torch():
+    return sys.modules.get("torch")
+
+
+class _Pickler(pickle.Pickler):
+    def __init__(self, file, run_id: str):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.run_id = run_id
+        self.segments: list[str] = []
+
+    def persistent_id(self, obj):
+        if type(obj) is np.ndarray:
+            if obj.nbytes >= INLINE_BYTES and not obj.dtype.hasobject:
+                ref = _export(obj, self.run_id)
+                self.segments.append(ref[0])
+                return ("nd",) + ref
+            return None
+        torch = _torch()
+        if torch is not None and isinstance(obj, torch.Tensor):
+            t = obj.detach()
+            if t.device.type != "cpu":
+                t = t.cpu()
+            t = t.contiguous()
+            nbytes = t.numel() * t.element_size()
+            if nbytes < INLINE_BYTES:
+                return ("tsmall", t.dtype, t.numpy().copy() if t.dtype != torch.bfloat16
+                        else t.view(torch.int16).numpy().copy())
+            tdtype = t.dtype
+            arr = t.view(torch.int16).numpy() if tdtype == torch.bfloat16 else t.numpy()
+            ref = _export(arr, self.run_id)
+            self.segments.append(ref[0])
+            return ("t", tdtype) + ref
+        return None
+
+
+class _Unpickler(pickle.Unpickler):
+    def persistent_load(self, pid):
+        kind = pid[0]
+        if kind == "nd":
+            return _attach(*pid[1:])
+        import torch
+        if kind == "tsmall":
+            arr = pid[2]
+            t = torch.from_numpy(arr)
+            return t.view(torch.bfloat16) if pid[1] == torch.bfloat16 else t
+        if kind == "t":
+            arr = _attach(*pid[2:])
+            t = torch.from_numpy(arr)
+            return t.view(torch.bfloat16) if pid[1] == torch.bfloat16 else t
+        raise pickle.UnpicklingError(f"unknown persistent id {kind!r}")
+
+
+def dumps(obj, run_id: str) -> bytes:
+    """Pickle `obj`, moving large arrays into shared-memory segments of run `run_id`."""
+    buf = io.BytesIO()
+    p = _Pickler(buf, run_id)
+    try:
+        p.dump(obj)
+    except BaseException:
+        for name in p.segments:  # do not leave half a message behind
+            try:
+                os.unlink(os.path.join(_SHM_DIR, name))
+            except FileNotFoundError:
+                pass
+        raise
+    return buf.getvalue()
+
+
+def loads(data: bytes):
+    return _Unpickler(io.BytesIO(data)).load()
+
+
+def discard(data: bytes) -> None:
+    """Release the segments of a message that will never be read."""
+    try:
+        loads(data)
+    except Exception:
+        pass
+
+
+def segments(run_id: str | None = None) -> list[str]:
+    """Names of live segments (of one run, or of every lipgraph run)."""
+    prefix = PREFIX + (f"{run_id}-" if run_id else "")
+    try:
+        return sorted(n for n in os.listdir(_SHM_DIR) if n.startswith(prefix))
+    except FileNotFoundError:
+        return []
+
+
+def sweep(run_id: str) -> int:
+    """Remove every segment of a run; returns how many were left."""
+    n = 0
+    for name in segments(run_id):
+        try:
+            os.unlink(os.path.join(_SHM_DIR, name))
+            n += 1
+        except FileNotFoundError:
+            pass
+    return n
+
+
+_RUN_RE = re.compile(r"^" + re.escape(PREFIX) + r"(\d+)x[0-9a-f]+-")
+
+
+def sweep_stale() -> int:
+    """Remove segments of runs whose main process (the pid in the run id) is gone."""
+    n = 0
+    for name in segments():
+        m = _RUN_RE.match(name)
+        if not m:
+            continue
+        pid = int(m.group(1))
+        try:
+            os.kill(pid, 0)
+            continue
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        try:
+            os.unlink(os.path.join(_SHM_DIR, name))
+            n += 1
+        except FileNotFoundError:
+            pass
+    return n
+
+
+def new_run_id() -> str:
+    return f"{os.getpid()}x{os.urandom(4).hex()}"

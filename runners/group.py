@@ -1,0 +1,277 @@
+"""One placement group at run time: a spawned process running its stages as threads.
+
+Stages of the group talk through in-process channels; edges to other groups go through
+`runners.transport`. The process reports stats snapshots every second on the control
+queue, and on the first stage failure it reports the stage, item and traceback, wakes every
+thread and exits non-zero. It also exits if the runner's process disappears.
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+
+from graph.channels import Aborted, Inbox
+from graph.items import EOS
+from graph.stage import StageContext
+from graph.stats import DepthSeries, StageStats, TraceWriter, cuda_peak_bytes, peak_rss_bytes
+
+from .runtime import StageFailure, StageRuntime
+from .transport import QueueOutput, Receiver
+
+SNAPSHOT_EVERY_S = 1.0
+SAMPLE_EVERY_S = 0.2
+
+
+@dataclasses.dataclass
+class GroupLaunch:
+    graph: object                 # graph.spec.GraphSpec
+    group: str
+    replica: int
+    run_id: str
+    queues: dict                  # edge name -> list of multiprocessing queues
+    control: object               # multiprocessing queue to the runner
+    run_dir: str                  # the run's scratch folder (traces, temp-file registry)
+    trace: bool
+    parent_pid: int
+    beacons: object = None        # shared int64 array: item in hand per stage (-1: none)
+    beacon_slots: dict = None     # (stage, replica) -> slot in `beacons`
+
+
+class _ChildContext(StageContext):
+    def __init__(self, proc: "GroupProcess", stage: str, stats: StageStats):
+        self.proc, self.stage, self.stats = proc, stage, stats
+        self.run_id = proc.launch.run_id
+        self.group = proc.launch.group
+        self.replica = proc.launch.replica
+        self.replicas = proc.graph.stages[stage].workers
+
+    def set_total(self, total):
+        self.proc.send(("total", total))
+
+    def register_temp(self, path):
+        # appended synchronously, so the runner finds it even if this process is killed next
+        with open(os.path.join(self.proc.launch.run_dir, "temps.txt"), "a") as f:
+            f.write(os.path.abspath(path) + "\n")
+
+    def warn(self, message):
+        self.proc.send(("warn", self.stage, message))
+
+    def count(self, key, amount=1, reason=None):
+        self.stats.count(key, amount, reason)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    if os.getppid() != parent_pid:      # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def group_main(launch: GroupLaunch) -> None:
+    """Entry point of a group process (spawn start method)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)    # the runner coordinates Ctrl-C
+    _die_with_parent(launch.parent_pid)
+    warnings.simplefilter("default")
+    proc = GroupProcess(launch)
+    code = proc.run()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for qs in launch.queues.values():
+        for q in qs:
+            q.close()
+            if code:
+                # unread data may sit in the feeder: do not wait for consumers that are gone
+                q.cancel_join_thread()
+            else:
+                q.join_thread()   # everything sent reaches the pipe before we exit
+    launch.control.close()
+    launch.control.join_thread()
+    os._exit(code)
+
+
+class GroupProcess:
+    def __init__(self, launch: GroupLaunch):
+        self.launch = launch
+        self.graph = launch.graph
+        self.failed = threading.Event()
+        self.fail_lock = threading.Lock()
+        self.inboxes: dict[str, Inbox] = {}
+        self.runtimes: list[StageRuntime] = []
+        self.depth_probes: dict[str, callable] = {}
+        self.depths: dict[str, DepthSeries] = {}
+        self.trace: TraceWriter | None = None
+
+    def send(self, msg) -> None:
+        self.launch.control.put(msg)
+
+    # ----- wiring -----------------------------------------------------------------------
+    def build(self) -> list[threading.Thread]:
+        g, launch = self.graph, self.launch
+        group = g.groups[launch.group]
+        names = [n for n in g.topo_order() if n in group.stages]
+        if launch.trace:
+            self.trace = TraceWriter(
+                os.path.join(launch.run_dir, f"trace-{launch.group}-{launch.replica}.jsonl"),
+                os.getpid(), f"{launch.group}[{launch.replica}]" if group.workers > 1 else launch.group)
+        for name in names:
+            self.inboxes[name] = Inbox(name)
+        threads = []
+        for e in g.edges:
+            if e.dst in self.inboxes:
+                inbox = self.inboxes[e.dst]
+                if g.is_cross_group(e):
+                    ch = inbox.channel(e.dst_port, 1, e.name)
+                    qs = launch.queues[e.name]
+                    src_workers = g.stages[e.src].workers
+                    mine = qs if src_workers > 1 else [qs[launch.replica % len(qs)]]
+                    threads.append(Receiver(mine, ch, src_workers > 1, self._receiver_failed, e.name))
+                    self.depth_probes[e.name] = (lambda qs=mine, ch=ch: sum(_qsize(q) for q in qs) + len(ch))
+                else:
+                    ch = inbox.channel(e.dst_port, e.queue_size, e.name)
+                    self.depth_probes[e.name] = (lambda ch=ch: len(ch))
+                self.depths[e.name] = DepthSeries()
+        for tid, name in enumerate(names, start=1):
+            spec = g.stages[name]
+            stats = StageStats(name, spec.type, spec.group, launch.replica)
+            outs = {}
+            for e in g.edges_from(name):
+                if g.is_cross_group(e):
+                    qs = launch.queues[e.name]
+                    if spec.workers > 1:   # a replica writes its own queue, TURN-marked
+                        outs[e.src_port] = QueueOutput([qs[launch.replica]], launch.run_id, False)
+                    else:
+                        outs[e.src_port] = QueueOutput(qs, launch.run_id, g.stages[e.dst].workers > 1)
+                else:
+                    outs[e.src_port] = self.inboxes[e.dst].channels[e.dst_port]
+            stage = spec.cls(name, dict(spec.params), None)
+            stage.ctx = _ChildContext(self, name, stats)
+            slot = (launch.beacon_slots or {}).get((name, launch.replica))
+            beacon = (launch.beacons, slot) if slot is not None else None
+            rt = StageRuntime(stage, stats, outs, self.trace, tid, emit_turns=spec.workers > 1,
+                              beacon=beacon)
+            self.runtimes.append(rt)
+            threads.append(threading.Thread(target=self._run_stage, args=(rt,), name=f"stage:{name}",
+                                            daemon=True))
+        return threads
+
+    # ----- running ----------------------------------------------------------------------
+    def _run_stage(self, rt: StageRuntime) -> None:
+        inbox = self.inboxes[rt.stage.name]
+        opened = False
+        try:
+            rt.open()
+            opened = True
+            if rt.is_source:
+                rt.run_source()
+            else:
+                open_ports = set(rt.stage.in_ports)
+                while open_ports:
+                    ports = rt.wanted(open_ports)
+                    t = time.monotonic()
+                    port, msg = inbox.get(ports)
+                    rt.stats.wait_s += time.monotonic() - t
+                    if msg is EOS:
+                        open_ports.discard(port)
+                        rt.eos(port)
+                    else:
+                        rt.handle(port, msg)
+            rt.end()
+        except Aborted:
+            pass
+        except BaseException as exc:
+            self.fail(exc if isinstance(exc, StageFailure) else rt.failure(exc))
+        finally:
+            if opened:
+                try:
+                    rt.close()
+                except Exception as exc:
+                    if not self.failed.is_set():
+                        self.fail(rt.failure(exc))
+
+    def _receiver_failed(self, exc: BaseException, edge: str) -> None:
+        import traceback
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        dst = edge.split("->")[1].split(".")[0]
+        spec = self.graph.stages[dst]
+        self.fail(StageFailure(dst, spec.type, spec.group, None, tb,
+                               f"receiving on edge {edge}: {type(exc).__name__}: {exc}"))
+
+    def fail(self, failure: StageFailure) -> None:
+        with self.fail_lock:
+            if self.failed.is_set():
+                return
+            self.failed.set()
+        self.send(("error", failure.to_dict()))
+        for inbox in self.inboxes.values():
+            inbox.abort()
+
+    def snapshot(self) -> dict:
+        return {"pid": os.getpid(), "stages": [rt.stats.snapshot() for rt in self.runtimes],
+                "edges": {k: v.to_dict() for k, v in self.depths.items()},
+                "peak_rss": peak_rss_bytes(), "cuda_peak": cuda_peak_bytes()}
+
+    def sample(self) -> None:
+        now = time.monotonic()
+        for name, probe in self.depth_probes.items():
+            try:
+                d = probe()
+            except Exception:
+                continue
+            self.depths[name].add(now, d)
+            if self.trace:
+                self.trace.counter(f"queue {name}", now, {"depth": d})
+
+    def run(self) -> int:
+        key = (self.launch.group, self.launch.replica)
+        try:
+            threads = self.build()
+        except BaseException as exc:
+            import traceback
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            self.send(("error", {"stage": None, "group": self.launch.group, "index": None,
+                                 "traceback": tb, "message": f"building group: {exc}"}))
+            return 1
+        for t in threads:
+            t.start()
+        stage_threads = [t for t in threads if t.name.startswith("stage:")]
+        last_snap = 0.0
+        while not self.failed.is_set():
+            alive = [t for t in stage_threads if t.is_alive()]
+            if not alive:
+                break
+            alive[0].join(SAMPLE_EVERY_S)
+            self.sample()
+            if time.monotonic() - last_snap >= SNAPSHOT_EVERY_S:
+                last_snap = time.monotonic()
+                self.send(("stats", key, self.snapshot()))
+        self.sample()
+        if self.trace:
+            self.trace.close()
+        self.send(("stats", key, self.snapshot()))
+        if self.failed.is_set():
+            return 1
+        self.send(("done", key))
+        return 0
+
+
+def _qsize(q) -> int:
+    try:
+        return q.qsize()
+    except (NotImplementedError, OSError):
+        return 0

@@ -1,0 +1,245 @@
+"""The process runner: each placement group (each replica of a replicated stage) in its own
+spawned process, groups joined by bounded queues, pixel data in shared memory.
+
+The runner's own process only coordinates: it starts the groups, relays stats into the
+live progress and the profile, and watches for failures. On a stage error, a process that
+dies (even by SIGKILL), SIGINT or SIGTERM it stops every process within a few seconds,
+removes the run's shared-memory segments and the temporary files sinks registered, and
+reports one message naming the stage, the item and the original traceback.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+from graph import shm
+
+from .group import GroupLaunch, group_main
+from .report import Reporter, RunOptions, RunResult
+from .transport import edge_queue_count
+
+POLL_S = 0.1
+TERM_GRACE_S = 1.5        # SIGTERM, then SIGKILL after this
+ERROR_GRACE_S = 0.5       # after a process dies, wait this long for its error report
+
+
+class _Interrupt(Exception):
+    def __init__(self, signum: int):
+        self.signum = signum
+
+
+def _on_signal(signum, frame):
+    raise _Interrupt(signum)
+
+
+class ProcessRunner:
+    name = "process"
+
+    def __init__(self, graph, options: RunOptions | None = None):
+        self.graph = graph
+        self.options = options or RunOptions()
+        self.reporter = Reporter(graph, self.name, self.options)
+        self.warned: set[str] = set()
+
+    def run(self) -> RunResult:
+        graph = self.graph
+        shm.sweep_stale()
+        run_id = shm.new_run_id()
+        run_dir = tempfile.mkdtemp(prefix=f"lipgraph-run-{run_id}-")
+        ctx = mp.get_context("spawn")
+        queues = {}
+        for e in graph.edges:
+            if graph.is_cross_group(e):
+                n = edge_queue_count(graph.stages[e.src].workers, graph.stages[e.dst].workers)
+                queues[e.name] = [ctx.Queue(maxsize=e.queue_size) for _ in range(n)]
+        control = ctx.Queue()
+        slots = {(name, r): None for name, st in graph.stages.items() for r in range(st.workers)}
+        for i, key in enumerate(slots):
+            slots[key] = i
+        # per stage replica: first and last index of the message in hand (-1: none)
+        self.beacons = ctx.RawArray("q", 2 * len(slots))
+        self.beacon_slots = slots
+        for i in range(2 * len(slots)):
+            self.beacons[i] = -1
+        procs: dict[tuple, mp.Process] = {}
+        for gname, group in graph.groups.items():
+            for r in range(group.workers):
+                launch = GroupLaunch(graph, gname, r, run_id, queues, control, run_dir,
+                                     bool(self.options.trace_path), os.getpid(), self.beacons, slots)
+                procs[(gname, r)] = ctx.Process(target=group_main, args=(launch,),
+                                                name=f"lipgraph:{gname}[{r}]")
+        if self.options.trace_path:
+            self.reporter.trace_parts = [os.path.join(run_dir, f"trace-{g}-{r}.jsonl") for g, r in procs]
+
+        status, error, exit_code = "ok", None, 0
+        done: set[tuple] = set()
+        old_handlers = self._install_signals()
+        try:
+            for p in procs.values():
+                p.start()
+            error = self._monitor(procs, control, done)
+            if error:
+                status, exit_code = "failed", 1
+        except (KeyboardInterrupt, _Interrupt) as exc:
+            signum = exc.signum if isinstance(exc, _Interrupt) else signal.SIGINT
+            status, exit_code = "interrupted", 128 + signum
+            error = {"kind": "interrupted",
+                     "message": f"interrupted by {signal.Signals(signum).name}: run stopped"}
+        finally:
+            # ignore further signals while tearing down, so cleanup always completes
+            self._restore_signals(old_handlers, ignore=True)
+            try:
+                self._stop_all(procs)
+                self._drain(control, done)
+                left = shm.sweep(run_id)
+                if left and status == "ok":
+                    self._warn("runner", f"{left} shared-memory segment(s) were left and removed")
+                if status != "ok":
+                    self._remove_temps(run_dir)
+                for qs in queues.values():
+                    for q in qs:
+                        q.close()
+                        q.cancel_join_thread()
+                control.close()
+                control.cancel_join_thread()
+                profile = self.reporter.finish(status, error)
+                shutil.rmtree(run_dir, ignore_errors=True)
+            finally:
+                self._restore_signals(old_handlers)
+        return RunResult(status, profile, error, exit_code)
+
+    # ----- monitoring -------------------------------------------------------------------
+    def _monitor(self, procs, control, done) -> dict | None:
+        dead_since: dict[tuple, float] = {}
+        while True:
+            err = self._drain(control, done, timeout=POLL_S)
+            if err:
+                return err
+            now = time.monotonic()
+            for key, p in procs.items():
+                if p.exitcode is None:
+                    continue
+                if p.exitcode == 0 and key in done:
+                    continue
+                # exited without saying it was done: give its error report a moment to arrive
+                first = dead_since.setdefault(key, now)
+                if now - first >= ERROR_GRACE_S:
+                    return self._killed_error(key, p)
+            if all(p.exitcode == 0 for p in procs.values()) and len(done) == len(procs):
+                return None
+            self.reporter.tick()
+
+    def _drain(self, control, done, timeout: float = 0.0) -> dict | None:
+        """Handle control messages; return the first error reported, if any."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                msg = control.get(timeout=left) if left > 0 else control.get_nowait()
+            except queue.Empty:
+                return None
+            kind = msg[0]
+            if kind == "stats":
+                self.reporter.update(msg[1], msg[2])
+            elif kind == "done":
+                done.add(msg[1])
+            elif kind == "total":
+                self.reporter.total = msg[1]
+            elif kind == "warn":
+                self._warn(msg[1], msg[2])
+            elif kind == "error":
+                return msg[1]
+
+    def _killed_error(self, key, p) -> dict:
+        gname, replica = key
+        code = p.exitcode
+        how = (f"was killed by signal {signal.Signals(-code).name}" if code < 0
+               else f"exited with status {code} without reporting an error")
+        stages = self.graph.groups[gname].stages
+        # the beacons say which item each stage of that process had in hand when it died
+        busy = []
+        for s in stages:
+            slot = self.beacon_slots[(s, replica)]
+            first, last = self.beacons[2 * slot], self.beacons[2 * slot + 1]
+            if first >= 0:
+                busy.append((s, first, last))
+            elif last >= 0 and not self.graph.stages[s].ports[0]:
+                busy.append((s, None, last))     # a source between two items
+        rep = f"[{replica}]" if self.graph.groups[gname].workers > 1 else ""
+        msg = f"process of group '{gname}'{rep} (stages: {', '.join(stages)}) {how}"
+        if busy:
+            msg += "; " + ", ".join(
+                f"stage '{s}' was " + (f"producing the item after {b}" if a is None else
+                                       f"processing items {a}..{b}" if b > a else
+                                       f"processing item {a}")
+                for s, a, b in busy)
+        stage, index = ((busy[0][0], busy[0][1]) if len(busy) == 1
+                        else (stages[0] if len(stages) == 1 else None, None))
+        return {"kind": "killed", "stage": stage, "group": gname, "index": index,
+                "message": msg, "exitcode": code}
+
+    # ----- teardown ---------------------------------------------------------------------
+    def _stop_all(self, procs) -> None:
+        alive = [p for p in procs.values() if p.pid is not None and p.exitcode is None]
+        for p in alive:
+            try:
+                p.terminate()
+            except Exception:
+                pass
+        deadline = time.monotonic() + TERM_GRACE_S
+        for p in alive:
+            p.join(max(0.0, deadline - time.monotonic()))
+        for p in alive:
+            if p.exitcode is None:
+                p.kill()
+                p.join(2.0)
+        for p in procs.values():
+            if p.pid is not None:
+                p.join(0.1)
+                try:
+                    p.close()
+                except ValueError:
+                    pass
+
+    def _remove_temps(self, run_dir: str) -> None:
+        path = os.path.join(run_dir, "temps.txt")
+        if not os.path.exists(path):
+            return
+        with open(path) as f:
+            for line in f:
+                p = line.strip()
+                if p and os.path.exists(p):
+                    try:
+                        os.unlink(p)
+                    except OSError:
+                        pass
+
+    def _warn(self, stage: str, message: str) -> None:
+        if (stage, message) in self.warned:
+            return
+        self.warned.add((stage, message))
+        stream = self.options.stream or sys.stderr
+        stream.write(f"warning: {stage}: {message}\n")
+        stream.flush()
+
+    @staticmethod
+    def _install_signals() -> dict | None:
+        """SIGTERM raises into the monitor loop (SIGINT already raises KeyboardInterrupt)."""
+        try:
+            return {signal.SIGTERM: signal.signal(signal.SIGTERM, _on_signal),
+                    signal.SIGINT: signal.getsignal(signal.SIGINT)}
+        except ValueError:   # not in the main thread: leave handlers alone
+            return None
+
+    @staticmethod
+    def _restore_signals(old: dict | None, ignore: bool = False) -> None:
+        if old is None:
+            return
+        for s, h in old.items():
+            signal.signal(s, signal.SIG_IGN if ignore else h)

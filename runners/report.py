@@ -1,0 +1,165 @@
+"""What every runner shares: options, the result, live progress and profile output."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+
+from graph.profile import build_profile, format_table, merge_traces, write_json_atomic
+
+
+@dataclasses.dataclass
+class RunOptions:
+    profile_path: str | None = None      # JSON profile; None: no file
+    trace_path: str | None = None        # Chrome trace; None: no file
+    progress: bool = True                # live progress on stderr
+    table: bool = True                   # per-stage table on stderr at the end
+    profile_every_s: float = 5.0         # rewrite the profile JSON while running
+    stream = None                        # where progress and the table go (default stderr)
+    extra: dict = dataclasses.field(default_factory=dict)   # added to the profile JSON
+
+
+@dataclasses.dataclass
+class RunResult:
+    status: str                          # ok | failed | interrupted
+    profile: dict
+    error: dict | None = None
+    exit_code: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class RunFailed(Exception):
+    def __init__(self, result: RunResult):
+        self.result = result
+        super().__init__(format_error(result.error) if result.error else result.status)
+
+
+def format_error(error: dict) -> str:
+    stage, index = error.get("stage"), error.get("index")
+    if error.get("kind") == "killed":
+        return error["message"]
+    if error.get("kind") == "interrupted":
+        return error["message"]
+    from .runtime import describe_where
+    head = (f"stage '{stage}' ({error.get('type')}, group {error.get('group')}) failed "
+            f"{describe_where(index, error.get('after'), error.get('last'))}: {error.get('message')}")
+    tb = error.get("traceback")
+    return head + ("\n" + tb.rstrip() if tb else "")
+
+
+class Progress:
+    """Items done / total, rate and ETA on stderr: redrawn in place on a terminal, a plain
+    line every `plain_every_s` otherwise (so logs are not flooded)."""
+
+    def __init__(self, label: str, stream=None, enabled: bool = True, plain_every_s: float = 30.0):
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.every = 0.5 if self.tty else plain_every_s
+        self.t0 = time.monotonic()
+        self.last_print = self.t0 if not self.tty else 0.0
+        self.window: list[tuple[float, int]] = []
+        self.drawn = False
+
+    def update(self, done: int, total: int | None, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        self.window.append((now, done))
+        while len(self.window) > 2 and now - self.window[0][0] > 10:
+            self.window.pop(0)
+        if not force and now - self.last_print < self.every:
+            return
+        self.last_print = now
+        (t_a, n_a), (t_b, n_b) = self.window[0], self.window[-1]
+        rate = (n_b - n_a) / (t_b - t_a) if t_b > t_a else 0.0
+        if total:
+            pct = 100.0 * done / total
+            eta = (total - done) / rate if rate > 0 else None
+            eta_txt = f", ETA {_hms(eta)}" if eta is not None else ""
+            text = f"{self.label}: {done}/{total} ({pct:.0f}%) {rate:.1f} items/s{eta_txt}"
+        else:
+            text = f"{self.label}: {done} items, {rate:.1f} items/s, {_hms(now - self.t0)} elapsed"
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + text)
+            self.drawn = True
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.enabled and self.tty and self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _hms(s: float | None) -> str:
+    if s is None:
+        return "?"
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class Reporter:
+    """Collects process snapshots during a run and writes the profile and trace."""
+
+    def __init__(self, graph, runner: str, options: RunOptions):
+        self.graph = graph
+        self.runner = runner
+        self.options = options
+        self.started = time.time()
+        self.processes: dict = {}
+        self.total: int | None = None
+        self.progress = Progress(graph.name, options.stream, options.progress)
+        self.last_write = time.monotonic()
+        self.trace_parts: list[str] = []
+
+    def update(self, key: tuple, snapshot: dict) -> None:
+        self.processes[key] = snapshot
+
+    def items_done(self) -> int:
+        sinks = set(self.graph.sinks())
+        return sum(s["items_in"] for p in self.processes.values() for s in p.get("stages", [])
+                   if s["stage"] in sinks)
+
+    def tick(self) -> None:
+        self.progress.update(self.items_done(), self.total)
+        if (self.options.profile_path and self.options.profile_every_s
+                and time.monotonic() - self.last_write >= self.options.profile_every_s):
+            self.last_write = time.monotonic()
+            write_json_atomic(self.options.profile_path, self.profile("running"))
+
+    def profile(self, status: str, error: dict | None = None) -> dict:
+        return build_profile(self.graph, self.processes, runner=self.runner, status=status,
+                             started=self.started, error=error, total=self.total,
+                             extra=self.options.extra)
+
+    def finish(self, status: str, error: dict | None = None) -> dict:
+        self.progress.update(self.items_done(), self.total, force=True)
+        self.progress.done()
+        prof = self.profile(status, error)
+        if self.options.trace_path:
+            merge_traces(self.trace_parts, self.options.trace_path)
+            prof["trace_path"] = self.options.trace_path
+        if self.options.profile_path:
+            prof["profile_path"] = self.options.profile_path
+            write_json_atomic(self.options.profile_path, prof)
+        if self.options.table:
+            stream = self.options.stream or sys.stderr
+            stream.write("\n" + format_table(prof) + "\n")
+            if self.options.profile_path:
+                stream.write(f"profile: {self.options.profile_path}\n")
+            if self.options.trace_path:
+                stream.write(f"trace:   {self.options.trace_path} (open in https://ui.perfetto.dev)\n")
+            stream.flush()
+        for part in self.trace_parts:
+            try:
+                os.unlink(part)
+            except FileNotFoundError:
+                pass
+        return prof

@@ -1,0 +1,200 @@
+"""One stage at run time: its instance, its stats, and where its output ports lead.
+
+Both runners drive stages through `StageRuntime`, so timing, tracing, latency at sinks and
+error context are identical whether a stage runs in a thread of a group process or in the
+single-process inline runner. An `Output` is anything with ``put(msg) -> seconds blocked``.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any, Iterable, Protocol
+
+from graph.items import EOS, Batch, Flush, Info, Item, count_items
+from graph.stage import Stage
+from graph.stats import StageStats, TraceWriter
+
+
+class Output(Protocol):
+    def put(self, msg: Any) -> float: ...
+
+
+class StageFailure(Exception):
+    """A stage raised: carries the stage, the item index and the original traceback text."""
+
+    def __init__(self, stage: str, stage_type: str, group: str, index: int | None, tb: str,
+                 message: str, after: int | None = None, last: int | None = None):
+        self.stage, self.stage_type, self.group = stage, stage_type, group
+        self.index, self.tb, self.message, self.after, self.last = index, tb, message, after, last
+        super().__init__(f"stage '{stage}' ({stage_type}, group {group}) failed "
+                         f"{describe_where(index, after, last)}: {message}")
+
+    def to_dict(self) -> dict:
+        return {"stage": self.stage, "type": self.stage_type, "group": self.group,
+                "index": self.index, "after": self.after, "last": self.last,
+                "traceback": self.tb, "message": self.message}
+
+
+def describe_where(index: int | None, after: int | None = None, last: int | None = None) -> str:
+    if index is not None and last is not None and last != index:
+        return f"at items {index}..{last} (one batch)"
+    if index is not None:
+        return f"at item {index}"
+    if after is not None:
+        return f"after item {after} (producing the next one)"
+    return "outside any item (setup, control message or end of stream)"
+
+
+class StageRuntime:
+    def __init__(self, stage: Stage, stats: StageStats, outputs: dict[str, Output],
+                 trace: TraceWriter | None = None, tid: int = 0, emit_turns: bool = False,
+                 beacon=None):
+        self.stage = stage
+        # (shared array, slot): the item in hand, readable by the runner if we are killed
+        self.beacon = beacon
+        self.stats = stats
+        self.outputs = outputs
+        self.trace = trace
+        self.tid = tid
+        self.emit_turns = emit_turns
+        self._current: int | None = None
+        self.emitted: int | None = None      # last index a source produced
+        self.current_last: int | None = None  # last index of the batch in hand
+        self.is_source = not stage.in_ports
+        self.stats.is_sink = not stage.out_ports
+        if trace:
+            trace.thread_name(tid, stage.name)
+
+    # ----- error context ----------------------------------------------------------------
+    @property
+    def current(self) -> int | None:
+        return self._current
+
+    @current.setter
+    def current(self, index: int | None) -> None:
+        self._current = index
+        if self.beacon is not None:
+            arr, slot = self.beacon
+            arr[2 * slot] = -1 if index is None else index
+
+    def _hold(self, msg) -> None:
+        """Mark a data message as in hand (first and last index, for post-mortems)."""
+        self.current, self.current_last = msg.index, msg.last_index
+        if self.beacon is not None:
+            arr, slot = self.beacon
+            arr[2 * slot + 1] = msg.last_index
+
+    def failure(self, exc: BaseException) -> StageFailure:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        msg = f"{type(exc).__name__}: {exc}"
+        return StageFailure(self.stage.name, self.stats.type, self.stats.group, self.current, tb,
+                            msg, after=self.emitted, last=self.current_last)
+
+    # ----- lifecycle --------------------------------------------------------------------
+    def open(self) -> None:
+        t = time.monotonic()
+        self.stage.open()
+        self.stats.setup_s += time.monotonic() - t
+        if self.trace:
+            self.trace.span(self.tid, f"{self.stage.name}:open", t, time.monotonic())
+
+    def close(self) -> None:
+        self.stage.close()
+
+    # ----- emitting ---------------------------------------------------------------------
+    def _send(self, port: str, msg: Any) -> None:
+        out = self.outputs.get(port)
+        if out is None:
+            raise RuntimeError(f"stage '{self.stage.name}' emitted on unknown output port '{port}' "
+                               f"(outputs: {', '.join(self.outputs) or 'none'})")
+        if isinstance(msg, (Item, Batch)):
+            self.stats.gave(count_items(msg))
+        self.stats.blocked_s += out.put(msg)
+
+    def _drive(self, emits: Iterable | None, label: str, index: int | None) -> None:
+        """Run a stage generator to exhaustion, timing its own work apart from blocked puts."""
+        if emits is None:
+            return
+        it = iter(emits)
+        start = time.monotonic()
+        busy = 0.0
+        while True:
+            t = time.monotonic()
+            try:
+                port, msg = next(it)
+            except StopIteration:
+                busy += time.monotonic() - t
+                break
+            busy += time.monotonic() - t
+            self._send(port, msg)
+        self.stats.busy_s += busy
+        if self.trace and busy > 0:
+            self.trace.span(self.tid, label, start, time.monotonic(),
+                            {"index": index, "busy_ms": round(busy * 1e3, 3)})
+
+    # ----- inputs -----------------------------------------------------------------------
+    def handle(self, port: str, msg: Any) -> None:
+        """Deliver one message that arrived on `port` (anything but EOS)."""
+        stage = self.stage
+        if isinstance(msg, (Item, Batch)):
+            self._hold(msg)
+            self.stats.took(count_items(msg), len(msg) if isinstance(msg, Batch) else None,
+                            msg.last_index)
+            if self.stats.is_sink:
+                now = time.monotonic()
+                for m in msg.members():
+                    self.stats.latency.add(now - m.t0)
+            self._drive(stage.process(msg, port), stage.name, msg.index)
+            if self.emit_turns:
+                for out in self.outputs.values():
+                    out.turn()
+            self.current = self.current_last = None
+        elif isinstance(msg, Info):
+            self._drive(stage.on_info(msg, port), f"{stage.name}:info", None)
+        elif isinstance(msg, Flush):
+            self._drive(stage.on_flush(msg, port), f"{stage.name}:flush", None)
+        else:
+            raise RuntimeError(f"stage '{stage.name}' got an unknown message {msg!r} on '{port}'")
+
+    def eos(self, port: str) -> None:
+        self._drive(self.stage.on_eos(port), f"{self.stage.name}:eos", None)
+
+    def end(self) -> None:
+        """All inputs ended (or the source is exhausted): finish, then EOS on every output."""
+        self._drive(self.stage.finish(), f"{self.stage.name}:finish", None)
+        for out in self.outputs.values():
+            self.stats.blocked_s += out.put(EOS)
+
+    def source_steps(self):
+        """Generate the source's messages one at a time (yields after each is sent)."""
+        stage = self.stage
+        it = iter(stage.generate())
+        while True:
+            t = time.monotonic()
+            try:
+                port, msg = next(it)
+            except StopIteration:
+                self.stats.busy_s += time.monotonic() - t
+                break
+            dt = time.monotonic() - t
+            self.stats.busy_s += dt
+            if isinstance(msg, (Item, Batch)):
+                self._hold(msg)                   # in hand while it is being sent
+                if self.trace:
+                    self.trace.span(self.tid, stage.name, t, t + dt, {"index": msg.index})
+            self._send(port, msg)
+            if isinstance(msg, (Item, Batch)):
+                self.emitted, self.current = msg.last_index, None
+            yield
+
+    def run_source(self) -> None:
+        for _ in self.source_steps():
+            pass
+
+    def wanted(self, open_ports: set[str]) -> list[str]:
+        ports = [p for p in self.stage.accepts() if p in open_ports]
+        if not ports and open_ports:
+            raise RuntimeError(
+                f"stage '{self.stage.name}' accepts none of its open inputs ({', '.join(sorted(open_ports))}); "
+                "it holds a message on every input yet emitted nothing")
+        return ports

@@ -1,0 +1,239 @@
+"""Synthetic stages for testing and benchmarking the engine without media or models.
+
+Frames are arrays filled with a value derived from their index, so a sink can check that
+every item arrived once, in order, through the expected path. `fail_at` raises at an index,
+`kill_at` SIGKILLs the stage's own process at an index, `delay_s` simulates work.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+
+import numpy as np
+
+from graph.batching import BatchRouter, Rebatcher
+from graph.items import Batch, Info, Item
+from graph.ordering import OrderedMerge
+from graph.stage import Stage
+
+
+class SyntheticFailure(RuntimeError):
+    pass
+
+
+def _maybe_fail(stage: Stage, index: int) -> None:
+    if index == stage.p.get("fail_at", -1):
+        raise SyntheticFailure(f"synthetic failure at index {index}")
+    if index == stage.p.get("kill_at", -1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _trail(item: Item, name: str) -> None:
+    item.data.setdefault("trail", []).append(name)
+
+
+class SyntheticSource(Stage):
+    """Emits `count` frames of `shape`, frame i filled with i % 251."""
+
+    inputs = ()
+    outputs = ("out",)
+    params = {"count": 100, "shape": [8, 8, 3], "fps": 25.0, "start_index": 0, "delay_s": 0.0,
+              "fail_at": -1, "kill_at": -1, "fresh": True}
+
+    def generate(self):
+        n, start = self.p["count"], self.p["start_index"]
+        self.ctx.set_total(n)
+        yield "out", Info(start_index=start, total=n, fps=self.p["fps"])
+        shape = tuple(self.p["shape"])
+        base = np.zeros(shape, np.uint8)
+        for i in range(start, start + n):
+            _maybe_fail(self, i)
+            if self.p["delay_s"]:
+                time.sleep(self.p["delay_s"])
+            frame = np.full(shape, i % 251, np.uint8) if self.p["fresh"] else base
+            yield "out", Item(i, {"frame": frame, "trail": []}, time_s=i / self.p["fps"])
+
+
+class SyntheticMap(Stage):
+    """Adds `add` to every frame (items or batches); optional delay, failure, kill."""
+
+    stateless = True
+    params = {"add": 0, "delay_s": 0.0, "fail_at": -1, "kill_at": -1}
+
+    def process(self, item, port):
+        for m in item.members():
+            _maybe_fail(self, m.index)
+            if self.p["add"]:
+                m.data["frame"] = (m.data["frame"].astype(np.int32) + self.p["add"]).astype(np.uint8)
+            _trail(m, self.name)
+        if self.p["delay_s"]:
+            time.sleep(self.p["delay_s"] * len(item))
+        yield "out", item
+
+
+def bypass_predicate(spec: str):
+    """'none', 'all', 'alternate', 'runs:A:B' (A long then B bypassed), 'random:P:SEED'."""
+    kind, *args = spec.split(":")
+    if kind == "none":
+        return lambda i: False
+    if kind == "all":
+        return lambda i: True
+    if kind == "alternate":
+        return lambda i: i % 2 == 1
+    if kind == "runs":
+        a, b = int(args[0]), int(args[1])
+        return lambda i: i % (a + b) >= a
+    if kind == "random":
+        p, seed = float(args[0]), int(args[1])
+        return lambda i: random.Random(seed * 1_000_003 + i).random() < p
+    raise ValueError(f"unknown bypass pattern {spec!r}")
+
+
+class SyntheticRouter(Stage):
+    """Batches long-path items, sends the others down `bypass` (a stand-in batch builder)."""
+
+    outputs = ("main", "bypass")
+    params = {"batch_size": 4, "bypass": "alternate", "fail_at": -1, "kill_at": -1}
+
+    @classmethod
+    def validate_params(cls, params):
+        try:
+            bypass_predicate(params["bypass"])
+        except (ValueError, IndexError) as exc:
+            return [("bypass", str(exc))]
+        return [("batch_size", "must be >= 1")] if params["batch_size"] < 1 else []
+
+    def open(self):
+        self.router = BatchRouter(self.p["batch_size"], "main", "bypass")
+        self.pred = bypass_predicate(self.p["bypass"])
+
+    def process(self, item, port):
+        _maybe_fail(self, item.index)
+        if self.pred(item.index):
+            _trail(item, f"{self.name}:bypass")
+            yield from self.router.divert(item)
+        else:
+            yield from self.router.add(item)
+
+    def on_flush(self, flush, port):
+        yield from self.router.flush()
+        yield from super().on_flush(flush, port)
+
+    def finish(self):
+        return self.router.flush()
+
+
+class SyntheticBatchMap(Stage):
+    """A batched model stand-in: `delay_s` per batch plus `per_item_s` per item."""
+
+    params = {"delay_s": 0.0, "per_item_s": 0.0, "fail_at": -1, "kill_at": -1}
+
+    def process(self, batch, port):
+        for m in batch.members():
+            _maybe_fail(self, m.index)
+            _trail(m, self.name)
+        t = self.p["delay_s"] + self.p["per_item_s"] * len(batch)
+        if t:
+            time.sleep(t)
+        yield "out", batch
+
+
+class SyntheticRebatch(Stage):
+    """Collects items into batches; releases on Flush and at the end (downstream batcher)."""
+
+    params = {"batch_size": 8}
+
+    def open(self):
+        self.batcher = Rebatcher(self.p["batch_size"], "out")
+
+    def process(self, item, port):
+        for m in item.members():
+            yield from self.batcher.add(m)
+
+    def on_flush(self, flush, port):
+        yield from self.batcher.flush()
+        yield from super().on_flush(flush, port)
+
+    def finish(self):
+        return self.batcher.flush()
+
+
+class SyntheticUnbatch(Stage):
+    stateless = True
+
+    def process(self, item, port):
+        for m in item.members():
+            yield "out", m
+
+
+class SyntheticSink(Stage):
+    """Merges its inputs in index order and writes one JSON line per item to `path`
+    (a temporary file renamed on success). Records index, frame value and trail."""
+
+    outputs = ()
+    params = {"path": "", "inputs": ["in"], "delay_s": 0.0, "fail_at": -1, "kill_at": -1}
+
+    @classmethod
+    def ports(cls, params):
+        return tuple(params.get("inputs") or ("in",)), ()
+
+    def open(self):
+        self.merge = OrderedMerge(list(self.in_ports), name=self.name) if len(self.in_ports) > 1 else None
+        self.f = None
+        self.tmp = None
+        if self.p["path"]:
+            folder, base = os.path.split(os.path.abspath(self.p["path"]))
+            self.tmp = os.path.join(folder, f".{base}.partial-{os.getpid()}")
+            self.ctx.register_temp(self.tmp)
+            self.f = open(self.tmp, "w")
+        self.count = 0
+
+    def accepts(self):
+        return self.merge.accepts() if self.merge else self.in_ports
+
+    def on_info(self, info, port):
+        if self.merge and "start_index" in info.data:
+            self._write(self.merge.set_start(info.data["start_index"]))
+        return ()
+
+    def on_flush(self, flush, port):
+        return ()
+
+    def process(self, item, port):
+        msgs = self.merge.push(port, item) if self.merge else [item]
+        self._write(msgs)
+        return ()
+
+    def on_eos(self, port):
+        if self.merge:
+            self._write(self.merge.end(port))
+        return ()
+
+    def _write(self, msgs) -> None:
+        for msg in msgs:
+            for m in msg.members():
+                _maybe_fail(self, m.index)
+                if self.p["delay_s"]:
+                    time.sleep(self.p["delay_s"])
+                self.count += 1
+                if self.f:
+                    frame = m.data.get("frame")
+                    value = int(frame.flat[0]) if frame is not None and frame.size else None
+                    self.f.write(json.dumps({"index": m.index, "value": value,
+                                             "trail": m.data.get("trail", [])}) + "\n")
+
+    def finish(self):
+        if self.merge:
+            self.merge.finish()
+        if self.f:
+            self.f.close()
+            self.f = None
+            os.replace(self.tmp, self.p["path"])
+        return ()
+
+    def close(self):
+        if self.f:   # not finished: a failed run; the runner removes the temporary file
+            self.f.close()

@@ -1,0 +1,115 @@
+"""Profiling is always on: JSON profile, Chrome trace, table with the bottleneck, progress."""
+import io
+import json
+import os
+import subprocess
+import sys
+
+from graph.stats import DepthSeries, LatencyHistogram
+from runners.report import Progress
+from tests.engine_util import bypass_graph, run, write_graph
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def slow_model_graph(tmp_path, out):
+    doc = bypass_graph(out, 120, "runs:8:4", queue_size=2, workers=2, shape=(64, 64, 3))
+    doc["stages"]["model"]["params"] = {"per_item_s": 0.01}   # the bottleneck by design
+    return write_graph(tmp_path, doc)
+
+
+def test_profile_json_trace_and_table(tmp_path):
+    out = str(tmp_path / "out.jsonl")
+    prof_path, trace_path = str(tmp_path / "p.json"), str(tmp_path / "t.json")
+    proc = subprocess.run([sys.executable, "run_graph.py", slow_model_graph(tmp_path, out),
+                           "--profile", prof_path, "--trace", trace_path],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    prof = json.load(open(prof_path))
+    assert prof["status"] == "ok" and prof["items_done"] == 120
+    st = prof["stages"]
+    assert st["src"]["items_out"] == 120 and st["sink"]["items_in"] == 120
+    assert st["model"]["items_in"] == 80 and st["model"]["batches"] == 20
+    assert st["model"]["batch_sizes"] == {"4": 20} and st["model"]["mean_batch"] == 4.0
+    assert st["model"]["busy_s"] >= 0.8 * 80 * 0.01
+    for s in st.values():
+        for key in ("busy_s", "wait_input_s", "blocked_output_s", "throughput_ips", "utilization"):
+            assert key in s
+    assert st["unb"]["workers"] == 2
+    assert prof["bottleneck"]["stage"] == "model"
+    assert 0 < prof["latency_p50_s"] <= prof["latency_p95_s"]
+    assert st["sink"]["latency_p50_s"] is not None
+    groups = {p["group"] for p in prof["processes"]}
+    assert groups == {"io", "gpu", "post"} and len(prof["processes"]) == 4
+    assert all(p["peak_rss_bytes"] > 10e6 for p in prof["processes"])
+    edge = prof["edges"]["route.main->model.in"]
+    assert edge["queue_size"] == 2 and not edge["cross_process"] and edge["depth"]
+    assert prof["edges"]["src.out->route.in"]["cross_process"]
+
+    trace = json.load(open(trace_path))
+    evs = trace["traceEvents"]
+    spans = [e for e in evs if e["ph"] == "X"]
+    counters = [e for e in evs if e["ph"] == "C"]
+    names = {e["args"]["name"] for e in evs if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert {"src", "route", "model", "unb", "sink"} <= names
+    assert sum(1 for e in spans if e["name"] == "model") == 20
+    assert counters and all("depth" in e["args"] for e in counters)
+    assert len({e["pid"] for e in spans}) == 4
+
+    assert "bottleneck: model" in proc.stderr
+    assert "stage" in proc.stderr and "items/s" in proc.stderr and "util" in proc.stderr
+
+
+def test_default_profile_location_and_runners_agree_on_counts(tmp_path):
+    out = str(tmp_path / "out.jsonl")
+    path = slow_model_graph(tmp_path, out)
+    a = run(path, "process").profile
+    b = run(path, "inline").profile
+    for name in ("src", "route", "model", "unb", "sink"):
+        for key in ("items_in", "items_out", "batches"):
+            assert a["stages"][name][key] == b["stages"][name][key], (name, key)
+    assert b["runner"] == "inline" and len(b["processes"]) == 1
+
+
+def test_failed_run_profile_records_error(tmp_path):
+    out = str(tmp_path / "out.jsonl")
+    prof_path = str(tmp_path / "p.json")
+    res = run(slow_model_graph(tmp_path, out), "process", sets=["model.fail_at=3"], profile_path=prof_path)
+    assert res.status == "failed"
+    prof = json.load(open(prof_path))
+    assert prof["status"] == "failed" and prof["error"]["stage"] == "model"
+
+
+def test_progress_on_terminal_and_in_logs():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    t = Tty()
+    p = Progress("job", t)
+    p.update(0, 100, force=True)
+    p.update(50, 100, force=True)
+    assert "\r" in t.getvalue() and "50/100 (50%)" in t.getvalue() and "ETA" in t.getvalue()
+    log = io.StringIO()
+    p = Progress("job", log, plain_every_s=30)
+    for i in range(1000):          # many updates in a short time: no flood in a log
+        p.update(i, 1000)
+    assert log.getvalue().count("\n") <= 1
+
+
+def test_latency_histogram_quantiles():
+    h = LatencyHistogram()
+    for i in range(1, 1001):
+        h.add(i / 1000)
+    assert abs(h.quantile(0.5) - 0.5) / 0.5 < 0.03
+    assert abs(h.quantile(0.95) - 0.95) / 0.95 < 0.03
+    d = h.to_dict()
+    h2 = LatencyHistogram.from_dict(d)
+    assert h2.quantile(0.5) == h.quantile(0.5)
+
+
+def test_depth_series_stays_bounded():
+    s = DepthSeries(cap=64)
+    for i in range(100_000):
+        s.add(i * 0.01, i % 7)
+    assert len(s.points) < 64 and s.max == 6
+    assert abs(s.to_dict()["mean"] - 3.0) < 0.01
