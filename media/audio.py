@@ -1,0 +1,198 @@
+"""Streaming audio decoding with PyAV: any container/codec FFmpeg reads.
+
+Audio is decoded frame by frame, resampled with `av.AudioResampler` and
+handed out as float32 arrays, so memory stays flat however long the file.
+
+Mono downmix: "mean" averages the channels like `librosa.load(mono=True)`
+(MuseTalk's loader); "ffmpeg" lets swresample mix to mono like
+`ffmpeg -ac 1` (whisper's `load_audio`, used by LatentSync). They differ by
+a gain (about 3 dB for correlated stereo) and agree for mono sources.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import av
+import numpy as np
+
+from .video import MediaError, open_input
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What `probe_audio` learns about a file's first audio stream."""
+
+    path: str
+    duration_s: float
+    sample_rate: int
+    channels: int
+    codec: str
+    start_time_s: float = 0.0
+
+
+def _audio_stream_of(container: av.container.InputContainer, path: str) -> av.audio.stream.AudioStream:
+    if not container.streams.audio:
+        raise MediaError(f"{path} has no audio stream (expected an audio file or a video with sound)")
+    return container.streams.audio[0]
+
+
+def _stream_duration(container: av.container.InputContainer, stream: av.audio.stream.AudioStream) -> float | None:
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / av.time_base
+    return None
+
+
+def probe_audio(path: str | os.PathLike) -> AudioInfo:
+    """Describe the first audio stream of `path` (an audio file or a video)."""
+    path = os.fspath(path)
+    container = open_input(path, "audio")
+    try:
+        stream = _audio_stream_of(container, path)
+        duration = _stream_duration(container, stream)
+        start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+        return AudioInfo(
+            path=path,
+            duration_s=duration if duration is not None else 0.0,
+            sample_rate=int(stream.codec_context.sample_rate or stream.rate or 0),
+            channels=int(stream.codec_context.channels or 0),
+            codec=stream.codec_context.name,
+            start_time_s=start,
+        )
+    finally:
+        container.close()
+
+
+def iter_audio_blocks(
+    path: str | os.PathLike,
+    sample_rate: int,
+    channels: int = 1,
+    downmix: str = "mean",
+) -> Iterator[np.ndarray]:
+    """Yield float32 blocks [channels, n] of the whole audio track, resampled.
+
+    `channels` is 1 (downmixed as `downmix` says) or 2 (swresample's stereo
+    mix). Codec end padding (e.g. the tail of the last AAC frame) is cut
+    back to the container's duration when the overshoot is less than one
+    decoded frame; a larger mismatch means the duration is a guess, and
+    nothing is cut.
+    """
+    if channels not in (1, 2):
+        raise ValueError(f"channels must be 1 or 2, got {channels}")
+    if downmix not in ("mean", "ffmpeg"):
+        raise ValueError(f"downmix must be 'mean' or 'ffmpeg', got {downmix!r}")
+    path = os.fspath(path)
+    container = open_input(path, "audio")
+    try:
+        stream = _audio_stream_of(container, path)
+        duration = _stream_duration(container, stream)
+        limit = round(duration * sample_rate) if duration else None
+        if channels == 2:
+            layout = "stereo"
+        else:
+            layout = None if downmix == "mean" else "mono"  # None: keep the source's channels
+        resampler = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
+
+        def resampled() -> Iterator[np.ndarray]:
+            try:
+                for frame in container.decode(stream):
+                    frame.pts = None  # timing is by sample count; avoids resampler pts checks
+                    for out in resampler.resample(frame):
+                        yield out.to_ndarray()
+                for out in resampler.resample(None):  # drain the resampler's delay line
+                    yield out.to_ndarray()
+            except av.error.FFmpegError as exc:
+                raise MediaError(f"error decoding audio in {path}: {exc}") from exc
+
+        # Hold back about two decoded frames so the end can still be trimmed to `limit`.
+        emitted, held, held_n, largest = 0, [], 0, 0
+        for block in resampled():
+            if channels == 1 and block.shape[0] > 1:
+                block = block.mean(axis=0, keepdims=True)
+            block = np.ascontiguousarray(block, dtype=np.float32)
+            largest = max(largest, block.shape[1])
+            held.append(block)
+            held_n += block.shape[1]
+            while held_n - held[0].shape[1] >= 2 * largest:
+                first = held.pop(0)
+                held_n -= first.shape[1]
+                emitted += first.shape[1]
+                yield first
+        if not held:
+            return
+        tail = np.concatenate(held, axis=1)
+        total = emitted + held_n
+        if limit is not None and limit < total <= limit + largest + 64:
+            tail = tail[:, : max(0, limit - emitted)]
+        if tail.shape[1]:
+            yield tail
+    finally:
+        container.close()
+
+
+class AudioReader:
+    """Iterate float32 mono chunks of `chunk_seconds` at `sample_rate` (last one shorter)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        sample_rate: int = 16000,
+        chunk_seconds: float = 1.0,
+        downmix: str = "mean",
+    ):
+        self.path = os.fspath(path)
+        self.info = probe_audio(self.path)
+        self.sample_rate = int(sample_rate)
+        self.chunk_samples = max(1, int(round(chunk_seconds * self.sample_rate)))
+        self.samples_read = 0
+        self._blocks = iter_audio_blocks(self.path, self.sample_rate, 1, downmix)
+        self._chunks: Iterator[np.ndarray] | None = None
+
+    def __iter__(self) -> "AudioReader":
+        return self
+
+    def __next__(self) -> np.ndarray:
+        if self._chunks is None:
+            self._chunks = self._rechunk()
+        chunk = next(self._chunks)
+        self.samples_read += chunk.size
+        return chunk
+
+    def _rechunk(self) -> Iterator[np.ndarray]:
+        pending: list[np.ndarray] = []
+        have = 0
+        for block in self._blocks:
+            pending.append(block[0])
+            have += block.shape[1]
+            if have >= self.chunk_samples:
+                joined = np.concatenate(pending)
+                cut = have - have % self.chunk_samples
+                for start in range(0, cut, self.chunk_samples):
+                    yield joined[start : start + self.chunk_samples].copy()
+                pending, have = [joined[cut:]], have - cut
+        if have:
+            yield np.concatenate(pending)
+
+    def close(self) -> None:
+        if self._chunks is not None:
+            self._chunks.close()
+        self._blocks.close()
+
+    def __enter__(self) -> "AudioReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_audio(path: str | os.PathLike, sr: int = 16000, downmix: str = "mean") -> np.ndarray:
+    """The whole audio track as float32 mono at `sr` Hz."""
+    with AudioReader(path, sample_rate=sr, chunk_seconds=60.0, downmix=downmix) as reader:
+        chunks = list(reader)
+    if not chunks:
+        return np.zeros(0, dtype=np.float32)
+    return np.concatenate(chunks)

@@ -1,0 +1,498 @@
+"""Streaming video decoding with PyAV.
+
+Frames are decoded one at a time (threaded decoding inside FFmpeg), turned
+upright according to the stream's display matrix and handed out as RGB
+arrays; nothing holds the whole video. Timing comes from presentation
+timestamps, so variable-frame-rate sources keep their real timing.
+
+Rotation convention: `VideoInfo.rotation` is the clockwise angle a player
+turns the stored picture to show it (0, 90, 180 or 270). A phone clip shot
+in portrait usually reads 90. FFmpeg's display-matrix angle (PyAV's
+`VideoFrame.rotation`) is the same turn expressed counter-clockwise, i.e.
+its negative.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Iterator
+
+import av
+import numpy as np
+
+
+class MediaError(ValueError):
+    """A media file cannot be read or lacks what was expected of it."""
+
+
+class MediaFileNotFoundError(MediaError, FileNotFoundError):
+    """A media file does not exist."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What `probe_video` learns about a file's first video stream."""
+
+    path: str
+    width: int  # display width, after rotation
+    height: int  # display height, after rotation
+    fps: float  # average frame rate, never truncated
+    frame_count: int
+    frame_count_exact: bool  # False: estimated from duration * fps
+    duration_s: float
+    rotation: int  # clockwise degrees a player turns the stored picture
+    time_base: Fraction
+    codec: str
+    coded_width: int  # stored size, before rotation
+    coded_height: int
+
+
+@dataclass
+class VideoFrame:
+    """One decoded frame. `index` counts from the first frame of the file."""
+
+    index: int
+    time: float  # seconds since the file's first frame
+    image: np.ndarray  # HxWx3 uint8 RGB, upright, C-contiguous
+    pts: int | None = None
+
+
+@dataclass
+class PingPongFrame:
+    """One frame of a ping-pong sequence: output position plus its source."""
+
+    index: int  # output index
+    source_index: int
+    time: float  # output time in seconds, strictly increasing
+    source_time: float
+    image: np.ndarray
+
+
+def open_input(path: str | os.PathLike, what: str = "media") -> av.container.InputContainer:
+    """Open `path` for reading, turning FFmpeg failures into `MediaError`."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MediaFileNotFoundError(f"{what} file not found: {path}")
+    try:
+        return av.open(path, mode="r")
+    except av.error.FFmpegError as exc:
+        raise MediaError(f"cannot open {path} as {what}: {exc}") from exc
+
+
+def video_stream_of(container: av.container.InputContainer, path: str) -> av.video.stream.VideoStream:
+    """The first real video stream (cover art in audio files does not count)."""
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            return stream
+    raise MediaError(f"{path} has no video stream (expected a video file)")
+
+
+def _rate_of(stream: av.video.stream.VideoStream) -> Fraction | None:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate is not None and rate > 0:
+            return Fraction(rate)
+    return None
+
+
+def _clockwise(ccw_degrees: float) -> int:
+    """FFmpeg's counter-clockwise display angle -> clockwise multiple of 90."""
+    return int(-round(ccw_degrees / 90.0)) % 4 * 90
+
+
+def _upright_rgb(frame: av.VideoFrame, rotation_cw: int) -> np.ndarray:
+    image = frame.to_ndarray(format="rgb24")
+    if rotation_cw:
+        # np.rot90 turns counter-clockwise for positive k.
+        image = np.rot90(image, k=-(rotation_cw // 90))
+    return np.ascontiguousarray(image)
+
+
+def _set_threads(stream: av.video.stream.VideoStream, threads: str | int | None) -> None:
+    if threads is None or threads == "NONE":
+        return
+    if isinstance(threads, int):
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
+    else:
+        stream.thread_type = threads
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """Describe the first video stream of `path`; decodes one frame for rotation."""
+    path = os.fspath(path)
+    container = open_input(path, "video")
+    try:
+        stream = video_stream_of(container, path)
+        tb = Fraction(stream.time_base) if stream.time_base else Fraction(1, av.time_base)
+        if stream.duration:
+            duration = float(stream.duration * tb)
+        elif container.duration:
+            duration = container.duration / av.time_base
+        else:
+            duration = 0.0
+        rate = _rate_of(stream)
+        if rate is None:
+            if stream.frames and duration > 0:
+                rate = Fraction(stream.frames / duration).limit_denominator(1001)
+            else:
+                raise MediaError(f"{path}: cannot determine the video frame rate")
+        if stream.frames > 0:
+            frame_count, exact = int(stream.frames), True
+        else:
+            frame_count, exact = int(round(duration * float(rate))), False
+
+        try:
+            first = next(container.decode(stream), None)
+        except av.error.FFmpegError as exc:
+            raise MediaError(f"cannot decode video in {path}: {exc}") from exc
+        if first is None:
+            raise MediaError(f"{path}: the video stream holds no decodable frame")
+        rotation = _clockwise(first.rotation)
+        coded_w, coded_h = first.width, first.height
+        codec = stream.codec_context.name
+        if duration == 0.0:
+            duration = frame_count / float(rate)
+    finally:
+        container.close()
+
+    width, height = (coded_h, coded_w) if rotation in (90, 270) else (coded_w, coded_h)
+    return VideoInfo(
+        path=path,
+        width=width,
+        height=height,
+        fps=float(rate),
+        frame_count=frame_count,
+        frame_count_exact=exact,
+        duration_s=duration,
+        rotation=rotation,
+        time_base=tb,
+        codec=codec,
+        coded_width=coded_w,
+        coded_height=coded_h,
+    )
+
+
+@dataclass
+class _FrameTable:
+    """Presentation timestamps of every frame, from one demux pass (no decoding)."""
+
+    count: int
+    pts: list[int] | None  # sorted; None when some packet carries no pts
+    keyframes: list[int]  # frame indices of keyframes (only when pts is known)
+
+
+class _Source:
+    """One open video file with frame-accurate (re)positioning."""
+
+    def __init__(self, path: str, threads: str | int | None):
+        self.path = path
+        self.threads = threads
+        self.container: av.container.InputContainer | None = None
+        self.stream: av.video.stream.VideoStream | None = None
+        self._fresh = False
+        self._table: _FrameTable | None = None
+        self._open()
+        self.time_base = Fraction(self.stream.time_base)
+        rate = _rate_of(self.stream)
+        self.rate = rate if rate is not None else Fraction(25)
+        self.first_pts: int | None = None
+
+    def _open(self) -> None:
+        self.close()
+        self.container = open_input(self.path, "video")
+        self.stream = video_stream_of(self.container, self.path)
+        _set_threads(self.stream, self.threads)
+        self._fresh = True
+
+    def close(self) -> None:
+        if self.container is not None:
+            self.container.close()
+            self.container = None
+            self.stream = None
+
+    def table(self) -> _FrameTable:
+        """Demux every packet once to learn frame count, pts and keyframes."""
+        if self._table is None:
+            entries: list[tuple[int, bool]] = []
+            count, pts_known = 0, True
+            try:
+                for packet in self.container.demux(self.stream):
+                    if packet.size == 0 or packet.is_discard:
+                        continue
+                    count += 1
+                    if packet.pts is None:
+                        pts_known = False
+                    elif pts_known:
+                        entries.append((packet.pts, packet.is_keyframe))
+            except av.error.FFmpegError as exc:
+                raise MediaError(f"cannot read packets of {self.path}: {exc}") from exc
+            self._open()  # demuxing moved the read position; start afresh
+            if pts_known:
+                entries.sort()
+                pts = [p for p, _ in entries]
+                keys = [i for i, (_, k) in enumerate(entries) if k]
+                self._table = _FrameTable(count, pts, keys)
+                if pts:
+                    self.first_pts = pts[0]
+            else:
+                self._table = _FrameTable(count, None, [])
+        return self._table
+
+    def time_of(self, index: int, pts: int | None) -> float:
+        if pts is None or self.first_pts is None:
+            return float(index / self.rate)
+        return float((pts - self.first_pts) * self.time_base)
+
+    def _decode(self) -> Iterator[av.VideoFrame]:
+        try:
+            yield from self.container.decode(self.stream)
+        except av.error.FFmpegError as exc:
+            raise MediaError(f"error decoding {self.path}: {exc}") from exc
+
+    def frames_from(self, start: int) -> Iterator[tuple[int, av.VideoFrame]]:
+        """(index, frame) for every frame with index >= start, in order."""
+        frames, first, first_index = self._position(start)
+        if first is None:
+            return
+        yield from self._number(frames, first, first_index, start)
+
+    def _position(self, start: int):
+        """Place the decoder at or before frame `start`: (frames, first frame, its index)."""
+        table = self._table
+        if start > 0 and table is not None and table.pts is not None and start < len(table.pts):
+            try:
+                self.container.seek(table.pts[start], stream=self.stream, backward=True, any_frame=False)
+                self._fresh = False
+                frames = self._decode()
+                first = next(frames, None)
+            except (av.error.FFmpegError, MediaError):
+                first = None  # some demuxers cannot seek: decode from the top instead
+            if first is not None and first.pts is not None:
+                pos = bisect.bisect_left(table.pts, first.pts)
+                if pos < len(table.pts) and table.pts[pos] == first.pts and pos <= start:
+                    return frames, first, pos
+        if not self._fresh:
+            self._open()
+        self._fresh = False
+        frames = self._decode()
+        first = next(frames, None)
+        if first is not None and self.first_pts is None:
+            self.first_pts = first.pts
+        return frames, first, 0
+
+    def _number(self, frames, first, first_index: int, start: int) -> Iterator[tuple[int, av.VideoFrame]]:
+        pts_table = self._table.pts if self._table is not None else None
+        index, frame = first_index, first
+        while frame is not None:
+            if index >= start:
+                yield index, frame
+            frame = next(frames, None)
+            index += 1
+            if frame is not None and pts_table is not None and frame.pts is not None:
+                # numbering by pts stays right even if the decoder drops a frame
+                pos = bisect.bisect_left(pts_table, frame.pts)
+                if pos < len(pts_table) and pts_table[pos] == frame.pts:
+                    index = pos
+
+
+class VideoReader:
+    """Iterate `VideoFrame`s of a video file, one decoded frame at a time.
+
+    `start_index` / `start_time` resume mid-file: the reader seeks to the
+    keyframe at or before, decodes forward and drops earlier frames; indices
+    and times still count from the file's first frame.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        threads: str | int | None = "AUTO",
+        start_time: float = 0.0,
+        start_index: int = 0,
+    ):
+        self.path = os.fspath(path)
+        self.info = probe_video(self.path)
+        self._src = _Source(self.path, threads)
+        start = max(0, int(start_index))
+        if start > 0 or start_time > 0:
+            table = self._src.table()
+            if start_time > 0:
+                if table.pts:
+                    # first frame whose time >= start_time, half a tick of tolerance
+                    ticks = self._src.first_pts + Fraction(float(start_time)) / self._src.time_base
+                    from_time = bisect.bisect_left(table.pts, math.ceil(ticks - Fraction(1, 2)))
+                else:
+                    from_time = math.ceil(start_time * float(self._src.rate) - 1e-6)
+                start = max(start, from_time)
+        self.start_index = start
+        self._frames: Iterator[VideoFrame] | None = None
+
+    def __iter__(self) -> "VideoReader":
+        return self
+
+    def __next__(self) -> VideoFrame:
+        if self._frames is None:
+            if self._src.container is None:
+                raise StopIteration
+            self._frames = self._generate()
+        return next(self._frames)
+
+    def _generate(self) -> Iterator[VideoFrame]:
+        for index, frame in self._src.frames_from(self.start_index):
+            yield VideoFrame(
+                index=index,
+                time=self._src.time_of(index, frame.pts),
+                image=_upright_rgb(frame, _clockwise(frame.rotation)),
+                pts=frame.pts,
+            )
+
+    def close(self) -> None:
+        if self._frames is not None:
+            self._frames.close()
+        self._src.close()
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def pingpong_indices(n_src: int, n_out: int) -> Iterator[int]:
+    """Source frame for each output frame when the video must run n_out frames.
+
+    Matches MuseTalk (`frames + frames[::-1]` cycled) and LatentSync
+    (`loop_video`: forward, reversed, forward ... then cut): 0..n-1, n-1..0,
+    0..n-1, ... so each turning frame is shown twice in a row. With
+    n_out <= n_src this is just 0..n_out-1.
+    """
+    if n_src <= 0:
+        raise ValueError(f"pingpong needs at least one source frame, got {n_src}")
+    period = 2 * n_src
+    for i in range(n_out):
+        k = i % period
+        yield k if k < n_src else period - 1 - k
+
+
+class PingPongReader:
+    """Frames of a video played forward, backward, forward ... for n_out frames.
+
+    Memory stays bounded: backward passes decode `chunk` frames at a time
+    (seek to the chunk's keyframe, decode forward, emit reversed), never the
+    whole video. Output times grow by each source frame's own duration (from
+    pts; the last frame lasts 1/fps), so VFR pacing survives.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        n_out: int,
+        chunk: int = 32,
+        threads: str | int | None = "AUTO",
+    ):
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        self.path = os.fspath(path)
+        self.info = probe_video(self.path)
+        self.n_out = int(n_out)
+        self.chunk = int(chunk)
+        self._src = _Source(self.path, threads)
+        table = self._src.table()
+        self.n_src = table.count
+        if self.n_src == 0:
+            raise MediaError(f"{self.path}: the video stream holds no frames")
+        self._durations = self._frame_durations(table)
+        self.max_chunk_held = 0  # largest number of frames held at once (for checks)
+        self._frames: Iterator[PingPongFrame] | None = None
+
+    def _frame_durations(self, table: _FrameTable) -> list[Fraction]:
+        last = 1 / self._src.rate
+        if table.pts is None or len(table.pts) != table.count:
+            return [last] * table.count
+        tb = self._src.time_base
+        steps = [(b - a) * tb for a, b in zip(table.pts, table.pts[1:])]
+        return steps + [last]
+
+    def __iter__(self) -> "PingPongReader":
+        return self
+
+    def __next__(self) -> PingPongFrame:
+        if self._frames is None:
+            if self._src.container is None:
+                raise StopIteration
+            self._frames = self._generate()
+        return next(self._frames)
+
+    def _source_time(self, index: int, pts: int | None) -> float:
+        return self._src.time_of(index, pts)
+
+    def _forward(self, stop: int) -> Iterator[tuple[int, np.ndarray, float]]:
+        for index, frame in self._src.frames_from(0):
+            if index >= stop:
+                break
+            yield index, _upright_rgb(frame, _clockwise(frame.rotation)), self._source_time(index, frame.pts)
+
+    def _chunk_start(self, end: int) -> int:
+        """Start of the backward chunk ending before `end`: a keyframe if one fits."""
+        lowest = max(0, end - self.chunk)
+        keys = self._src.table().keyframes
+        pos = bisect.bisect_left(keys, lowest)
+        if pos < len(keys) and keys[pos] < end:
+            return keys[pos]  # starts on a keyframe: no frame decoded twice
+        return lowest
+
+    def _backward(self, stop: int) -> Iterator[tuple[int, np.ndarray, float]]:
+        """Source frames n_src-1 .. 0, at most `stop` of them."""
+        end, emitted = self.n_src, 0
+        while end > 0 and emitted < stop:
+            begin = self._chunk_start(end)
+            held: list[tuple[int, np.ndarray, float]] = []
+            for index, frame in self._src.frames_from(begin):
+                if index >= end:
+                    break
+                if index >= begin:
+                    held.append((index, _upright_rgb(frame, _clockwise(frame.rotation)),
+                                 self._source_time(index, frame.pts)))
+            if len(held) != end - begin or held[0][0] != begin:
+                raise MediaError(
+                    f"{self.path}: frames {begin}..{end - 1} could not all be decoded "
+                    f"(got {len(held)}); the file may be damaged"
+                )
+            self.max_chunk_held = max(self.max_chunk_held, len(held))
+            while held and emitted < stop:
+                yield held.pop()
+                emitted += 1
+            end = begin
+
+    def _generate(self) -> Iterator[PingPongFrame]:
+        out_index, out_time = 0, Fraction(0)
+        passes = 0
+        while out_index < self.n_out:
+            left = self.n_out - out_index
+            source = self._forward(left) if passes % 2 == 0 else self._backward(left)
+            for src_index, image, src_time in source:
+                yield PingPongFrame(
+                    index=out_index,
+                    source_index=src_index,
+                    time=float(out_time),
+                    source_time=src_time,
+                    image=image,
+                )
+                out_time += self._durations[src_index]
+                out_index += 1
+            passes += 1
+
+    def close(self) -> None:
+        if self._frames is not None:
+            self._frames.close()
+        self._src.close()
+
+    def __enter__(self) -> "PingPongReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
