@@ -1,0 +1,110 @@
+"""Choosing a face detector (S3FD when its weights exist, else the Haar cascade) and picking
+one face per frame."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import warnings
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+
+from .haar_face import HaarFaceDetector
+from .s3fd import (
+    WEIGHTS_FILENAME,
+    S3FDDetector,
+    describe_s3fd_search,
+    find_s3fd_weights,
+    load_s3fd,
+    s3fd_search_paths,
+)
+
+KINDS = ("auto", "s3fd", "haar")
+
+
+class FallbackWarning(UserWarning):
+    """A component fell back to a weaker substitute because something was missing."""
+
+
+class FaceDetector(Protocol):
+    name: str
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]: ...
+
+
+def _options_for(cls: type, options: dict) -> dict:
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "model", "device", "dtype"}
+    return {k: v for k, v in options.items() if k in accepted}
+
+
+def build_face_detector(kind: str = "auto", weights_dir: str | os.PathLike | None = None,
+                        device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                        **thresholds) -> FaceDetector:
+    """Build a detector with ``.detect(frames)`` and ``.name`` ("s3fd" or "haar").
+
+    ``kind="auto"`` uses S3FD when ``s3fd-619a316812.pth`` is found (see ``find_s3fd_weights``),
+    else the Haar cascade with one ``FallbackWarning``. ``thresholds`` go to the detector's
+    constructor (e.g. ``score_threshold``, ``max_side``, ``min_neighbors``); with "auto", options
+    the chosen detector does not take are dropped, with an explicit kind they raise TypeError.
+    ``dtype`` defaults to float32: the checkpoint was trained in fp32 and its raw 0..255 input
+    gives large early activations, so fp16 is opt-in.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"face detector kind must be one of {KINDS}, got {kind!r}")
+    unknown = set(thresholds) - set(_options_for(S3FDDetector, thresholds)) - set(
+        _options_for(HaarFaceDetector, thresholds))
+    if unknown:
+        raise TypeError(f"unknown face detector option(s): {sorted(unknown)}")
+
+    path = find_s3fd_weights(weights_dir) if kind in ("auto", "s3fd") else None
+    if kind == "s3fd" and path is None:
+        looked = "\n  ".join(s3fd_search_paths(weights_dir))
+        raise FileNotFoundError(f"S3FD weights {WEIGHTS_FILENAME} not found; looked in:\n  {looked}")
+    if path is not None:
+        dtype = dtype or torch.float32
+        options = thresholds if kind == "s3fd" else _options_for(S3FDDetector, thresholds)
+        return S3FDDetector(load_s3fd(path, device=device, dtype=dtype), device=device,
+                            dtype=dtype, **options)
+
+    if kind == "auto":
+        warnings.warn(
+            f"S3FD weights {WEIGHTS_FILENAME} not found (looked for "
+            f"{describe_s3fd_search(weights_dir)}); falling back to "
+            "OpenCV's Haar cascade, which misses turned faces and gives rougher boxes",
+            FallbackWarning, stacklevel=2,
+        )
+        return HaarFaceDetector(**_options_for(HaarFaceDetector, thresholds))
+    return HaarFaceDetector(**thresholds)
+
+
+def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one box (x1, y1, x2, y2, ...) with each row of ``boxes``."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    boxes = boxes.reshape(-1, boxes.shape[-1])
+    box = np.asarray(box, dtype=np.float64)
+    iw = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    ih = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    inter = iw * ih
+    area = max(box[2] - box[0], 0) * max(box[3] - box[1], 0)
+    areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    union = area + areas - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def pick_face(boxes: np.ndarray, previous: np.ndarray | None,
+              min_iou: float = 0.3) -> np.ndarray | None:
+    """One face out of ``boxes [K, 5]``: the one continuing the track (highest IoU with
+    ``previous`` when above ``min_iou``), else the largest. None when ``boxes`` is empty."""
+    boxes = np.asarray(boxes)
+    if boxes.size == 0:
+        return None
+    boxes = boxes.reshape(-1, boxes.shape[-1])
+    if previous is not None and len(boxes) > 1:
+        iou = box_iou(np.asarray(previous)[:4], boxes)
+        best = int(np.argmax(iou))
+        if iou[best] > min_iou:
+            return boxes[best].copy()
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return boxes[int(np.argmax(areas))].copy()

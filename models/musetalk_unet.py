@@ -1,0 +1,152 @@
+"""MuseTalk v1.5 UNet: a diffusers `UNet2DConditionModel` run once at timestep 0.
+
+The UNet takes the masked and reference face latents ([B, 8, 32, 32]) and 50 audio tokens of
+width 384 and predicts the face latent ([B, 4, 32, 32]) in a single step. Before the UNet the
+audio tokens get MuseTalk's fixed sinusoidal positional encoding (a separate module upstream,
+so it is not part of `unet.pth`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor2_0
+from torch import nn
+
+from models.weights import check_state_dict, load_checkpoint
+
+# Upstream's PositionalEncoding(d_model=384, max_len=5000).
+PE_MAX_LEN = 5000
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """fp16 on CUDA (as upstream runs it), fp32 elsewhere."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def unet_config(config_path_or_dict: str | os.PathLike | Mapping[str, Any]) -> dict:
+    """The UNet2DConditionModel keyword arguments from `musetalk.json` (path or parsed dict)."""
+    if isinstance(config_path_or_dict, Mapping):
+        raw = dict(config_path_or_dict)
+    else:
+        path = Path(config_path_or_dict)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"MuseTalk UNet config not found: {path}") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON (expected musetalk.json): {err}") from err
+    # "_class_name", "_diffusers_version" are diffusers bookkeeping, not constructor arguments.
+    return {k: v for k, v in raw.items() if not k.startswith("_")}
+
+
+def build_musetalk_unet(config_path_or_dict: str | os.PathLike | Mapping[str, Any],
+                        device: str | torch.device = "meta") -> UNet2DConditionModel:
+    """Construct the UNet from its config; on `meta` nothing is allocated."""
+    cfg = unet_config(config_path_or_dict)
+    try:
+        with torch.device(device):
+            unet = UNet2DConditionModel(**cfg)
+    except TypeError as err:
+        raise ValueError(f"bad MuseTalk UNet config {config_path_or_dict!r}: {err}") from err
+    # SDPA attention (the diffusers default on torch 2, set explicitly so it cannot drift).
+    unet.set_attn_processor(AttnProcessor2_0())
+    return unet
+
+
+def audio_positional_encoding(seq_len: int, d_model: int = 384, max_len: int = PE_MAX_LEN,
+                              device: str | torch.device | None = None) -> torch.Tensor:
+    """Sinusoidal table [seq_len, d_model], fp32: sin on even channels, cos on odd ones.
+
+    pe[p, 2i] = sin(p / 10000^(2i/d)), pe[p, 2i+1] = cos(p / 10000^(2i/d)). Upstream adds
+    rows 0..seq_len-1 of a max_len table, so positions beyond max_len are an error.
+    """
+    if d_model % 2:
+        raise ValueError(f"positional encoding needs an even width, got {d_model}")
+    if seq_len > max_len:
+        raise ValueError(f"{seq_len} audio tokens exceed the positional encoding length {max_len}")
+    # Computed in fp32 the way the model was trained with (an fp64 table differs by ~3e-6).
+    freq = torch.exp(torch.arange(0, d_model, 2).float() * (-math.log(10000.0) / d_model))
+    angle = torch.arange(seq_len).float().unsqueeze(1) * freq
+    pe = torch.stack([torch.sin(angle), torch.cos(angle)], dim=2).reshape(seq_len, d_model)
+    return pe.to(device)
+
+
+class MuseTalkUNet(nn.Module):
+    """The UNet plus MuseTalk's audio positional encoding: latents + audio -> predicted latent."""
+
+    def __init__(self, unet: UNet2DConditionModel):
+        super().__init__()
+        self.unet = unet
+        self.audio_dim = int(unet.config.cross_attention_dim)
+        # Kept out of the module's buffers so it stays fp32 when the UNet is cast to half.
+        self._pe: torch.Tensor | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    def positional_encoding(self, seq_len: int) -> torch.Tensor:
+        pe = self._pe
+        if pe is None or pe.shape[0] < seq_len or pe.device != self.device:
+            pe = audio_positional_encoding(max(seq_len, 50), self.audio_dim, device=self.device)
+            self._pe = pe
+        return pe[:seq_len]
+
+    def forward(self, latents: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """latents [B, 8, h, w] (masked + reference), audio [B, T, 384] -> latent [B, 4, h, w]."""
+        in_ch = self.unet.config.in_channels
+        if latents.ndim != 4 or latents.shape[1] != in_ch:
+            raise ValueError(f"latents must be [B, {in_ch}, h, w], got {list(latents.shape)}")
+        if audio.ndim != 3 or audio.shape[2] != self.audio_dim or audio.shape[0] != latents.shape[0]:
+            raise ValueError(
+                f"audio must be [{latents.shape[0]}, T, {self.audio_dim}], got {list(audio.shape)}"
+            )
+        dtype, device = self.dtype, self.device
+        # Add the encoding in at least fp32, then round once to the UNet's precision.
+        work = torch.promote_types(dtype, torch.float32)
+        audio = audio.to(device=device, dtype=work) + self.positional_encoding(audio.shape[1]).to(work)
+        timestep = torch.zeros(latents.shape[0], device=device)
+        return self.unet(
+            latents.to(device=device, dtype=dtype),
+            timestep,
+            encoder_hidden_states=audio.to(dtype),
+            return_dict=False,
+        )[0]
+
+
+def load_musetalk_unet(
+    unet_path: str | os.PathLike,
+    config_path_or_dict: str | os.PathLike | Mapping[str, Any],
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> MuseTalkUNet:
+    """Load `unet.pth` (a plain state dict) strictly into the UNet built from `musetalk.json`.
+
+    The model is built on `meta` and the memory-mapped checkpoint tensors are assigned, so the
+    3.4 GB file is not held twice. `dtype` None means fp16 on CUDA, fp32 elsewhere.
+    """
+    dtype = default_dtype(device) if dtype is None else dtype
+    unet = build_musetalk_unet(config_path_or_dict, device="meta")
+    state = load_checkpoint(unet_path)
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
+    check_state_dict(expected, state, unet_path, "MuseTalk UNet")
+    unet.load_state_dict(state, strict=True, assign=True)
+    left = [n for n, t in list(unet.named_parameters()) + list(unet.named_buffers()) if t.is_meta]
+    if left:
+        raise ValueError(f"{unet_path}: tensors not filled by the checkpoint: {left[:10]}")
+    unet.to(device=device, dtype=dtype)
+    unet.eval().requires_grad_(False)
+    return MuseTalkUNet(unet).eval()

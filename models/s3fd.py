@@ -1,0 +1,377 @@
+"""S3FD face detector (single-shot, scale-invariant; VGG-16 trunk with six prediction heads).
+
+The module layout mirrors the face_alignment project's ``s3fd-619a316812.pth`` checkpoint
+(65 tensors, 22.5 M parameters), which MuseTalk uses as-is, so it loads strictly.
+
+Conventions of the checkpoint:
+- input is BGR in 0..255 with the per-channel mean (104, 117, 123) subtracted, no scaling;
+- head ``i`` (i = 0..5) has stride ``4 * 2**i`` and one square anchor of side ``4 * stride``
+  centred at ``stride / 2 + index * stride``; offsets decode SSD-style with variances (0.1, 0.2);
+- the first head predicts 3 background logits and 1 face logit; the backgrounds are max-ed
+  into one ("max-out background label") before the 2-way softmax;
+- reference post-processing: candidates scoring > 0.05, NMS at IoU 0.3, then keep > 0.5.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+WEIGHTS_FILENAME = "s3fd-619a316812.pth"
+# Names a MuseTalk checkout or a manual download may use for the same file.
+WEIGHTS_ALIASES = (WEIGHTS_FILENAME, "s3fd.pth")
+# Sub-folders of a weights folder: MuseTalk-style ones, then LatentSync's `auxiliary/`.
+WEIGHTS_SUBDIRS = ("", "face_detection", "face-detection", "s3fd", "sfd", "face_detection/sfd",
+                   "auxiliary", "checkpoints/auxiliary")
+
+MEAN_BGR = (104.0, 117.0, 123.0)
+STRIDES = (4, 8, 16, 32, 64, 128)
+ANCHOR_SCALE = 4  # anchor side = 4 * stride: 16, 32, ..., 512 px
+VARIANCES = (0.1, 0.2)
+MIN_INPUT_SIDE = 32  # five 2x poolings must leave at least one cell
+
+
+class S3FDWeightsError(ValueError):
+    """A checkpoint does not match the S3FD architecture."""
+
+
+class L2Norm(nn.Module):
+    """Channel-wise L2 normalisation with a learned per-channel scale."""
+
+    def __init__(self, channels: int, scale: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((channels,), float(scale)))
+        self.eps = 1e-10
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Sum of squares over 256-512 unbounded ReLU channels overflows fp16: work in fp32.
+        x32 = x.float()
+        norm = x32.pow(2).sum(dim=1, keepdim=True).sqrt() + self.eps
+        return (x32 / norm * self.weight.float().view(1, -1, 1, 1)).to(x.dtype)
+
+
+def _conv(cin: int, cout: int, k: int = 3, stride: int = 1, padding: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel_size=k, stride=stride, padding=padding)
+
+
+class S3FD(nn.Module):
+    """S3FD network. ``forward`` returns six ``(face_logits [B,2,h,w], loc [B,4,h,w])`` pairs,
+    finest (stride 4) first; channel 1 of the logits is the face class."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Attribute names and registration order follow the checkpoint's state_dict order.
+        self.conv1_1 = _conv(3, 64)
+        self.conv1_2 = _conv(64, 64)
+        self.conv2_1 = _conv(64, 128)
+        self.conv2_2 = _conv(128, 128)
+        self.conv3_1 = _conv(128, 256)
+        self.conv3_2 = _conv(256, 256)
+        self.conv3_3 = _conv(256, 256)
+        self.conv4_1 = _conv(256, 512)
+        self.conv4_2 = _conv(512, 512)
+        self.conv4_3 = _conv(512, 512)
+        self.conv5_1 = _conv(512, 512)
+        self.conv5_2 = _conv(512, 512)
+        self.conv5_3 = _conv(512, 512)
+        # fc6 of this port is an undilated 3x3 conv with padding 3: its map is 4 cells wider
+        # than the image / 32 on each axis; the decode below keeps the checkpoint's anchor grid.
+        self.fc6 = _conv(512, 1024, 3, 1, 3)
+        self.fc7 = _conv(1024, 1024, 1, 1, 0)
+        self.conv6_1 = _conv(1024, 256, 1, 1, 0)
+        self.conv6_2 = _conv(256, 512, 3, 2, 1)
+        self.conv7_1 = _conv(512, 128, 1, 1, 0)
+        self.conv7_2 = _conv(128, 256, 3, 2, 1)
+
+        self.conv3_3_norm = L2Norm(256, 10.0)
+        self.conv4_3_norm = L2Norm(512, 8.0)
+        self.conv5_3_norm = L2Norm(512, 5.0)
+
+        self.conv3_3_norm_mbox_conf = _conv(256, 4)  # 3 background + 1 face (max-out)
+        self.conv3_3_norm_mbox_loc = _conv(256, 4)
+        self.conv4_3_norm_mbox_conf = _conv(512, 2)
+        self.conv4_3_norm_mbox_loc = _conv(512, 4)
+        self.conv5_3_norm_mbox_conf = _conv(512, 2)
+        self.conv5_3_norm_mbox_loc = _conv(512, 4)
+        self.fc7_mbox_conf = _conv(1024, 2)
+        self.fc7_mbox_loc = _conv(1024, 4)
+        self.conv6_2_mbox_conf = _conv(512, 2)
+        self.conv6_2_mbox_loc = _conv(512, 4)
+        self.conv7_2_mbox_conf = _conv(256, 2)
+        self.conv7_2_mbox_loc = _conv(256, 4)
+
+    @classmethod
+    def from_config(cls, config: dict | None = None) -> "S3FD":
+        """Build from a config dict. S3FD has no size options, so the dict must be empty."""
+        if config:
+            raise ValueError(f"S3FD takes no config options, got {sorted(config)}")
+        return cls()
+
+    @staticmethod
+    def _block(x: torch.Tensor, convs: Sequence[nn.Conv2d]) -> torch.Tensor:
+        for conv in convs:
+            x = F.relu(conv(x))
+        return x
+
+    def forward(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        h = self._block(x, (self.conv1_1, self.conv1_2))
+        h = self._block(F.max_pool2d(h, 2, 2), (self.conv2_1, self.conv2_2))
+        f3 = self._block(F.max_pool2d(h, 2, 2), (self.conv3_1, self.conv3_2, self.conv3_3))
+        f4 = self._block(F.max_pool2d(f3, 2, 2), (self.conv4_1, self.conv4_2, self.conv4_3))
+        f5 = self._block(F.max_pool2d(f4, 2, 2), (self.conv5_1, self.conv5_2, self.conv5_3))
+        f7 = self._block(F.max_pool2d(f5, 2, 2), (self.fc6, self.fc7))
+        f6_2 = self._block(f7, (self.conv6_1, self.conv6_2))
+        f7_2 = self._block(f6_2, (self.conv7_1, self.conv7_2))
+
+        f3 = self.conv3_3_norm(f3)
+        f4 = self.conv4_3_norm(f4)
+        f5 = self.conv5_3_norm(f5)
+
+        conf1 = self.conv3_3_norm_mbox_conf(f3)
+        background = conf1[:, 0:3].amax(dim=1, keepdim=True)
+        conf1 = torch.cat([background, conf1[:, 3:4]], dim=1)
+        return [
+            (conf1, self.conv3_3_norm_mbox_loc(f3)),
+            (self.conv4_3_norm_mbox_conf(f4), self.conv4_3_norm_mbox_loc(f4)),
+            (self.conv5_3_norm_mbox_conf(f5), self.conv5_3_norm_mbox_loc(f5)),
+            (self.fc7_mbox_conf(f7), self.fc7_mbox_loc(f7)),
+            (self.conv6_2_mbox_conf(f6_2), self.conv6_2_mbox_loc(f6_2)),
+            (self.conv7_2_mbox_conf(f7_2), self.conv7_2_mbox_loc(f7_2)),
+        ]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _format_keys(kind: str, items: Sequence[str], limit: int = 12) -> str:
+    shown = ", ".join(items[:limit])
+    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    return f"{kind} ({len(items)}): {shown}{more}"
+
+
+def check_state_dict(model: nn.Module, state: dict, path: str) -> None:
+    """Raise S3FDWeightsError unless ``state`` has exactly the model's keys and shapes."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = []
+    for k, ref in expected.items():
+        if k not in state:
+            continue
+        value = state[k]
+        if not isinstance(value, torch.Tensor):
+            mismatched.append(f"{k} (not a tensor: {type(value).__name__})")
+        elif tuple(value.shape) != tuple(ref.shape):
+            mismatched.append(f"{k} (file {list(value.shape)}, model {list(ref.shape)})")
+        elif not value.is_floating_point():
+            mismatched.append(f"{k} (dtype {value.dtype}, expected floating point)")
+    if missing or unexpected or mismatched:
+        parts = [
+            _format_keys(name, items)
+            for name, items in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched))
+            if items
+        ]
+        raise S3FDWeightsError(
+            f"{path}: not an S3FD checkpoint ({WEIGHTS_FILENAME} layout); " + "; ".join(parts)
+        )
+
+
+def load_s3fd(path: str | os.PathLike, device: str | torch.device = "cpu",
+              dtype: torch.dtype = torch.float32) -> S3FD:
+    """Load ``s3fd-619a316812.pth`` strictly; returns the model in eval mode, gradients off."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"S3FD weights not found: {path} (expected {WEIGHTS_FILENAME})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, pickle with code, etc.
+        raise S3FDWeightsError(f"{path}: cannot read as a torch state dict ({exc})") from exc
+    if isinstance(state, dict) and set(state) == {"state_dict"}:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise S3FDWeightsError(
+            f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}"
+        )
+    with torch.device("meta"):
+        model = S3FD()
+    check_state_dict(model, state, path)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.to(device=device, dtype=dtype)
+    model.eval().requires_grad_(False)
+    return model
+
+
+def s3fd_search_paths(weights_dir: str | os.PathLike | None) -> list[str]:
+    """Candidate files, in the order ``find_s3fd_weights`` tries them."""
+    paths = []
+    if weights_dir is not None:
+        weights_dir = os.fspath(weights_dir)
+        for sub in WEIGHTS_SUBDIRS:
+            for name in WEIGHTS_ALIASES:
+                paths.append(os.path.normpath(os.path.join(weights_dir, sub, name)))
+    # Where face_alignment (and so MuseTalk) downloads it on first use.
+    paths.append(os.path.join(torch.hub.get_dir(), "checkpoints", WEIGHTS_FILENAME))
+    return paths
+
+
+def describe_s3fd_search(weights_dir: str | os.PathLike | None) -> str:
+    """Short human description of where ``find_s3fd_weights`` looks."""
+    hub = os.path.join(torch.hub.get_dir(), "checkpoints", WEIGHTS_FILENAME)
+    if weights_dir is None:
+        return hub
+    subs = ", ".join(sub + "/" for sub in WEIGHTS_SUBDIRS if sub)
+    names = " or ".join(WEIGHTS_ALIASES)
+    return f"{names} in {os.fspath(weights_dir)} (top level or {subs}), then {hub}"
+
+
+def find_s3fd_weights(weights_dir: str | os.PathLike | None) -> str | None:
+    """Path of the S3FD checkpoint in ``weights_dir`` (or a usual sub-folder) or the torch hub
+    cache; ``weights_dir`` may also be the file itself. None when nothing is found."""
+    if weights_dir is not None and os.path.isfile(weights_dir):
+        return os.fspath(weights_dir)
+    for path in s3fd_search_paths(weights_dir):
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def decode_s3fd(outputs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                score_threshold: float) -> list[torch.Tensor]:
+    """Turn head outputs into per-image candidate boxes ``[K, 5]`` (x1, y1, x2, y2, score) in
+    network-input pixels, keeping scores strictly above ``score_threshold``. Unsorted, no NMS."""
+    batch = outputs[0][0].shape[0]
+    per_image: list[list[torch.Tensor]] = [[] for _ in range(batch)]
+    for level, (logits, loc) in enumerate(outputs):
+        stride = float(STRIDES[level])
+        anchor = stride * ANCHOR_SCALE
+        score = torch.softmax(logits.float(), dim=1)[:, 1]  # [B, h, w]
+        b, iy, ix = torch.nonzero(score > score_threshold, as_tuple=True)
+        if b.numel() == 0:
+            continue
+        d = loc.float()[b, :, iy, ix]  # [N, 4]: dx, dy, dw, dh
+        cx = (ix.float() * stride + stride / 2) + d[:, 0] * VARIANCES[0] * anchor
+        cy = (iy.float() * stride + stride / 2) + d[:, 1] * VARIANCES[0] * anchor
+        w = anchor * torch.exp(d[:, 2] * VARIANCES[1])
+        h = anchor * torch.exp(d[:, 3] * VARIANCES[1])
+        boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, score[b, iy, ix]], 1)
+        for i in torch.unique(b).tolist():
+            per_image[i].append(boxes[b == i])
+    empty = outputs[0][0].new_zeros((0, 5), dtype=torch.float32)
+    return [torch.cat(parts) if parts else empty for parts in per_image]
+
+
+def nms(boxes: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy non-maximum suppression on ``[K, 5]`` boxes; returns kept indices, best first.
+
+    Areas count pixels inclusively (+1), as the reference S3FD post-processing does, so the
+    same overlaps are suppressed."""
+    if len(boxes) == 0:
+        return np.zeros((0,), dtype=np.int64)
+    x1, y1, x2, y2, scores = (boxes[:, i].astype(np.float64) for i in range(5))
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        iw = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+        ih = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+        inter = iw * ih
+        iou = inter / (areas[i] + areas[rest] - inter)
+        order = rest[iou <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------- detector
+
+
+def _check_frame(frame: np.ndarray, index: int) -> None:
+    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        desc = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
+        raise ValueError(f"frame {index}: expected an HxWx3 uint8 RGB array, got {desc}")
+
+
+def network_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """(h, w) the frame is resized to so that its longer side is at most ``max_side``."""
+    if max_side is None or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+class S3FDDetector:
+    """Batched S3FD inference on RGB uint8 frames with the reference post-processing."""
+
+    name = "s3fd"
+
+    def __init__(self, model: S3FD, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, score_threshold: float = 0.5,
+                 nms_threshold: float = 0.3, max_side: int | None = 640,
+                 batch_size: int = 8) -> None:
+        if max_side is not None and max_side < MIN_INPUT_SIDE:
+            raise ValueError(f"max_side must be >= {MIN_INPUT_SIDE}, got {max_side}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.model = model.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
+        self.score_threshold = float(score_threshold)
+        self.nms_threshold = float(nms_threshold)
+        self.max_side = max_side
+        self.batch_size = int(batch_size)
+        self._mean = torch.tensor(MEAN_BGR, device=self.device).view(1, 3, 1, 1)
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Faces per frame: float32 ``[K, 5]`` (x1, y1, x2, y2, score) in the frame's own
+        pixels, best score first; ``[0, 5]`` when none."""
+        for i, frame in enumerate(frames):
+            _check_frame(frame, i)
+        results: list[np.ndarray | None] = [None] * len(frames)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, frame in enumerate(frames):
+            groups.setdefault(frame.shape[:2], []).append(i)
+        for (height, width), indices in groups.items():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start:start + self.batch_size]
+                boxes = self._detect_same_size([frames[i] for i in chunk], height, width)
+                for i, b in zip(chunk, boxes):
+                    results[i] = b
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _detect_same_size(self, frames: list[np.ndarray], height: int, width: int) -> list[np.ndarray]:
+        net_h, net_w = network_size(height, width, self.max_side)
+        if min(net_h, net_w) < MIN_INPUT_SIDE:
+            raise ValueError(
+                f"frame {width}x{height} is too small for S3FD after resizing to {net_w}x{net_h}: "
+                f"both sides must be >= {MIN_INPUT_SIDE} px"
+            )
+        if (net_h, net_w) != (height, width):
+            frames = [cv2.resize(f, (net_w, net_h), interpolation=cv2.INTER_AREA) for f in frames]
+        # Ship uint8 to the device; convert there (4x less transfer than float).
+        batch = torch.from_numpy(np.stack(frames)).to(self.device, non_blocking=True)
+        x = batch.permute(0, 3, 1, 2).flip(1).float() - self._mean  # RGB -> BGR, mean-free
+        outputs = self.model(x.to(self.dtype))
+        # Filtering at the final threshold before NMS keeps the same boxes as the reference
+        # (NMS at 0.05, then > 0.5): a box can only be suppressed by a higher-scoring one.
+        candidates = decode_s3fd(outputs, self.score_threshold)
+        sx, sy = width / net_w, height / net_h
+        results = []
+        for cand in candidates:
+            cand = cand.cpu().numpy()
+            cand = cand[nms(cand, self.nms_threshold)]
+            cand[:, [0, 2]] = np.clip(cand[:, [0, 2]] * sx, 0, width)
+            cand[:, [1, 3]] = np.clip(cand[:, [1, 3]] * sy, 0, height)
+            valid = (cand[:, 2] > cand[:, 0]) & (cand[:, 3] > cand[:, 1])
+            results.append(np.ascontiguousarray(cand[valid], dtype=np.float32))
+        return results

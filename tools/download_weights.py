@@ -1,0 +1,179 @@
+"""Download model weights from the Hugging Face hub into the MuseTalk-style weights layout.
+
+    python -m tools.download_weights --dest models --set musetalk
+    python -m tools.download_weights --dest models --set latentsync --dry-run
+
+Files already present with their published size are skipped; a file of the wrong size (an
+interrupted download) is fetched again. Downloads are staged in DEST/.download-staging and moved
+into place only after their size checks out, so a partial file never sits where loaders look.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+from models.weights import (
+    DOWNLOAD_SETS,
+    WEIGHT_FILES,
+    WeightFile,
+    files_in_set,
+    find_weight,
+    format_size,
+)
+
+STAGING = ".download-staging"
+
+# fetch(weight_file, staging_dir) -> path of the downloaded file (somewhere under staging_dir)
+Fetcher = Callable[[WeightFile, Path], Path]
+
+
+class DownloadError(RuntimeError):
+    """A file could not be downloaded or failed its checks."""
+
+
+@dataclass
+class PlannedFile:
+    weight: WeightFile
+    target: Path
+    action: str  # "skip", "download" or "manual"
+    reason: str
+
+
+def plan_downloads(dest: str | os.PathLike, set_name: str = "musetalk",
+                   registry: Mapping[str, WeightFile] | None = None) -> list[PlannedFile]:
+    """What to do for each file of `set_name`: skip it (present), download it, or tell the user."""
+    registry = WEIGHT_FILES if registry is None else registry
+    dest = Path(dest)
+    plan = []
+    for name in files_in_set(set_name, registry):
+        wf = registry[name]
+        target = dest / wf.paths[0]
+        search = find_weight(wf, dest, check_size=True, search_caches=False)
+        if search.found is not None:
+            known = wf.expected_size(search.found) is not None
+            plan.append(PlannedFile(wf, search.found, "skip",
+                                    "present, size ok" if known else "present (size not published)"))
+        elif not (wf.hf_repo and wf.hf_filename):
+            plan.append(PlannedFile(wf, target, "manual", f"not on the hub; get it from {wf.url}"))
+        else:
+            plan.append(PlannedFile(wf, target, "download", "; ".join(search.problems) or "missing"))
+    return plan
+
+
+def hf_fetch(wf: WeightFile, staging: Path) -> Path:
+    """Fetch one file with huggingface_hub (resumable; progress bars from the hub client)."""
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(wf.hf_repo, wf.hf_filename, local_dir=staging))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fetch_failed(wf: WeightFile, err: Exception) -> DownloadError:
+    hint = ("HF_HUB_OFFLINE is set, so the hub client will not connect; unset it"
+            if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+            else "check the network connection: huggingface.co (or the mirror in HF_ENDPOINT) "
+                 "must be reachable")
+    return DownloadError(
+        f"could not download {wf.name} ({wf.hf_repo}: {wf.hf_filename}): "
+        f"{type(err).__name__}: {err}\n  {hint}; or fetch {wf.source_url} by hand to the path above"
+    )
+
+
+def run_plan(plan: list[PlannedFile], dest: str | os.PathLike, fetch: Fetcher = hf_fetch,
+             verify_sha256: bool = False, log: Callable[[str], None] = print) -> list[PlannedFile]:
+    """Carry out a plan; returns the items left for the user to fetch by hand.
+
+    Stops at the first failed download with a `DownloadError`; files finished so far stay, and
+    a re-run skips them.
+    """
+    dest = Path(dest)
+    staging = dest / STAGING
+    todo = [p for p in plan if p.action == "download"]
+    need = sum(p.weight.size or 0 for p in todo)
+    dest.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(dest).free
+    if need > free:
+        raise DownloadError(f"{dest} has {format_size(free)} free, the downloads need {format_size(need)}")
+    for i, item in enumerate(plan, 1):
+        wf = item.weight
+        head = f"[{i}/{len(plan)}] {wf.name}"
+        if item.action == "skip":
+            log(f"{head}: skip, {item.reason}: {item.target}")
+            continue
+        if item.action == "manual":
+            log(f"{head}: {item.reason} -> {item.target}")
+            continue
+        log(f"{head}: downloading {wf.source_url} ({format_size(wf.size)}) -> {item.target}"
+            + ("" if item.reason == "missing" else f" [{item.reason}]"))
+        try:
+            got = Path(fetch(wf, staging))
+        except Exception as err:  # the hub client raises many kinds; all mean "not fetched"
+            raise _fetch_failed(wf, err) from err
+        size = got.stat().st_size
+        if wf.size is not None and size != wf.size:
+            got.unlink()
+            raise DownloadError(
+                f"{wf.name}: downloaded {size} bytes from {wf.source_url}, expected {wf.size}; "
+                "removed it, run again to retry"
+            )
+        if verify_sha256 and wf.sha256:
+            digest = _sha256(got)
+            if digest != wf.sha256:
+                got.unlink()
+                raise DownloadError(f"{wf.name}: sha256 {digest} != published {wf.sha256}; removed it")
+        item.target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(got, item.target)
+        log(f"{head}: done")
+    # Everything fetched: the staging folder only holds the hub client's bookkeeping now.
+    if staging.exists():
+        shutil.rmtree(staging)
+    return [p for p in plan if p.action == "manual"]
+
+
+def main(argv: list[str] | None = None, fetch: Fetcher = hf_fetch) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.download_weights",
+        description="Download model weights into a MuseTalk-style weights folder.",
+    )
+    parser.add_argument("--dest", required=True, help="weights folder (e.g. a MuseTalk models/ folder)")
+    parser.add_argument("--set", default="musetalk", choices=list(DOWNLOAD_SETS),
+                        help="which backend's files (latentsync = LatentSync 1.6)")
+    parser.add_argument("--dry-run", action="store_true", help="only print what would be done")
+    parser.add_argument("--verify-sha256", action="store_true",
+                        help="also check published SHA-256 digests (reads every downloaded file)")
+    args = parser.parse_args(argv)
+
+    plan = plan_downloads(args.dest, args.set)
+    if args.dry_run:
+        for item in plan:
+            print(f"{item.action:8s} {item.weight.name:22s} {format_size(item.weight.size):>12s}  "
+                  f"{item.target}  ({item.reason})")
+        return 0
+    try:
+        manual = run_plan(plan, args.dest, fetch=fetch, verify_sha256=args.verify_sha256)
+    except DownloadError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if manual:
+        print(f"{len(manual)} file(s) must be fetched by hand (see above).", file=sys.stderr)
+        return 2
+    print(f"all files of set '{args.set}' are in {args.dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
