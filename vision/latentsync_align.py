@@ -1,0 +1,220 @@
+"""LatentSync face alignment and paste-back (the v1.5 conventions with 68-point landmarks).
+
+Three points (brow centres and nose centre) are mapped by a similarity transform onto a fixed
+template inside a 3:4 face box (210 x 280 px wide x high at 256, 420 x 560 at 512). The box is
+then resized to a square, which stretches the face horizontally by 4/3; the models were trained
+on faces prepared this way.
+
+Coordinates follow the pixel-index convention of ``cv2.warpAffine`` (pixel (i, j) has its centre at
+x = j, y = i). An affine is a float64 [2, 3] matrix mapping frame coordinates into the face box.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import cv2
+import numpy as np
+
+# Template in units of the 256 px setting (upstream writes it as [19-2, 30-10], [56+2, 30-10], [37.5, 45-5]).
+_TEMPLATE_UNITS = np.array([[17.0, 20.0], [58.0, 20.0], [37.5, 40.0]])
+_BOX_UNITS = (75, 100)  # width, height before scaling
+_UNIT_SCALE_256 = 2.8
+FILL_VALUE = 127  # gray for pixels that fall outside the frame
+
+
+def _unit_scale(resolution: int) -> float:
+    return resolution / 256 * _UNIT_SCALE_256
+
+
+def face_box_size(resolution: int = 256) -> Tuple[int, int]:
+    """(width, height) of the face box: (210, 280) at 256, (420, 560) at 512."""
+    s = _unit_scale(resolution)
+    return int(_BOX_UNITS[0] * s), int(_BOX_UNITS[1] * s)
+
+
+def template_points(resolution: int = 256) -> np.ndarray:
+    """The three target points [3, 2] (left brow, right brow, nose) inside the face box."""
+    return _TEMPLATE_UNITS * _unit_scale(resolution)
+
+
+def three_points(landmarks: np.ndarray) -> np.ndarray:
+    """[3, 2]: mean of brow points 17..21, of brow points 22..26, and of nose points 27..35."""
+    pts = np.asarray(landmarks, dtype=np.float64)
+    if pts.shape != (68, 2):
+        raise ValueError(f"expected 68 landmarks of shape (68, 2), got {pts.shape}")
+    return np.stack([pts[17:22].mean(0), pts[22:27].mean(0), pts[27:36].mean(0)])
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Rotation + uniform scale + translation taking ``src`` points onto ``dst`` points.
+
+    Upstream's convention (kept because the training data was aligned with it): both point sets
+    are centred and divided by the standard deviation of all their coordinates; the rotation is
+    the orthogonal Procrustes solution of the normalised sets (a reflection is never chosen); the
+    scale is the ratio of the two standard deviations. Returns the [2, 3] matrix and the third
+    point's residual in the normalised frame (dst - src, before rotation), which upstream adds to
+    the translation (see ``AlignmentSmoother``).
+    """
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    src_mean, dst_mean = src.mean(0), dst.mean(0)
+    src_c, dst_c = src - src_mean, dst - dst_mean
+    src_std, dst_std = src_c.std(), dst_c.std()
+    if src_std < 1e-9 or dst_std < 1e-9:
+        raise ValueError("degenerate points for a similarity transform: all points coincide")
+    src_n, dst_n = src_c / src_std, dst_c / dst_std
+
+    u, _, vt = np.linalg.svd(src_n.T @ dst_n)
+    rot = vt.T @ u.T
+    if np.linalg.det(rot) < 0:
+        vt[-1] *= -1
+        rot = vt.T @ u.T
+    scaled = (dst_std / src_std) * rot
+    shift = dst_mean - scaled @ src_mean
+    matrix = np.concatenate([scaled, shift[:, None]], axis=1)
+    return matrix, dst_n[2] - src_n[2]
+
+
+class AlignmentSmoother:
+    """Temporal smoothing of the alignment across consecutive frames of one shot.
+
+    Two stages, both upstream's (v1.5):
+    - landmarks: each point moves from its previous smoothed position towards the new one with
+      weight 1 - exp(-d^2 / (face_width * landmark_alpha)); d is its displacement in pixels and
+      face_width the x-extent of the new points. Jitter of a pixel or two is mostly suppressed,
+      real motion passes through. ``landmark_alpha=None`` turns it off.
+    - translation: the nose residual of ``similarity_transform`` is an exponential moving average
+      (previous weight ``bias_keep``) and is added to the affine's translation. Upstream measures it
+      in the normalised frame, so it is a sub-pixel to ~2 px shift.
+
+    Call ``reset()`` at every cut, and use one smoother per face track.
+    """
+
+    def __init__(self, landmark_alpha: Optional[float] = 0.3, bias_keep: float = 0.2) -> None:
+        self.landmark_alpha = landmark_alpha
+        self.bias_keep = bias_keep
+        self.reset()
+
+    def reset(self) -> None:
+        self._points: Optional[np.ndarray] = None
+        self._bias: Optional[np.ndarray] = None
+
+    def landmarks(self, points: np.ndarray) -> np.ndarray:
+        """Smoothed copy of ``points`` [N, 2]; the first call after a reset returns them unchanged."""
+        points = np.asarray(points, dtype=np.float64)
+        if self.landmark_alpha is None or self._points is None or self._points.shape != points.shape:
+            self._points = points.copy()
+            return points.copy()
+        width = max(float(points[:, 0].max() - points[:, 0].min()), 1e-6)
+        dist2 = ((points - self._points) ** 2).sum(1, keepdims=True)
+        keep = np.exp(-dist2 / (width * self.landmark_alpha))
+        self._points = self._points * keep + points * (1.0 - keep)
+        return self._points.copy()
+
+    def bias(self, bias: np.ndarray) -> np.ndarray:
+        """Moving average of the translation bias; the first call returns it unchanged."""
+        bias = np.asarray(bias, dtype=np.float64)
+        if self._bias is not None:
+            bias = self._bias * self.bias_keep + bias * (1.0 - self.bias_keep)
+        self._bias = bias
+        return bias.copy()
+
+
+def estimate_affine(
+    landmarks: np.ndarray, resolution: int = 256, smoother: Optional[AlignmentSmoother] = None
+) -> np.ndarray:
+    """[2, 3] affine taking the frame into the face box, from 68 landmarks of one face.
+
+    Without a smoother this equals upstream's result for the first frame of a video.
+    """
+    points = np.asarray(landmarks, dtype=np.float64)
+    if smoother is not None:
+        points = smoother.landmarks(points)
+    matrix, bias = similarity_transform(three_points(points), template_points(resolution))
+    if smoother is not None:
+        bias = smoother.bias(bias)
+    matrix[:, 2] += bias
+    return matrix
+
+
+def _check_frame(frame: np.ndarray) -> None:
+    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3:
+        shape = getattr(frame, "shape", None)
+        raise ValueError(f"expected an H x W x 3 image array, got shape {shape}")
+
+
+def align_face(frame: np.ndarray, affine: np.ndarray, resolution: int = 256) -> np.ndarray:
+    """The aligned face, resolution x resolution x 3 uint8.
+
+    Lanczos warp into the face box (gray 127 outside the frame), then Lanczos resize of the 3:4
+    box to a square, as upstream v1.5 does.
+    """
+    _check_frame(frame)
+    box_w, box_h = face_box_size(resolution)
+    box = cv2.warpAffine(
+        np.ascontiguousarray(frame),
+        np.asarray(affine, dtype=np.float64),
+        (box_w, box_h),
+        flags=cv2.INTER_LANCZOS4,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(FILL_VALUE, FILL_VALUE, FILL_VALUE),
+    )
+    return cv2.resize(box, (resolution, resolution), interpolation=cv2.INTER_LANCZOS4)
+
+
+# Lanczos reaches 4 px, the mask's bilinear edge 1 px: a wider margin keeps the region-of-interest
+# computation identical to a full-frame one.
+_ROI_MARGIN = 8
+
+
+def _paste_region(inverse: np.ndarray, box_w: int, box_h: int, width: int, height: int):
+    """Frame rectangle (x0, y0, x1, y1) that holds every pixel the face box can touch."""
+    corners = np.array([[-0.5, -0.5], [box_w - 0.5, -0.5], [-0.5, box_h - 0.5], [box_w - 0.5, box_h - 0.5]])
+    mapped = corners @ inverse[:, :2].T + inverse[:, 2]
+    x0 = max(int(np.floor(mapped[:, 0].min())) - _ROI_MARGIN, 0)
+    y0 = max(int(np.floor(mapped[:, 1].min())) - _ROI_MARGIN, 0)
+    x1 = min(int(np.ceil(mapped[:, 0].max())) + _ROI_MARGIN + 1, width)
+    y1 = min(int(np.ceil(mapped[:, 1].max())) + _ROI_MARGIN + 1, height)
+    return x0, y0, x1, y1
+
+
+def restore_face(frame: np.ndarray, face_res: np.ndarray, affine: np.ndarray, resolution: int = 256) -> np.ndarray:
+    """Paste a (processed) aligned face back into a copy of ``frame``.
+
+    The face is resized back to the 3:4 box, inverse-warped into the frame, and blended with
+    upstream's soft edge: the warped box mask is eroded by 2 px, then eroded again by 2 * w and
+    Gaussian-blurred with a (2w + 1) kernel, w = sqrt(face area in pixels) // 20. Pixels the box
+    does not reach keep their exact values. Blending is rounded (upstream truncates).
+    """
+    _check_frame(frame)
+    face_res = np.asarray(face_res)
+    if face_res.shape != (resolution, resolution, 3):
+        raise ValueError(f"expected a {resolution} x {resolution} x 3 face, got shape {face_res.shape}")
+    height, width = frame.shape[:2]
+    box_w, box_h = face_box_size(resolution)
+    inverse = cv2.invertAffineTransform(np.asarray(affine, dtype=np.float64))
+
+    x0, y0, x1, y1 = _paste_region(inverse, box_w, box_h, width, height)
+    out = frame.copy()
+    if x1 <= x0 or y1 <= y0:
+        return out
+    # Warping straight into the region: shift the inverse map by the region's origin.
+    inverse_roi = inverse.copy()
+    inverse_roi[:, 2] -= (x0, y0)
+    size = (x1 - x0, y1 - y0)
+
+    face_box = cv2.resize(face_res.astype(np.float32), (box_w, box_h), interpolation=cv2.INTER_LANCZOS4)
+    warped = cv2.warpAffine(face_box, inverse_roi, size, flags=cv2.INTER_LANCZOS4)
+    box_mask = cv2.warpAffine(np.ones((box_h, box_w), np.float32), inverse_roi, size)
+
+    box_mask = cv2.erode(box_mask, np.ones((2, 2), np.uint8))
+    edge = int(float(box_mask.sum()) ** 0.5) // 20
+    centre = cv2.erode(box_mask, np.ones((2 * edge, 2 * edge), np.uint8)) if edge > 0 else box_mask
+    soft = cv2.GaussianBlur(centre, (2 * edge + 1, 2 * edge + 1), 0) if edge > 0 else centre
+
+    region = frame[y0:y1, x0:x1].astype(np.float32)
+    soft = soft[:, :, None]
+    blended = soft * (box_mask[:, :, None] * warped) + (1.0 - soft) * region
+    out[y0:y1, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    return out
