@@ -211,7 +211,9 @@ class VideoWriter:
             frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout=layout)
             frame.sample_rate = self._audio_rate
             frame.pts = self._audio_written
-            frame.time_base = self._audio.time_base
+            # the encoder's clock (1/rate): the stream's time base may be rewritten by the
+            # muxer when the header is written (Matroska uses 1/1000)
+            frame.time_base = Fraction(1, self._audio_rate)
             for packet in self._audio.encode(frame):
                 self._container.mux(packet)
             self._audio_written += samples.shape[1]

@@ -225,3 +225,20 @@ def test_content_quality(tmp_path):
     assert psnr(back, smooth) > 32.5
     luma = np.array([0.299, 0.587, 0.114])
     assert psnr(np.round(back @ luma).astype(np.uint8), np.round(smooth @ luma).astype(np.uint8)) > 38
+
+
+def test_lossless_mkv_with_audio(tmp_path):
+    """FFV1 in Matroska: frames come back bit-exact, and the audio keeps its timing even
+    though Matroska rewrites the stream time base to 1/1000 when the header is written."""
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 255, (77, 101, 3), dtype=np.uint8) for _ in range(25)]
+    audio = tmp_path / "a.wav"
+    make_audio(audio, seconds=2.0, sr=16000)
+    out = tmp_path / "o.mkv"
+    with VideoWriter(out, 101, 77, 25.0, codec="ffv1", pix_fmt="bgr0", audio_path=audio) as w:
+        for f in frames:
+            w.write(f)
+    got = [f.image for f in VideoReader(out)]
+    assert len(got) == 25 and all(np.array_equal(a, b) for a, b in zip(frames, got))
+    decoded = read_audio(out)
+    assert abs(len(decoded) / 16000 - 1.0) <= 1 / 25
