@@ -7,7 +7,7 @@ A graph file (YAML) looks like::
     groups:                       # optional: resources of placement groups
       gpu: {gpus: 1}
     args:                         # optional command-line shortcuts: --output X sets sink.path
-      output: sink.path
+      output: sink.path           # (or a list: every listed param gets the value)
     stages:
       src:  {type: synthetic_source, group: io, params: {count: 100}}
       work: {type: synthetic_map, group: cpu, workers: 2}
@@ -132,7 +132,7 @@ class GraphSpec:
     stages: dict[str, StageSpec]
     edges: list[EdgeSpec]
     groups: dict[str, GroupSpec]
-    args: dict[str, str]
+    args: dict[str, list[str]]     # command-line shortcut -> the stage.param names it sets
     queue_size: int = DEFAULT_QUEUE_SIZE
 
     def edges_into(self, stage: str) -> list[EdgeSpec]:
@@ -240,6 +240,10 @@ def _parse_endpoint(text: Any) -> tuple[str, str | None] | None:
     return stage, (port if dot else None)
 
 
+class _Text(str):
+    """A command-line value not yet read as YAML: string params take it as it is."""
+
+
 def parse_overrides(sets: Iterable[str]) -> list[tuple[str, str, Any]]:
     """``stage.param=value`` strings to (stage, param, value) triples."""
     out = []
@@ -248,7 +252,7 @@ def parse_overrides(sets: Iterable[str]) -> list[tuple[str, str, Any]]:
         stage, dot, param = key.partition(".")
         if not eq or not dot or not stage or not param:
             raise GraphError([f"--set {s!r}: expected stage.param=value"])
-        out.append((stage.strip(), param.strip(), parse_value(value)))
+        out.append((stage.strip(), param.strip(), _Text(value)))
     return out
 
 
@@ -377,6 +381,9 @@ def build_graph(raw: Any, path: str = "<graph>", overrides: list[tuple[str, str,
             problem(None, sname, param, f"--set names an unknown stage (stages: {', '.join(stages)})")
             continue
         spec = stages[sname]
+        if isinstance(value, _Text):   # '--set x.path=007' stays a string for a string param
+            default = spec.cls.params.get(param)
+            value = str(value) if isinstance(default, str) else parse_value(value)
         if param == "workers":
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problem(None, sname, "workers", f"--set: must be an integer >= 1, got {value!r}")
@@ -543,11 +550,15 @@ def build_graph(raw: Any, path: str = "<graph>", overrides: list[tuple[str, str,
 
     if problems:
         raise GraphError(problems)
-    args = raw.get("args") or {}
-    bad_args = [f"{k}: {v}" for k, v in args.items()
-                if not isinstance(v, str) or v.partition(".")[0] not in stages
-                or v.partition(".")[2] not in stages[v.partition(".")[0]].cls.params]
-    if bad_args:
-        raise GraphError([f"{path}: args: each shortcut must name stage.param: {', '.join(bad_args)}"])
+    args = {}
+    for k, v in (raw.get("args") or {}).items():
+        targets = [v] if isinstance(v, str) else v
+        ok = isinstance(targets, list) and targets and all(
+            isinstance(t, str) and t.partition(".")[0] in stages
+            and t.partition(".")[2] in stages[t.partition(".")[0]].cls.params for t in targets)
+        if not ok:
+            raise GraphError([f"{path}: args: shortcut '{k}' must name stage.param or a list of "
+                              f"them, got {v!r}"])
+        args[str(k)] = list(targets)
     name = raw.get("name") or os.path.splitext(fname)[0]
-    return GraphSpec(str(name), path, stages, edges, groups, dict(args), default_q)
+    return GraphSpec(str(name), path, stages, edges, groups, args, default_q)

@@ -41,6 +41,7 @@ class GroupLaunch:
     parent_pid: int
     beacons: object = None        # shared int64 array: item in hand per stage (-1: none)
     beacon_slots: dict = None     # (stage, replica) -> slot in `beacons`
+    go: object = None             # event set once every stage of every group has opened
 
 
 class _ChildContext(StageContext):
@@ -116,6 +117,8 @@ class GroupProcess:
         self.depth_probes: dict[str, callable] = {}
         self.depths: dict[str, DepthSeries] = {}
         self.trace: TraceWriter | None = None
+        self.n_open = 0
+        self.open_lock = threading.Lock()
 
     def send(self, msg) -> None:
         self.launch.control.put(msg)
@@ -171,13 +174,32 @@ class GroupProcess:
         return threads
 
     # ----- running ----------------------------------------------------------------------
+    def _opened(self) -> None:
+        with self.fail_lock:
+            self.n_open += 1
+            if self.n_open == len(self.runtimes):
+                self.send(("ready", (self.launch.group, self.launch.replica)))
+
+    def _wait_for_go(self) -> None:
+        """Sources start once every model everywhere is loaded: queues do not fill up
+        during setup, and latency and utilization measure the streaming alone."""
+        go = self.launch.go
+        while go is not None and not go.wait(0.2):
+            if self.failed.is_set():
+                raise Aborted()
+
     def _run_stage(self, rt: StageRuntime) -> None:
         inbox = self.inboxes[rt.stage.name]
         opened = False
         try:
-            rt.open()
+            # one open at a time per process: model libraries' lazy imports are not
+            # thread-safe, and loading in parallel gains little under the GIL
+            with self.open_lock:
+                rt.open()
             opened = True
+            self._opened()
             if rt.is_source:
+                self._wait_for_go()
                 rt.run_source()
             else:
                 open_ports = set(rt.stage.in_ports)

@@ -13,8 +13,8 @@ import collections
 import os
 import signal
 import tempfile
+import sys
 import time
-import warnings
 
 from graph.items import EOS
 from graph.stage import StageContext
@@ -49,9 +49,7 @@ class _InlineContext(StageContext):
         self.runner.temps.append(path)
 
     def warn(self, message):
-        if message not in self.runner.warned:
-            self.runner.warned.add(message)
-            warnings.warn(f"{self.stage}: {message}", stacklevel=2)
+        self.runner.warn(self.stage, message)
 
     def count(self, key, amount=1, reason=None):
         self.stats.count(key, amount, reason)
@@ -184,6 +182,13 @@ class InlineRunner:
         self._snapshot(runtimes)
         profile = self.reporter.finish(status, error)
         return RunResult(status, profile, error, exit_code)
+
+    def warn(self, stage: str, message: str) -> None:
+        if (stage, message) not in self.warned:
+            self.warned.add((stage, message))
+            stream = self.options.stream or sys.stderr
+            stream.write(f"warning: {stage}: {message}\n")
+            stream.flush()
 
     def _snapshot(self, runtimes) -> None:
         self.reporter.update(("inline", 0), {

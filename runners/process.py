@@ -67,11 +67,13 @@ class ProcessRunner:
         self.beacon_slots = slots
         for i in range(2 * len(slots)):
             self.beacons[i] = -1
+        self.go = ctx.Event()
         procs: dict[tuple, mp.Process] = {}
         for gname, group in graph.groups.items():
             for r in range(group.workers):
                 launch = GroupLaunch(graph, gname, r, run_id, queues, control, run_dir,
-                                     bool(self.options.trace_path), os.getpid(), self.beacons, slots)
+                                     bool(self.options.trace_path), os.getpid(), self.beacons, slots,
+                                     self.go)
                 procs[(gname, r)] = ctx.Process(target=group_main, args=(launch,),
                                                 name=f"lipgraph:{gname}[{r}]")
         if self.options.trace_path:
@@ -79,6 +81,8 @@ class ProcessRunner:
 
         status, error, exit_code = "ok", None, 0
         done: set[tuple] = set()
+        self.ready: set[tuple] = set()
+        self.n_procs = len(procs)
         old_handlers = self._install_signals()
         try:
             for p in procs.values():
@@ -149,6 +153,10 @@ class ProcessRunner:
                 self.reporter.update(msg[1], msg[2])
             elif kind == "done":
                 done.add(msg[1])
+            elif kind == "ready":
+                self.ready.add(msg[1])
+                if len(self.ready) == self.n_procs:
+                    self.go.set()
             elif kind == "total":
                 self.reporter.total = msg[1]
             elif kind == "warn":

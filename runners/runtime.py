@@ -111,13 +111,16 @@ class StageRuntime:
             self.stats.gave(count_items(msg))
         self.stats.blocked_s += out.put(msg)
 
-    def _drive(self, emits: Iterable | None, label: str, index: int | None) -> None:
-        """Run a stage generator to exhaustion, timing its own work apart from blocked puts."""
-        if emits is None:
-            return
-        it = iter(emits)
+    def _drive(self, call, label: str, index: int | None) -> None:
+        """Call a stage method and run what it returns to exhaustion, timing the stage's own
+        work (the call itself, for methods that work eagerly, and each step of a generator)
+        apart from time blocked on full outputs."""
         start = time.monotonic()
-        busy = 0.0
+        emits = call()
+        busy = time.monotonic() - start
+        if emits is None:
+            emits = ()
+        it = iter(emits)
         while True:
             t = time.monotonic()
             try:
@@ -144,24 +147,24 @@ class StageRuntime:
                 now = time.monotonic()
                 for m in msg.members():
                     self.stats.latency.add(now - m.t0)
-            self._drive(stage.process(msg, port), stage.name, msg.index)
+            self._drive(lambda: stage.process(msg, port), stage.name, msg.index)
             if self.emit_turns:
                 for out in self.outputs.values():
                     out.turn()
             self.current = self.current_last = None
         elif isinstance(msg, Info):
-            self._drive(stage.on_info(msg, port), f"{stage.name}:info", None)
+            self._drive(lambda: stage.on_info(msg, port), f"{stage.name}:info", None)
         elif isinstance(msg, Flush):
-            self._drive(stage.on_flush(msg, port), f"{stage.name}:flush", None)
+            self._drive(lambda: stage.on_flush(msg, port), f"{stage.name}:flush", None)
         else:
             raise RuntimeError(f"stage '{stage.name}' got an unknown message {msg!r} on '{port}'")
 
     def eos(self, port: str) -> None:
-        self._drive(self.stage.on_eos(port), f"{self.stage.name}:eos", None)
+        self._drive(lambda: self.stage.on_eos(port), f"{self.stage.name}:eos", None)
 
     def end(self) -> None:
         """All inputs ended (or the source is exhausted): finish, then EOS on every output."""
-        self._drive(self.stage.finish(), f"{self.stage.name}:finish", None)
+        self._drive(self.stage.finish, f"{self.stage.name}:finish", None)
         for out in self.outputs.values():
             self.stats.blocked_s += out.put(EOS)
 
