@@ -19,14 +19,17 @@ import sys
 import yaml
 
 
-def _graph_args(path: str) -> dict:
+def _graph_args(path: str) -> dict[str, list[str]]:
+    """The graph's command-line shortcuts (validated later with the graph itself)."""
     try:
         with open(path, encoding="utf-8") as f:
             raw = yaml.safe_load(f) or {}
-        args = raw.get("args") or {}
-        return {str(k): str(v) for k, v in args.items()} if isinstance(args, dict) else {}
     except (OSError, yaml.YAMLError):
         return {}
+    args = raw.get("args") if isinstance(raw, dict) else None
+    if not isinstance(args, dict):
+        return {}
+    return {str(k): [v] if isinstance(v, str) else [str(t) for t in v or []] for k, v in args.items()}
 
 
 def build_parser(shortcuts: dict) -> argparse.ArgumentParser:
@@ -44,9 +47,9 @@ def build_parser(shortcuts: dict) -> argparse.ArgumentParser:
     p.add_argument("--trace", default=None, metavar="PATH", help="Chrome trace path")
     p.add_argument("--no-trace", action="store_true", help="do not write a trace file")
     p.add_argument("--quiet", action="store_true", help="no progress and no table")
-    for name, target in shortcuts.items():
+    for name, targets in shortcuts.items():
         p.add_argument(f"--{name}", dest=f"arg_{name}", default=None, metavar="VALUE",
-                       help=f"sets {target}")
+                       help=f"sets {', '.join(targets)}")
     return p
 
 
@@ -67,11 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     from graph.spec import GraphError, load_graph
     from runners import RunOptions, format_error, get_runner
 
-    sets = list(args.sets)
-    for name, target in shortcuts.items():
+    sets = []
+    for name, targets in shortcuts.items():
         value = getattr(args, f"arg_{name}")
         if value is not None:
-            sets.insert(0, f"{target}={value}")
+            sets += [f"{target}={value}" for target in targets]
+    sets += args.sets      # explicit --set wins over shortcuts
     try:
         graph = load_graph(args.graph, sets)
     except GraphError as exc:
@@ -80,7 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(describe_plan(graph, args.runner))
         return 0
-    output = graph.param(graph.args["output"]) if "output" in graph.args else None
+    try:
+        from stages._weights import preflight
+        preflight(graph)
+    except FileNotFoundError as exc:
+        print(f"lipgraph: {exc}", file=sys.stderr)
+        return 2
+    output = graph.param(graph.args["output"][0]) if "output" in graph.args else None
     prof_default, trace_default = default_paths(graph, output)
     options = RunOptions(
         profile_path=args.profile or prof_default,

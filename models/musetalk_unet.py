@@ -24,6 +24,42 @@ from models.weights import check_state_dict, load_checkpoint
 # Upstream's PositionalEncoding(d_model=384, max_len=5000).
 PE_MAX_LEN = 5000
 
+# musetalkV15/musetalk.json as published (diffusers UNet2DConditionModel arguments)
+MUSETALK_V15_UNET_CONFIG: dict[str, Any] = {
+    "act_fn": "silu",
+    "attention_head_dim": 8,
+    "block_out_channels": [
+        320,
+        640,
+        1280,
+        1280
+    ],
+    "center_input_sample": False,
+    "cross_attention_dim": 384,
+    "down_block_types": [
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D"
+    ],
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 8,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "out_channels": 4,
+    "sample_size": 64,
+    "up_block_types": [
+        "UpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D"
+    ]
+}
+
 
 def default_dtype(device: str | torch.device) -> torch.dtype:
     """fp16 on CUDA (as upstream runs it), fp32 elsewhere."""

@@ -7,6 +7,19 @@ uses the type (spawned processes import them by name).
 STAGE_TYPES = {
     # engine building blocks
     "merge": "stages.merge:Merge",
+    # lip-sync pipeline
+    "video_source": "stages.video_source:VideoSource",
+    "audio_source": "stages.audio_source:AudioSource",
+    "face_detect": "stages.face_detect:FaceDetect",
+    "face_crop": "stages.face_crop:FaceCrop",
+    "whisper_features": "stages.whisper_features:WhisperFeatures",
+    "batch_builder": "stages.batch_builder:BatchBuilder",
+    "vae_encode": "stages.vae_encode:VAEEncode",
+    "surgical_unet": "stages.surgical_unet:SurgicalUNet",
+    "vae_decode": "stages.vae_decode:VAEDecode",
+    "face_parse": "stages.face_parse:FaceParse",
+    "blend": "stages.blend:Blend",
+    "mux": "stages.mux:Mux",
     # synthetic stages for tests and benchmarks of the engine
     "synthetic_source": "stages.synthetic:SyntheticSource",
     "synthetic_map": "stages.synthetic:SyntheticMap",

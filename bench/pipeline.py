@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Frames/s of the whole MuseTalk graph: the process runner (stage groups in parallel
+processes) against the inline runner (everything in one thread), same clip, same models,
+in one run; then the process run's per-stage table.
+
+Models have random weights (tiny by default, `--models full` for the real sizes), so the
+mouths are meaningless but the work per frame is real. The clip is a face photograph with
+cutaway runs (40 face frames, 10 cutaway frames).
+
+    python bench/pipeline.py [--frames 150] [--size 640x360] [--models tiny|full]
+                             [--device cpu|cuda] [--batch 8]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from graph.profile import format_table  # noqa: E402
+from graph.spec import load_graph  # noqa: E402
+from runners import RunOptions, get_runner  # noqa: E402
+from tools.synthetic import (clip_pattern, full_size_weights, make_clip, model_sets,  # noqa: E402
+                             tiny_weights)
+
+GRAPH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                     "configs", "graphs", "musetalk.yaml")
+
+
+def run(runner: str, sets: list[str], profile: str) -> dict:
+    graph = load_graph(GRAPH, sets)
+    t = time.perf_counter()
+    res = get_runner(runner)(graph, RunOptions(profile_path=profile, progress=False,
+                                               table=False)).run()
+    wall = time.perf_counter() - t
+    if not res.ok:
+        raise SystemExit(f"{runner} run failed: {res.error}")
+    prof = res.profile
+    prof["bench_wall_s"] = wall
+    return prof
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--frames", type=int, default=150)
+    ap.add_argument("--size", default="640x360")
+    ap.add_argument("--models", choices=("tiny", "full"), default="tiny")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--detect-every", type=int, default=1)
+    ap.add_argument("--keep", default=None, help="folder to keep inputs and outputs in")
+    a = ap.parse_args()
+    w, h = (int(v) for v in a.size.split("x"))
+    folder = a.keep or tempfile.mkdtemp(prefix="lipgraph-bench-")
+    os.makedirs(folder, exist_ok=True)
+    print(f"preparing {a.frames} frames at {w}x{h} and {a.models} random models in {folder} ...")
+    weights = (full_size_weights if a.models == "full" else tiny_weights)(os.path.join(folder, "models"))
+    pattern = clip_pattern(a.frames)
+    video, audio = make_clip(folder, pattern, width=w, height=h)
+    faces = pattern.count("F")
+    results = {}
+    for runner in ("process", "inline"):
+        out = os.path.join(folder, f"out-{runner}.mp4")
+        sets = model_sets(weights, a.device) + [
+            f"video.path={video}", f"audio.path={audio}", f"video.audio={audio}",
+            f"mux.audio={audio}", f"mux.path={out}", f"batch.batch_size={a.batch}",
+            f"detect.detect_every={a.detect_every}", "mux.preset=veryfast"]
+        results[runner] = run(runner, sets, out + ".profile.json")
+    print(f"\nclip: {a.frames} frames ({faces} with a face, {a.frames - faces} cutaways), "
+          f"{w}x{h}, models {a.models}, device {a.device}, batch {a.batch}")
+    for runner, prof in results.items():
+        fps = a.frames / prof["stream_wall_s"] if prof["stream_wall_s"] else float("nan")
+        print(f"  {runner:<8} {fps:7.2f} frames/s streaming ({prof['stream_wall_s']:.2f} s), "
+              f"{prof['bench_wall_s']:.2f} s with setup, peak RSS "
+              f"{prof['peak_rss_total_bytes'] / 2**20:.0f} MiB")
+    ratio = results["inline"]["stream_wall_s"] / results["process"]["stream_wall_s"]
+    print(f"  process / inline: {ratio:.2f}x")
+    print("\nper-stage profile of the process run:\n")
+    print(format_table(results["process"]))
+    with open(os.path.join(folder, "bench-pipeline.json"), "w") as f:
+        json.dump({k: {"stream_wall_s": v["stream_wall_s"], "wall_s": v["bench_wall_s"]}
+                   for k, v in results.items()}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

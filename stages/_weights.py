@@ -1,0 +1,57 @@
+"""Where a stage's model files come from: an explicit path param, or the weights folder.
+
+`--weights DIR` points at a MuseTalk-style `models/` folder (also searched: the Hugging Face
+hub cache and the torch hub cache). run_graph resolves every stage's files before starting,
+so a user missing several files gets one error that lists them all.
+"""
+from __future__ import annotations
+
+import os
+
+
+def resolve(stage, names: list[str]) -> dict:
+    from models.weights import resolve_weights
+    return resolve_weights(stage.p.get("weights") or None, names)
+
+
+def preflight(graph) -> None:
+    """Resolve every stage's required model files; one MissingWeightsError for all."""
+    from models.weights import MissingWeightsError, resolve_weights
+    by_dir: dict = {}
+    for spec in graph.stages.values():
+        need = getattr(spec.cls, "required_weights", None)
+        if need is None:
+            continue
+        names = need(spec.params)
+        if names:
+            by_dir.setdefault(spec.params.get("weights") or None, []).extend(names)
+    errors = []
+    for folder, names in by_dir.items():
+        try:
+            resolve_weights(folder, names)
+        except MissingWeightsError as exc:
+            errors.append(exc)
+    if errors:
+        if len(errors) == 1:
+            raise errors[0]
+        raise MissingWeightsError("\n".join(str(e) for e in errors),
+                                  [m for e in errors for m in e.missing],
+                                  {k: v for e in errors for k, v in e.looked.items()})
+
+
+def vae_folder(stage) -> str:
+    if stage.p["vae"]:
+        return stage.p["vae"]
+    found = resolve(stage, ["sd_vae_config", "sd_vae_weights"])
+    return os.fspath(found["sd_vae_config"].parent)
+
+
+def load_shared_vae(stage):
+    from models.vae import load_vae
+
+    from ._torch import resolve_device, resolve_dtype, shared_model
+    device = resolve_device(stage.p["device"])
+    dtype = resolve_dtype(stage.p["dtype"], device)
+    folder = vae_folder(stage)
+    return shared_model(("vae", os.path.abspath(folder), device, str(dtype)),
+                        lambda: load_vae(folder, device=device, dtype=dtype))

@@ -1,0 +1,37 @@
+"""audio_source: decode any audio (or a video's audio track) to 16 kHz mono chunks."""
+from __future__ import annotations
+
+from graph.items import Info, Item
+from graph.stage import Stage
+
+SAMPLE_RATE = 16000
+
+
+class AudioSource(Stage):
+    inputs = ()
+    outputs = ("out",)
+    # peak: also measure the whole clip's log-mel peak first (LatentSync's features need it)
+    params = {"path": "", "chunk_s": 1.0, "peak": False}
+
+    @classmethod
+    def validate_params(cls, params):
+        problems = []
+        if not params["path"]:
+            problems.append(("path", "no input audio (params.path / --audio)"))
+        if params["chunk_s"] <= 0:
+            problems.append(("chunk_s", "must be > 0"))
+        return problems
+
+    def generate(self):
+        from media.audio import AudioReader, probe_audio
+        info = probe_audio(self.p["path"])
+        facts = {"start_index": 0, "sample_rate": SAMPLE_RATE, "duration": info.duration_s,
+                 "audio_path": self.p["path"]}
+        if self.p["peak"]:
+            from media.audio_features import latentsync_mel_peak
+            with AudioReader(self.p["path"], SAMPLE_RATE, self.p["chunk_s"]) as r:
+                facts["mel_peak"] = float(latentsync_mel_peak(r))
+        yield "out", Info(facts)
+        with AudioReader(self.p["path"], SAMPLE_RATE, self.p["chunk_s"]) as r:
+            for k, pcm in enumerate(r):
+                yield "out", Item(k, {"pcm": pcm})

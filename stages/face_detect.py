@@ -1,0 +1,142 @@
+"""face_detect: one face box per frame, or None for a cutaway.
+
+S3FD (`s3fd-619a316812.pth`, looked up under --weights and the torch hub cache), batched,
+on frames downscaled to `max_side`; without its weights, OpenCV's Haar cascade, with a
+warning. Detection dominates upstream's run time, so `detect_every: N` detects every Nth
+frame and interpolates the boxes between two detections of the same face; where a face
+appears, disappears or jumps between two detections, the frames between are detected too.
+Several faces: the one that continues the current track, else the largest.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from graph.stage import Stage
+
+from ._torch import DEVICE_PARAMS, check_device_params, inference, resolve_device, resolve_dtype
+
+TRACK_IOU = 0.3     # two boxes this similar are the same face (interpolation is safe)
+
+
+class FaceDetect(Stage):
+    params = {"detector": "auto", "weights": "", "detect_every": 1, "batch_size": 8,
+              "max_side": 640, "score_threshold": 0.5, "nms_threshold": 0.3, **DEVICE_PARAMS}
+
+    @classmethod
+    def validate_params(cls, params):
+        problems = check_device_params(params)
+        if params["detector"] not in ("auto", "s3fd", "haar"):
+            problems.append(("detector", f"expected auto, s3fd or haar, got {params['detector']!r}"))
+        for k in ("detect_every", "batch_size", "max_side"):
+            if params[k] < 1:
+                problems.append((k, "must be >= 1"))
+        return problems
+
+    def open(self):
+        from models.face_detection import build_face_detector
+        device = resolve_device(self.p["device"])
+        dtype = resolve_dtype(self.p["dtype"], device) if self.p["dtype"] != "auto" else None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            options = {"max_side": self.p["max_side"]}
+            if self.p["detector"] != "haar":     # S3FD's thresholds ("auto" drops them for Haar)
+                options.update(score_threshold=self.p["score_threshold"],
+                               nms_threshold=self.p["nms_threshold"])
+            self.detector = build_face_detector(self.p["detector"], self.p["weights"] or None,
+                                                device=device, dtype=dtype, **options)
+        for w in caught:
+            self.ctx.warn(str(w.message))
+        self.every = self.p["detect_every"]
+        # detect this many keyframes per call, holding about batch_size frames at most
+        self.keys_per_call = max(1, self.p["batch_size"] // self.every)
+        self.held: list = []          # frames not yet emitted, in order
+        self.last_key = None          # (item, box) of the last detected keyframe (emitted)
+
+    # ----- stream ----------------------------------------------------------------------
+    def process(self, item, port):
+        self.held.append(item)
+        if self._keys_held() >= self.keys_per_call:
+            yield from self._resolve(final=False)
+
+    def on_flush(self, flush, port):
+        yield from self._resolve(final=True)
+        yield from super().on_flush(flush, port)
+
+    def finish(self):
+        return self._resolve(final=True)
+
+    def _is_key(self, pos_in_held: int) -> bool:
+        n_since = pos_in_held + 1 if self.last_key is not None else pos_in_held
+        return n_since % self.every == 0
+
+    def _keys_held(self) -> int:
+        return sum(1 for k in range(len(self.held)) if self._is_key(k))
+
+    # ----- detection -------------------------------------------------------------------
+    def _detect(self, items) -> list:
+        if not items:
+            return []
+        with inference():
+            return self.detector.detect([it.data["frame"] for it in items])
+
+    def _resolve(self, final: bool):
+        """Detect the keyframes held, fill in the frames between, emit in order."""
+        if not self.held:
+            return
+        keys = [k for k in range(len(self.held)) if self._is_key(k)]
+        if final and (not keys or keys[-1] != len(self.held) - 1):
+            keys.append(len(self.held) - 1)       # the stream's last frame closes the gap
+        found = self._detect([self.held[k] for k in keys])
+        prev_item, prev_box = self.last_key if self.last_key else (None, None)
+        start = 0
+        for k, boxes in zip(keys, found):
+            between = self.held[start:k]
+            key_box = _pick(boxes, prev_box)
+            self._fill(between, prev_box, key_box)
+            self.held[k].data["box"] = key_box
+            prev_box = key_box
+            start = k + 1
+        done = self.held[:start]
+        self.held = self.held[start:]
+        if done:
+            self.last_key = (done[-1], prev_box)
+        for it in done:
+            self.ctx.count("faces" if it.data["box"] is not None else "cutaways")
+            yield "out", it
+
+    def _fill(self, between, box_a, box_b) -> None:
+        """Boxes for frames between two detected keyframes."""
+        if not between:
+            return
+        same = (box_a is not None and box_b is not None
+                and _iou(box_a, box_b) >= TRACK_IOU)
+        if same:
+            n = len(between) + 1
+            for j, it in enumerate(between, start=1):
+                w = j / n
+                box = (1 - w) * box_a + w * box_b
+                box[4] = min(box_a[4], box_b[4])
+                it.data["box"] = box.astype(np.float32)
+            return
+        if box_a is None and box_b is None:
+            for it in between:
+                it.data["box"] = None
+            return
+        # a face appears, disappears or jumps: detect every frame in between
+        prev = box_a
+        for it, boxes in zip(between, self._detect(between)):
+            prev = _pick(boxes, prev)
+            it.data["box"] = prev
+
+
+def _pick(boxes, previous):
+    from models.face_detection import pick_face
+    box = pick_face(boxes, previous)
+    return None if box is None else np.asarray(box, np.float32)
+
+
+def _iou(a, b) -> float:
+    from models.face_detection import box_iou
+    return float(box_iou(a, np.asarray(b)[None])[0])

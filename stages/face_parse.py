@@ -1,0 +1,92 @@
+"""face_parse: the paste-back mask of each face frame, as MuseTalk v1.5 makes it.
+
+BiSeNet (`face-parse-bisent/79999_iter.pth`) parses a square region 1.5x the face box;
+the mask keeps the `mode` classes (`jaw` default, `raw`, `neck`) inside the face box and
+below the middle of the region, feathered. `parse_every: N` parses every Nth face frame
+of a shot and carries the mask over to the frames between (moved with the face box).
+Without parsing weights: a feathered lower-face mask, with a warning.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graph.stage import Stage
+
+from ._torch import DEVICE_PARAMS, check_device_params, inference, resolve_device, resolve_dtype
+
+
+class FaceParse(Stage):
+    params = {"weights": "", "parser": "", "mode": "jaw", "parse_every": 1, "expand": 1.5,
+              **DEVICE_PARAMS}
+
+    @classmethod
+    def validate_params(cls, params):
+        problems = check_device_params(params)
+        if params["mode"] not in ("jaw", "raw", "neck"):
+            problems.append(("mode", f"expected jaw, raw or neck, got {params['mode']!r}"))
+        if params["parse_every"] < 1:
+            problems.append(("parse_every", "must be >= 1"))
+        return problems
+
+    def open(self):
+        from models.bisenet import FaceParser, find_bisenet_weights, load_bisenet
+        self.parser = None
+        path, resnet = self.p["parser"] or None, None
+        if path is None and self.p["weights"]:
+            found = find_bisenet_weights(self.p["weights"])
+            if found:
+                path, resnet = found
+        if path is None:
+            self.ctx.warn("face parsing weights (face-parse-bisent/79999_iter.pth) not found under "
+                          f"{self.p['weights'] or '(no --weights)'}: blending with a feathered "
+                          "lower-face mask instead of parsing")
+        else:
+            device = resolve_device(self.p["device"])
+            dtype = resolve_dtype(self.p["dtype"], device)
+            self.parser = FaceParser(load_bisenet(path, resnet, device=device, dtype=dtype))
+        self.anchor = None        # (mask, face_box, crop_box) of the last parsed frame
+        self.since = 0            # face frames since that parse
+        self.prev_index = None
+
+    def on_flush(self, flush, port):
+        self.anchor = None        # a cutaway: the next shot is parsed afresh
+        return super().on_flush(flush, port)
+
+    def process(self, batch, port):
+        from vision.musetalk_face import blend_mask, crop_padded, expanded_crop_box, reuse_mask
+        items = list(batch.members())
+        # which frames to parse: the first of each shot, then every parse_every-th
+        fresh = []
+        have = self.anchor is not None
+        for item in items:
+            box = item.data["face_box"]
+            item.data["crop_box"] = np.asarray(
+                expanded_crop_box(box, item.data["frame"].shape, self.p["expand"]), np.int32)
+            gap = self.prev_index is None or item.index != self.prev_index + 1
+            self.prev_index = item.index
+            if gap or not have or self.since >= self.p["parse_every"]:
+                fresh.append(item)
+                self.since = 0
+                have = True
+            self.since += 1
+        maps = [None] * len(fresh)
+        if self.parser is not None and fresh:
+            with inference():
+                maps = self.parser.parse([crop_padded(it.data["frame"], it.data["crop_box"])
+                                          for it in fresh])
+        for it, parsing in zip(fresh, maps):
+            it.data["mask"] = blend_mask(parsing, it.data["face_box"], it.data["crop_box"],
+                                         self.p["mode"])
+        self.ctx.count("parsed", len(fresh))
+        # the others carry the mask of the last parsed frame before them
+        anchor = self.anchor
+        fresh_ids = {id(it) for it in fresh}
+        for item in items:
+            if id(item) in fresh_ids:
+                anchor = (item.data["mask"], item.data["face_box"], item.data["crop_box"])
+            else:
+                mask, box, crop_box = anchor
+                item.data["mask"] = reuse_mask(mask, box, crop_box, item.data["face_box"],
+                                               item.data["crop_box"])
+        self.anchor = anchor
+        yield "out", batch

@@ -1,0 +1,85 @@
+"""mux: the output file. Merges the blended face frames and the bypassed cutaways back into
+index order (holding at most one message per input), encodes H.264 (libx264, yuv420p,
+crf 18 by default) at the source frame rate and timestamps, and muxes the new audio track
+(AAC), cut or padded with silence to the video's duration. Writes to a temporary file that
+is renamed onto `path` only when the stream ends; a failed run leaves nothing there.
+For a lossless master: `codec: ffv1`, `pix_fmt: bgr0` and a .mkv path."""
+from __future__ import annotations
+
+from graph.ordering import OrderedMerge
+from graph.stage import Stage
+
+
+class Mux(Stage):
+    inputs = ("main", "bypass")
+    outputs = ()
+    params = {"path": "", "audio": "", "crf": 18, "preset": "medium", "codec": "libx264",
+              "pix_fmt": "yuv420p"}
+
+    @classmethod
+    def validate_params(cls, params):
+        problems = []
+        if not params["path"]:
+            problems.append(("path", "no output file (params.path / --output)"))
+        if not 0 <= params["crf"] <= 51:
+            problems.append(("crf", "must be within 0..51"))
+        return problems
+
+    def open(self):
+        self.merge = OrderedMerge(list(self.in_ports), name=self.name)
+        self.writer = None
+        self.written = 0
+
+    def accepts(self):
+        return self.merge.accepts()
+
+    def on_info(self, info, port):
+        self.info.update(info.data)
+        if "start_index" in info.data:
+            self._write(self.merge.set_start(info.data["start_index"]))
+        return ()
+
+    def on_flush(self, flush, port):
+        return ()
+
+    def process(self, item, port):
+        self._write(self.merge.push(port, item))
+        return ()
+
+    def on_eos(self, port):
+        self._write(self.merge.end(port))
+        return ()
+
+    def _open_writer(self, frame) -> None:
+        from media.writer import VideoWriter
+        fps = self.info.get("fps")
+        if not fps:
+            raise RuntimeError("no frame rate: the stream carried no Info with 'fps'")
+        h, w = frame.shape[:2]
+        self.writer = VideoWriter(self.p["path"], w, h, fps, crf=self.p["crf"],
+                                  preset=self.p["preset"], codec=self.p["codec"],
+                                  pix_fmt=self.p["pix_fmt"], audio_path=self.p["audio"] or None)
+        self.ctx.register_temp(self.writer.temp_path)
+
+    def _write(self, msgs) -> None:
+        for msg in msgs:
+            for item in msg.members():
+                frame = item.data["frame"]
+                if self.writer is None:
+                    self._open_writer(frame)
+                self.writer.write(frame, item.time)
+                self.written += 1
+
+    def finish(self):
+        self.merge.finish()
+        if self.writer is None:
+            raise RuntimeError(f"{self.p['path']}: no frames to write (empty video, or audio "
+                               "shorter than one frame)")
+        self.writer.close()
+        self.writer = None
+        return ()
+
+    def close(self):
+        if self.writer is not None:     # the run failed before the end: no partial output
+            self.writer.abort()
+            self.writer = None

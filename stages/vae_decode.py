@@ -1,0 +1,30 @@
+"""vae_decode: predicted latents to 256x256 faces (uint8 RGB), one per batch member."""
+from __future__ import annotations
+
+from graph.stage import Stage
+
+from ._torch import DEVICE_PARAMS, check_device_params, inference
+from ._weights import load_shared_vae
+
+
+class VAEDecode(Stage):
+    params = {"weights": "", "vae": "", **DEVICE_PARAMS}
+
+    @classmethod
+    def validate_params(cls, params):
+        return check_device_params(params)
+
+    @classmethod
+    def required_weights(cls, params):
+        return [] if params["vae"] else ["sd_vae_config", "sd_vae_weights"]
+
+    def open(self):
+        self.vae = load_shared_vae(self)
+
+    def process(self, batch, port):
+        with inference():
+            faces = self.vae.decode(batch.data.pop("pred"))
+        batch.data.pop("latents", None)
+        for item, face in zip(batch.items, faces):
+            item.data["face"] = face
+        yield "out", batch

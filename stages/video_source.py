@@ -1,0 +1,68 @@
+"""video_source: decode a video file into frames, streaming.
+
+Output length follows the audio by default (the dub defines the clip): when the audio is
+longer than the video the video plays forward, backward, forward ... (ping-pong, as upstream
+does); when shorter, the video is cut. `length: video` keeps the video's own length. Frame
+times come from pts (variable frame rates stay in sync), rotation metadata is applied,
+odd sizes are kept.
+"""
+from __future__ import annotations
+
+import math
+
+from graph.items import Info, Item
+from graph.stage import Stage
+
+
+class VideoSource(Stage):
+    inputs = ()
+    outputs = ("out",)
+    params = {"path": "", "audio": "", "length": "audio", "threads": "AUTO", "chunk": 32}
+
+    @classmethod
+    def validate_params(cls, params):
+        problems = []
+        if params["length"] not in ("audio", "video"):
+            problems.append(("length", f"expected 'audio' or 'video', got {params['length']!r}"))
+        if params["length"] == "audio" and not params["audio"]:
+            problems.append(("audio", "length: audio needs the audio file (params.audio / --audio)"))
+        if not params["path"]:
+            problems.append(("path", "no input video (params.path / --video)"))
+        return problems
+
+    def open(self):
+        from media.video import probe_video
+        self.vinfo = probe_video(self.p["path"])
+        self.fps = self.vinfo.fps
+        self.limit_s = None
+        if self.p["length"] == "audio":
+            from media.audio import probe_audio
+            self.limit_s = probe_audio(self.p["audio"]).duration_s
+            self.total = int(math.floor(self.limit_s * self.fps + 1e-6))
+        else:
+            self.total = self.vinfo.frame_count
+
+    def _frames(self):
+        from media.video import PingPongReader, VideoReader
+        src_duration = self.vinfo.frame_count / self.fps
+        if self.limit_s is not None and self.vinfo.frame_count_exact and self.limit_s > src_duration + 1e-6:
+            with PingPongReader(self.p["path"], self.total, chunk=self.p["chunk"],
+                                threads=self.p["threads"]) as r:
+                for f in r:
+                    yield f.index, f.time, f.image, f.source_index
+        else:
+            with VideoReader(self.p["path"], threads=self.p["threads"]) as r:
+                for f in r:
+                    yield f.index, f.time, f.image, f.index
+
+    def generate(self):
+        v = self.vinfo
+        self.ctx.set_total(self.total)
+        yield "out", Info(start_index=0, total=self.total, fps=self.fps, width=v.width,
+                          height=v.height, rotation=v.rotation, video_path=self.p["path"])
+        eps = 1e-6
+        for index, t, image, src in self._frames():
+            # a frame belongs to the output if it is shown entirely within the audio
+            if self.limit_s is not None and (index >= self.total or t + 1.0 / self.fps > self.limit_s + eps):
+                break
+            yield "out", Item(index, {"frame": image, "src_index": src}, time_s=float(t))

@@ -1,0 +1,203 @@
+"""Synthetic inputs for tests and benchmarks of whole lip-sync graphs: random-initialised
+models (tiny, or full size for timing) saved in the real checkpoint formats, and clips made
+of a real face photograph (scikit-image's astronaut) with cutaway runs.
+
+Every frame carries its source index in a strip of 8x8 cells in its top-left corner (far
+from the face), so a check can tell which input frame each output frame came from.
+Random weights produce meaningless mouths: these inputs exercise the pipeline, its timing
+and its bookkeeping, never the lip-sync quality.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import cv2
+import numpy as np
+import torch
+
+ID_BITS = 10
+CELL = 8
+AUDIO_DIM = 32          # whisper d_model of the tiny models = the UNet's cross-attention dim
+
+TINY_UNET = {
+    "act_fn": "silu", "attention_head_dim": 2, "block_out_channels": [32, 64],
+    "center_input_sample": False, "cross_attention_dim": AUDIO_DIM,
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "downsample_padding": 1,
+    "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 8, "layers_per_block": 1,
+    "mid_block_scale_factor": 1, "norm_eps": 1e-5, "norm_num_groups": 8, "out_channels": 4,
+    "sample_size": 32, "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+}
+TINY_VAE = dict(block_out_channels=[8, 16, 16, 16], down_block_types=["DownEncoderBlock2D"] * 4,
+                up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=1, norm_num_groups=8,
+                latent_channels=4, sample_size=256)
+
+
+def _randomize(module: torch.nn.Module, seed: int, scale: float = 0.05) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+def tiny_weights(root: str, bisenet: bool = False) -> dict:
+    """A MuseTalk-style `models/` folder with tiny random models; returns explicit paths."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import WhisperConfig, WhisperModel
+    torch.manual_seed(0)
+    mt = os.path.join(root, "musetalkV15")
+    os.makedirs(mt, exist_ok=True)
+    cfg_path = os.path.join(mt, "musetalk.json")
+    with open(cfg_path, "w") as f:
+        json.dump({"_class_name": "UNet2DConditionModel", **TINY_UNET}, f)
+    unet = UNet2DConditionModel(**TINY_UNET)
+    _randomize(unet, 1)
+    unet_path = os.path.join(mt, "unet.pth")
+    torch.save(unet.state_dict(), unet_path)
+
+    vae_dir = os.path.join(root, "sd-vae")
+    AutoencoderKL(**TINY_VAE).save_pretrained(vae_dir)
+
+    whisper_dir = os.path.join(root, "whisper")
+    wcfg = WhisperConfig(d_model=AUDIO_DIM, encoder_layers=1, encoder_attention_heads=2,
+                         encoder_ffn_dim=64, decoder_layers=1, decoder_attention_heads=2,
+                         decoder_ffn_dim=64, vocab_size=100, max_target_positions=32,
+                         pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=3)
+    whisper = WhisperModel(wcfg)
+    _randomize(whisper.encoder, 2)
+    whisper.save_pretrained(whisper_dir)
+
+    paths = {"root": root, "unet": unet_path, "unet_config": cfg_path, "vae": vae_dir,
+             "whisper": whisper_dir, "parser": ""}
+    if bisenet:
+        from models.bisenet import BiSeNet
+        parse_dir = os.path.join(root, "face-parse-bisent")
+        os.makedirs(parse_dir, exist_ok=True)
+        net = BiSeNet(19)
+        _randomize(net, 3)
+        paths["parser"] = os.path.join(parse_dir, "79999_iter.pth")
+        torch.save(net.state_dict(), paths["parser"])
+    return paths
+
+
+def model_sets(paths: dict, device: str = "cpu") -> list[str]:
+    """--set lines pointing the musetalk graph's model stages at the tiny models."""
+    sets = [f"unet.unet={paths['unet']}", f"unet.unet_config={paths['unet_config']}",
+            f"encode.vae={paths['vae']}", f"decode.vae={paths['vae']}",
+            f"whisper.model={paths['whisper']}"]
+    if paths.get("parser"):
+        sets.append(f"parse.parser={paths['parser']}")
+    for stage in ("detect", "whisper", "encode", "unet", "decode", "parse"):
+        sets.append(f"{stage}.device={device}")
+    return sets
+
+
+# ----- frames -----------------------------------------------------------------------------
+def stamp_id(frame: np.ndarray, index: int) -> np.ndarray:
+    for bit in range(ID_BITS):
+        on = (index >> bit) & 1
+        frame[0:CELL, bit * CELL:(bit + 1) * CELL] = 235 if on else 20
+    return frame
+
+
+def read_id(frame: np.ndarray) -> int:
+    value = 0
+    for bit in range(ID_BITS):
+        if frame[0:CELL, bit * CELL:(bit + 1) * CELL].mean() > 127:
+            value |= 1 << bit
+    return value
+
+
+def face_frame(i: int, width: int = 320, height: int = 240, side: int = 200) -> np.ndarray:
+    """The astronaut's face on a plain background, drifting a little from frame to frame."""
+    from skimage import data
+    face = cv2.resize(data.astronaut(), (side, side), interpolation=cv2.INTER_AREA)
+    frame = np.full((height, width, 3), 60, np.uint8)
+    dx = int(round(6 * np.sin(i / 5.0)))
+    x0, y0 = (width - side) // 2 + dx, (height - side) // 2 + 10
+    frame[y0:y0 + side, x0:x0 + side] = face
+    return stamp_id(frame, i)
+
+
+def cutaway_frame(i: int, width: int = 320, height: int = 240) -> np.ndarray:
+    from skimage import data
+    pic = data.coffee() if (i // 7) % 2 == 0 else data.rocket()
+    return stamp_id(cv2.resize(pic, (width, height), interpolation=cv2.INTER_AREA), i)
+
+
+def clip_frames(pattern: str, width: int = 320, height: int = 240) -> list[np.ndarray]:
+    """'F' face frame, 'C' cutaway frame, one letter per frame: e.g. 'FFFFCCCFFF'."""
+    return [face_frame(i, width, height) if c == "F" else cutaway_frame(i, width, height)
+            for i, c in enumerate(pattern)]
+
+
+def write_wav(path: str, signal: np.ndarray, sr: int = 16000) -> None:
+    import av
+    with av.open(path, mode="w") as c:
+        stream = c.add_stream("pcm_s16le", rate=sr, layout="mono")
+        pcm = (np.clip(signal, -1, 1) * 32767).astype(np.int16)[None]
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = sr
+        for packet in stream.encode(frame):
+            c.mux(packet)
+        for packet in stream.encode(None):
+            c.mux(packet)
+
+
+def speech_like(seconds: float, sr: int = 16000) -> np.ndarray:
+    """Syllable-like bursts of a voiced tone, so frames differ in their audio."""
+    t = np.arange(int(round(seconds * sr))) / sr
+    env = 0.5 * (1 + np.sin(2 * np.pi * 4.0 * t)) ** 2 / 4
+    return (env * np.sin(2 * np.pi * (180 + 60 * np.sin(2 * np.pi * 0.7 * t)) * t)).astype(np.float32)
+
+
+def make_clip(folder: str, pattern: str, fps: float = 25.0, audio_s: float | None = None,
+              name: str = "clip", width: int = 320, height: int = 240, crf: int = 12) -> tuple[str, str]:
+    """Write the video (H.264, high quality) and a speech-like wav; return their paths."""
+    from media.writer import VideoWriter
+    video = os.path.join(folder, f"{name}.mp4")
+    # 4:2:0 needs even sizes; keep odd test sizes odd with 4:4:4
+    pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+    with VideoWriter(video, width, height, fps, crf=crf, preset="veryfast", pix_fmt=pix_fmt) as w:
+        for i, c in enumerate(pattern):
+            w.write(face_frame(i, width, height) if c == "F" else cutaway_frame(i, width, height))
+    seconds = len(pattern) / fps if audio_s is None else audio_s
+    audio = os.path.join(folder, f"{name}.wav")
+    write_wav(audio, speech_like(seconds))
+    return video, audio
+
+
+WHISPER_TINY_DIMS = {"n_mels": 80, "n_audio_ctx": 1500, "n_audio_state": 384, "n_audio_head": 6,
+                     "n_audio_layer": 4, "n_vocab": 51865, "n_text_ctx": 448, "n_text_state": 384,
+                     "n_text_head": 6, "n_text_layer": 4}
+
+
+def full_size_weights(root: str) -> dict:
+    """Full-size MuseTalk v1.5 models with random weights (for timing only): the published
+    UNet config, sd-vae-ft-mse's config and whisper-tiny's dimensions."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import WhisperModel
+
+    from models.musetalk_unet import MUSETALK_V15_UNET_CONFIG
+    from models.vae import SD_VAE_FT_MSE_CONFIG
+    from models.whisper import config_from_openai_dims
+    torch.manual_seed(0)
+    mt = os.path.join(root, "musetalkV15")
+    os.makedirs(mt, exist_ok=True)
+    cfg_path = os.path.join(mt, "musetalk.json")
+    with open(cfg_path, "w") as f:
+        json.dump({"_class_name": "UNet2DConditionModel", **MUSETALK_V15_UNET_CONFIG}, f)
+    unet_path = os.path.join(mt, "unet.pth")
+    torch.save(UNet2DConditionModel(**MUSETALK_V15_UNET_CONFIG).state_dict(), unet_path)
+    vae_dir = os.path.join(root, "sd-vae")
+    AutoencoderKL(**SD_VAE_FT_MSE_CONFIG).save_pretrained(vae_dir)
+    whisper_dir = os.path.join(root, "whisper")
+    WhisperModel(config_from_openai_dims(WHISPER_TINY_DIMS)).save_pretrained(whisper_dir)
+    return {"root": root, "unet": unet_path, "unet_config": cfg_path, "vae": vae_dir,
+            "whisper": whisper_dir, "parser": ""}
+
+
+def clip_pattern(frames: int, face_run: int = 40, cutaway_run: int = 10) -> str:
+    """Face runs separated by cutaway runs, `frames` letters long."""
+    unit = "F" * face_run + "C" * cutaway_run
+    return (unit * (frames // len(unit) + 1))[:frames]
