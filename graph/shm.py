@@ -87,8 +87,13 @@ def _attach(name: str, dtype: str, shape: tuple) -> np.ndarray:
     return np.frombuffer(mm, dtype=dt).reshape(shape)
 
 
-def _torch():
-    return sys.modules.get("torch")
+def _torch_of(obj):
+    """torch, if `obj` is one of its objects. Only then is torch certain to be fully imported
+    (another thread of this process may be importing it right now)."""
+    module = type(obj).__module__
+    if module == "torch" or module.startswith("torch."):
+        return sys.modules.get("torch")
+    return None
 
 
 class _Pickler(pickle.Pickler):
@@ -104,7 +109,7 @@ class _Pickler(pickle.Pickler):
                 self.segments.append(ref[0])
                 return ("nd",) + ref
             return None
-        torch = _torch()
+        torch = _torch_of(obj)
         if torch is not None and isinstance(obj, torch.Tensor):
             t = obj.detach()
             if t.device.type != "cpu":
