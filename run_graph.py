@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(describe_plan(graph, args.runner))
         return 0
+    for note in graph.notes:
+        print(f"note: {note}", file=sys.stderr)
     try:
         from stages._weights import preflight
         preflight(graph)

@@ -43,5 +43,7 @@ def describe_plan(graph, runner: str = "process") -> str:
         lines.append(f"  {e.src}.{e.src_port} -> {e.dst}.{e.dst_port}   queue {e.queue_size} "
                      f"(holds up to {effective_capacity(graph, e)})   {kind}")
     if graph.args:
-        lines += ["", "arguments: " + ", ".join(f"--{k} -> {v}" for k, v in graph.args.items())]
+        lines += ["", "arguments:"] + [f"  --{k:<12} sets {', '.join(v)}" for k, v in graph.args.items()]
+    if graph.notes:
+        lines += ["", "notes:"] + [f"  {n}" for n in graph.notes]
     return "\n".join(lines)

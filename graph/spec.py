@@ -134,6 +134,7 @@ class GraphSpec:
     groups: dict[str, GroupSpec]
     args: dict[str, list[str]]     # command-line shortcut -> the stage.param names it sets
     queue_size: int = DEFAULT_QUEUE_SIZE
+    notes: list[str] = dataclasses.field(default_factory=list)   # choices made while binding
 
     def edges_into(self, stage: str) -> list[EdgeSpec]:
         return [e for e in self.edges if e.dst == stage]
@@ -401,6 +402,14 @@ def build_graph(raw: Any, path: str = "<graph>", overrides: list[tuple[str, str,
             continue
         spec.params[param] = v2
 
+    notes: list[str] = []
+    for spec in sorted(stages.values(), key=lambda sp: sp.cls.bind_order):
+        told: list = []
+        try:
+            spec.params = spec.cls.bind(dict(spec.params), stages, told)
+        except Exception as exc:   # a bind that cannot decide is a problem of this stage
+            problem(spec.line, spec.name, None, f"{type(exc).__name__}: {exc}")
+        notes += [f"{spec.name}: {msg}" for _, msg in told]
     for spec in stages.values():
         for param, msg in spec.cls.validate_params(spec.params):
             problem(spec.line, spec.name, f"params.{param}", msg)
@@ -561,4 +570,4 @@ def build_graph(raw: Any, path: str = "<graph>", overrides: list[tuple[str, str,
                               f"them, got {v!r}"])
         args[str(k)] = list(targets)
     name = raw.get("name") or os.path.splitext(fname)[0]
-    return GraphSpec(str(name), path, stages, edges, groups, args, default_q)
+    return GraphSpec(str(name), path, stages, edges, groups, args, default_q, notes)

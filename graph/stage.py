@@ -89,6 +89,16 @@ class Stage:
         device = str(params.get("device", "cpu") or "cpu")
         return device.startswith("cuda")
 
+    # stages that others take their `auto` params from bind first (lower first)
+    bind_order: ClassVar[int] = 0
+
+    @classmethod
+    def bind(cls, params: dict, graph: dict, notes: list) -> dict:
+        """Resolve params that depend on other stages (`graph`: name -> StageSpec, already
+        bound when their bind_order is lower). Append (param, message) to `notes` to tell
+        the user about a choice made for them. Returns the params."""
+        return params
+
     @classmethod
     def validate_params(cls, params: dict) -> list[tuple[str, str]]:
         """Extra checks beyond type: return (param, problem) pairs."""

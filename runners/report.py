@@ -135,9 +135,11 @@ class Reporter:
             write_json_atomic(self.options.profile_path, self.profile("running"))
 
     def profile(self, status: str, error: dict | None = None) -> dict:
+        extra = dict(self.options.extra)
+        if getattr(self.graph, "notes", None):
+            extra["notes"] = list(self.graph.notes)
         return build_profile(self.graph, self.processes, runner=self.runner, status=status,
-                             started=self.started, error=error, total=self.total,
-                             extra=self.options.extra)
+                             started=self.started, error=error, total=self.total, extra=extra)
 
     def finish(self, status: str, error: dict | None = None) -> dict:
         self.progress.update(self.items_done(), self.total, force=True)
