@@ -12,6 +12,7 @@ STAGE_TYPES = {
     "audio_source": "stages.audio_source:AudioSource",
     "face_detect": "stages.face_detect:FaceDetect",
     "face_crop": "stages.face_crop:FaceCrop",
+    "face_align": "stages.face_align:FaceAlign",
     "whisper_features": "stages.whisper_features:WhisperFeatures",
     "batch_builder": "stages.batch_builder:BatchBuilder",
     "vae_encode": "stages.vae_encode:VAEEncode",

@@ -10,12 +10,22 @@ SAMPLE_RATE = 16000
 class AudioSource(Stage):
     inputs = ()
     outputs = ("out",)
-    # peak: also measure the whole clip's log-mel peak first (LatentSync's features need it)
-    params = {"path": "", "chunk_s": 1.0, "peak": False}
+    # peak: also measure the whole clip's log-mel peak first (LatentSync's features need it);
+    # auto: when the graph's UNet uses LatentSync's conventions
+    params = {"path": "", "chunk_s": 1.0, "peak": "auto"}
+
+    @classmethod
+    def bind(cls, params, graph, notes):
+        if params["peak"] == "auto":
+            from .conventions import graph_conventions
+            params["peak"] = "yes" if "latentsync" in graph_conventions(graph) else "no"
+        return params
 
     @classmethod
     def validate_params(cls, params):
         problems = []
+        if params["peak"] not in ("auto", "yes", "no"):
+            problems.append(("peak", "expected auto, yes or no"))
         if not params["path"]:
             problems.append(("path", "no input audio (params.path / --audio)"))
         if params["chunk_s"] <= 0:
@@ -27,7 +37,7 @@ class AudioSource(Stage):
         info = probe_audio(self.p["path"])
         facts = {"start_index": 0, "sample_rate": SAMPLE_RATE, "duration": info.duration_s,
                  "audio_path": self.p["path"]}
-        if self.p["peak"]:
+        if self.p["peak"] == "yes":
             from media.audio_features import latentsync_mel_peak
             with AudioReader(self.p["path"], SAMPLE_RATE, self.p["chunk_s"]) as r:
                 facts["mel_peak"] = float(latentsync_mel_peak(r))

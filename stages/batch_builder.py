@@ -1,6 +1,15 @@
-"""batch_builder: consecutive face frames in batches for the GPU stages; cutaways down the
-bypass to the sink, in order. A batch is released at a cutaway (before the cutaway is
-bypassed), at an index gap, when full, and at the end (graph/README.md, rule 3)."""
+"""batch_builder: consecutive face frames grouped for the GPU stages; cutaways down the
+bypass to the sink, in order. What is held is released before a cutaway is bypassed, at an
+index gap, when full, and at the end (graph/README.md, rule 3).
+
+- `mode: batches` (MuseTalk): up to `batch_size` consecutive face frames per batch.
+- `mode: windows` (LatentSync): windows of `window` consecutive face frames of one shot
+  (default 16, at most 24: the temporal attention's limit). A window never spans a cutaway
+  or a gap. A shot shorter than a window runs with fewer frames. The tail of a longer shot
+  does not pad with invented frames: its window starts earlier, taking the last frames of
+  the previous window again as context (their model inputs only; they are not output twice).
+`mode: auto` follows the graph's UNet stage.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -9,25 +18,84 @@ from graph.batching import BatchRouter
 from graph.items import Batch
 from graph.stage import Stage
 
+# per-frame model inputs stacked for the GPU stages: new frames only, or context first
+_NEW_ONLY = ("crop", "audio")
+_WITH_CONTEXT = ("aligned", "audio_ls")
+_STACKED = {"crop": "crops", "audio": "audio", "aligned": "aligned", "audio_ls": "audio_ls"}
 
-def stack_batch(items) -> Batch:
-    """A batch with the crops and audio tokens stacked for the model stages."""
-    data = {"crops": np.stack([it.data["crop"] for it in items])}
-    if all("audio" in it.data for it in items):
-        data["audio"] = np.stack([it.data["audio"] for it in items]).astype(np.float32)
+
+def stack_batch(items, context=()) -> Batch:
+    """A batch with per-frame inputs stacked (context frames, if any, first)."""
+    data = {"n_context": len(context)}
+    for key in _NEW_ONLY + _WITH_CONTEXT:
+        rows = list(context) + list(items) if key in _WITH_CONTEXT else list(items)
+        if rows and all(key in _data(r) for r in rows):
+            arr = np.stack([_data(r)[key] for r in rows])
+            data[_STACKED[key]] = arr.astype(np.float32) if key.startswith("audio") else arr
     return Batch(list(items), data)
+
+
+def _data(row) -> dict:
+    return row if isinstance(row, dict) else row.data
+
+
+class WindowRouter(BatchRouter):
+    """BatchRouter whose batches are windows of one shot with an overlapping tail."""
+
+    def __init__(self, window: int, main: str = "main", bypass: str = "bypass"):
+        super().__init__(window, main, bypass, make_batch=self._window)
+        self.history: list[dict] = []     # model inputs of the shot's last emitted frames
+
+    def _window(self, items) -> Batch:
+        need = self.size - len(items)
+        context = self.history[-need:] if need > 0 else []
+        kept = (self.history + [{k: it.data[k] for k in _WITH_CONTEXT if k in it.data}
+                                for it in items])
+        self.history = kept[-(self.size - 1):] if self.size > 1 else []
+        return stack_batch(items, context)
+
+    def end_shot(self):
+        """Release the shot's tail (with context) and forget the shot."""
+        yield from self.flush()
+        self.history = []
+
+    def add(self, item):
+        if self.pending and item.index != self.pending[-1].index + 1:
+            yield from self.end_shot()       # a gap: a new shot
+        yield from super().add(item)
+
+    def divert(self, item):
+        yield from self.end_shot()
+        yield from super().divert(item)
 
 
 class BatchBuilder(Stage):
     outputs = ("main", "bypass")
-    params = {"batch_size": 8}
+    params = {"mode": "auto", "batch_size": 8, "window": 16}
+
+    @classmethod
+    def bind(cls, params, graph, notes):
+        if params["mode"] == "auto":
+            from .conventions import graph_conventions
+            params["mode"] = "windows" if graph_conventions(graph)[0] == "latentsync" else "batches"
+        return params
 
     @classmethod
     def validate_params(cls, params):
-        return [("batch_size", "must be >= 1")] if params["batch_size"] < 1 else []
+        problems = []
+        if params["mode"] not in ("auto", "batches", "windows"):
+            problems.append(("mode", "expected auto, batches or windows"))
+        if params["batch_size"] < 1:
+            problems.append(("batch_size", "must be >= 1"))
+        if not 1 <= params["window"] <= 24:
+            problems.append(("window", "must be within 1..24 (LatentSync's temporal limit)"))
+        return problems
 
     def open(self):
-        self.router = BatchRouter(self.p["batch_size"], "main", "bypass", make_batch=stack_batch)
+        if self.p["mode"] == "windows":
+            self.router = WindowRouter(self.p["window"], "main", "bypass")
+        else:
+            self.router = BatchRouter(self.p["batch_size"], "main", "bypass", make_batch=stack_batch)
 
     def process(self, item, port):
         if item.data.get("box") is None:
@@ -36,7 +104,8 @@ class BatchBuilder(Stage):
             yield from self.router.add(item)
 
     def on_flush(self, flush, port):
-        yield from self.router.flush()
+        yield from (self.router.end_shot() if isinstance(self.router, WindowRouter)
+                    else self.router.flush())
         yield from super().on_flush(flush, port)
 
     def finish(self):

@@ -1,12 +1,22 @@
-"""blend: paste each generated face back into its frame through its mask (MuseTalk v1.5's
-paste-back). Pixels outside the mask keep the original frame's values exactly. Stateless:
-may be replicated with `workers: N`."""
+"""blend: paste each generated face back into its frame, in the convention of the model that
+made it (the batch says which):
+
+- MuseTalk v1.5: the 256 face resized into the face box, blended through the parsing mask.
+- LatentSync: the decoded face keeps the aligned original outside LatentSync's mask, is
+  warped back from the aligned box into the frame and blended with a soft edge.
+
+Pixels outside the pasted region keep the original frame's values exactly. Each frame also
+records `edit`, the box holding every pixel that may have changed (for the mux's sidecar).
+Stateless: may be replicated with `workers: N`.
+"""
 from __future__ import annotations
+
+import numpy as np
 
 from graph.stage import Stage
 
-# per-frame working data that is not needed after blending (lighter messages downstream)
-_DROP = ("crop", "face", "mask", "audio", "crop_box")
+# per-frame working data not needed after blending (lighter messages downstream)
+_DROP = ("crop", "face", "mask", "audio", "audio_ls", "crop_box", "aligned", "affine")
 
 
 class Blend(Stage):
@@ -14,11 +24,37 @@ class Blend(Stage):
     params = {}
 
     def process(self, batch, port):
-        from vision.musetalk_face import paste_face
+        convention = batch.data.get("convention", "musetalk")
+        paste = self._latentsync if convention == "latentsync" else self._musetalk
         for item in batch.members():
-            d = item.data
-            d["frame"] = paste_face(d["frame"], d["face"], d["face_box"], d["crop_box"], d["mask"])
+            item.data["convention"] = convention
+            paste(item.data)
             for key in _DROP:
-                d.pop(key, None)
+                item.data.pop(key, None)
         batch.data.clear()
         yield "out", batch
+
+    @staticmethod
+    def _musetalk(d) -> None:
+        from vision.musetalk_face import paste_face
+        d["frame"] = paste_face(d["frame"], d["face"], d["face_box"], d["crop_box"], d["mask"])
+        ys, xs = np.nonzero(d["mask"] > 0)
+        if len(ys):
+            cx, cy = int(d["crop_box"][0]), int(d["crop_box"][1])
+            x1, y1, x2, y2 = (int(v) for v in d["face_box"])
+            h, w = d["frame"].shape[:2]
+            d["edit"] = [max(cx + int(xs.min()), x1, 0), max(cy + int(ys.min()), y1, 0),
+                         min(cx + int(xs.max()) + 1, x2, w), min(cy + int(ys.max()) + 1, y2, h)]
+
+    def _latentsync(self, d) -> None:
+        import cv2
+
+        from vision.latentsync_align import face_box_size, paste_region, restore_face
+        from vision.latentsync_mask import keep_mask
+        res = d["aligned"].shape[0]
+        keep = keep_mask(res, self.info.get("ls_mask") or "")[:, :, None]
+        face = d["face"].astype(np.float32) * (1 - keep) + d["aligned"].astype(np.float32) * keep
+        d["frame"] = restore_face(d["frame"], face, d["affine"], res)
+        h, w = d["frame"].shape[:2]
+        inverse = cv2.invertAffineTransform(np.asarray(d["affine"], np.float64))
+        d["edit"] = list(paste_region(inverse, *face_box_size(res), w, h))

@@ -53,6 +53,10 @@ class FaceParse(Stage):
         return super().on_flush(flush, port)
 
     def process(self, batch, port):
+        if batch.data.get("convention", "musetalk") != "musetalk":
+            self.anchor = None        # LatentSync restores through its own mask
+            yield "out", batch
+            return
         from vision.musetalk_face import blend_mask, crop_padded, expanded_crop_box, reuse_mask
         items = list(batch.members())
         # which frames to parse: the first of each shot, then every parse_every-th

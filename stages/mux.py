@@ -3,7 +3,11 @@ index order (holding at most one message per input), encodes H.264 (libx264, yuv
 crf 18 by default) at the source frame rate and timestamps, and muxes the new audio track
 (AAC), cut or padded with silence to the video's duration. Writes to a temporary file that
 is renamed onto `path` only when the stream ends; a failed run leaves nothing there.
-For a lossless master: `codec: ffv1`, `pix_fmt: bgr0` and a .mkv path."""
+For a lossless master: `codec: ffv1`, `pix_fmt: bgr0` and a .mkv path.
+
+`sidecar: PATH` also writes one JSON line per output frame: index, time, src (source frame),
+face (face box or null for a cutaway), edit (box of every pixel that may have changed, or
+null), convention (the model that made the mouth)."""
 from __future__ import annotations
 
 from graph.ordering import OrderedMerge
@@ -14,7 +18,7 @@ class Mux(Stage):
     inputs = ("main", "bypass")
     outputs = ()
     params = {"path": "", "audio": "", "crf": 18, "preset": "medium", "codec": "libx264",
-              "pix_fmt": "yuv420p"}
+              "pix_fmt": "yuv420p", "sidecar": ""}
 
     @classmethod
     def validate_params(cls, params):
@@ -29,6 +33,13 @@ class Mux(Stage):
         self.merge = OrderedMerge(list(self.in_ports), name=self.name)
         self.writer = None
         self.written = 0
+        self.sidecar = None
+        if self.p["sidecar"]:
+            import os
+            folder, base = os.path.split(os.path.abspath(self.p["sidecar"]))
+            self.sidecar_tmp = os.path.join(folder, f".{base}.partial-{os.getpid()}")
+            self.ctx.register_temp(self.sidecar_tmp)
+            self.sidecar = open(self.sidecar_tmp, "w")
 
     def accepts(self):
         return self.merge.accepts()
@@ -69,17 +80,35 @@ class Mux(Stage):
                     self._open_writer(frame)
                 self.writer.write(frame, item.time)
                 self.written += 1
+                if self.sidecar:
+                    self._sidecar_line(item)
+
+    def _sidecar_line(self, item) -> None:
+        import json
+        d = item.data
+        box = d.get("face_box", d.get("box"))
+        face = None if box is None else [int(round(float(v))) for v in list(box)[:4]]
+        self.sidecar.write(json.dumps({
+            "index": item.index, "time": item.time, "src": d.get("src_index"), "face": face,
+            "edit": d.get("edit"), "convention": d.get("convention") if face else None}) + "\n")
 
     def finish(self):
+        import os
         self.merge.finish()
         if self.writer is None:
             raise RuntimeError(f"{self.p['path']}: no frames to write (empty video, or audio "
                                "shorter than one frame)")
         self.writer.close()
         self.writer = None
+        if self.sidecar:
+            self.sidecar.close()
+            self.sidecar = None
+            os.replace(self.sidecar_tmp, self.p["sidecar"])
         return ()
 
     def close(self):
         if self.writer is not None:     # the run failed before the end: no partial output
             self.writer.abort()
             self.writer = None
+        if self.sidecar:
+            self.sidecar.close()

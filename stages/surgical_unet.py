@@ -1,7 +1,17 @@
 """surgical_unet: the one place the model changes.
 
-`backend` picks the UNet (see `stages/backends/`); every backend takes a batch prepared by
-the stages before it and leaves predicted latents for vae_decode.
+`backend: musetalk` runs MuseTalk v1.5's UNet; `backend: latentsync` runs LatentSync's
+UNet3D (`version: "1.5"` at 256 px or `"1.6"` at 512 px) with `fallback: musetalk`
+(default) or `fallback: none`:
+
+- LatentSync's weights missing: one note at startup, and the whole run is MuseTalk (every
+  `auto` stage then prepares MuseTalk's inputs only);
+- LatentSync failing to load: one warning naming the reason, the whole run uses MuseTalk;
+- a window failing at run time (CUDA out of memory, non-finite output, any error): that
+  window is redone with MuseTalk from the same frames, in MuseTalk's conventions, and the run
+  goes on. Fallbacks are counted per reason in the profile (`fallback_windows`,
+  `fallback_frames`).
+With `fallback: none` a failure stops the run with the stage, window and reason.
 """
 from __future__ import annotations
 
@@ -11,26 +21,117 @@ from ._torch import DEVICE_PARAMS, check_device_params
 
 
 class SurgicalUNet(Stage):
-    params = {"backend": "musetalk", "weights": "", "unet": "", "unet_config": "",
+    params = {"backend": "musetalk", "fallback": "musetalk", "weights": "",
+              # MuseTalk files (or --weights)
+              "unet": "", "unet_config": "", "vae": "",
+              # LatentSync files (or --weights) and sampling
+              "version": "1.5", "unet3d": "", "unet3d_config": "", "steps": 20, "guidance": 1.5,
+              "cache_interval": 0, "seed": 1247,
               **DEVICE_PARAMS}
+    bind_order = -1
 
     @classmethod
     def validate_params(cls, params):
-        from .backends import BACKENDS
+        from .backends import backend_class
         problems = check_device_params(params)
-        if params["backend"] not in BACKENDS:
-            problems.append(("backend", f"expected one of {', '.join(BACKENDS)}, got {params['backend']!r}"))
+        try:
+            backend_class(params["backend"])
+        except (ValueError, ImportError, AttributeError) as exc:
+            problems.append(("backend", str(exc)))
+        if params["fallback"] not in ("musetalk", "none"):
+            problems.append(("fallback", f"expected musetalk or none, got {params['fallback']!r}"))
+        if str(params["version"]) not in ("1.5", "1.6"):
+            problems.append(("version", "expected 1.5 (256 px) or 1.6 (512 px)"))
+        if params["steps"] < 1:
+            problems.append(("steps", "must be >= 1"))
+        if params["guidance"] < 1.0:
+            problems.append(("guidance", "must be >= 1.0 (1.0 turns guidance off)"))
+        if params["cache_interval"] < 0:
+            problems.append(("cache_interval", "must be >= 0 (0 or 1: off)"))
         return problems
+
+    @classmethod
+    def bind(cls, params, graph, notes):
+        """LatentSync with a MuseTalk fallback and no LatentSync weights: MuseTalk it is."""
+        if params["backend"] != "latentsync" or params["fallback"] != "musetalk":
+            return params
+        from .backends.latentsync import LatentSyncBackend
+        need = LatentSyncBackend.required_weights(params)
+        missing = None
+        if not need:
+            import os
+            if not os.path.exists(params["unet3d"]):
+                missing = f"{params['unet3d']} does not exist"
+        else:
+            from models.weights import MissingWeightsError, resolve_weights
+            try:
+                resolve_weights(params["weights"] or None, need)
+            except MissingWeightsError as exc:
+                missing = str(exc).splitlines()[0] + f" ({', '.join(exc.missing)})"
+        if missing:
+            notes.append(("backend", f"LatentSync weights not found: {missing}; the whole run "
+                                     "uses MuseTalk (fallback: musetalk)"))
+            params["backend"] = "musetalk"
+        return params
 
     @classmethod
     def required_weights(cls, params):
         from .backends import backend_class
-        return backend_class(params["backend"]).required_weights(params)
+        need = list(backend_class(params["backend"]).required_weights(params))
+        if params["backend"] != "musetalk" and params["fallback"] == "musetalk":
+            from .backends.musetalk import MuseTalkBackend
+            need += MuseTalkBackend.required_weights(params)
+        return need
 
     def open(self):
-        from .backends import backend_class
-        self.backend = backend_class(self.p["backend"])(self)
+        from .backends import DISABLED, backend_class
+        from .backends.musetalk import MuseTalkBackend
+        name = self.p["backend"]
+        self.fallback = None
+        if name != "musetalk" and self.p["fallback"] == "musetalk":
+            self.fallback = MuseTalkBackend(self)
+        try:
+            self.backend = backend_class(name)(self)
+        except Exception as exc:
+            if self.fallback is None:
+                raise
+            self.backend = None
+            self.load_failure = f"{name} failed to load: {type(exc).__name__}: {exc}"
+            DISABLED[name] = self.load_failure
+            self.ctx.warn(f"{self.load_failure}; the whole run uses MuseTalk")
 
     def process(self, batch, port):
-        self.backend.run(batch)
+        if self.backend is None:
+            self._fall_back(batch, self.load_failure.split(":")[0])
+        else:
+            try:
+                self.backend.run(batch)
+            except Exception as exc:
+                if self.fallback is None:
+                    raise
+                self._fall_back(batch, _reason(exc))
         yield "out", batch
+
+    def _fall_back(self, batch, reason: str) -> None:
+        for key in [k for k in batch.data if k.startswith("ls_")] + ["pred"]:
+            batch.data.pop(key, None)
+        _free_cuda_cache()
+        self.fallback.run(batch)
+        self.ctx.count("fallback_windows", 1, reason)
+        self.ctx.count("fallback_frames", len(batch), reason)
+
+
+def _reason(exc: BaseException) -> str:
+    import torch
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "CUDA out of memory"
+    if isinstance(exc, FloatingPointError):
+        return "non-finite output"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:120]}"
+
+
+def _free_cuda_cache() -> None:
+    import torch
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()

@@ -3,8 +3,10 @@
 A join of the frame stream (primary) with the audio stream (side input): the audio is read
 only as far as the frame in hand needs, so memory stays flat (graph/README.md, rule 5).
 Features are computed 30 s window by window (`media.audio_features`). Cutaway frames pass
-through without features. `flavour` is set by the UNet backend: `musetalk` (all hidden
-states, zero padding) or `latentsync` (last state before the final LayerNorm, clamped edges).
+through without features. Each UNet gets the features it was trained on: `musetalk` (all
+hidden states, zero padding) -> `audio`; `latentsync` (last state before the final
+LayerNorm, clamped edges, the whole clip's mel peak) -> `audio_ls`. `flavour: auto` computes
+what the graph's UNet stage needs (both when LatentSync falls back to MuseTalk).
 """
 from __future__ import annotations
 
@@ -14,24 +16,36 @@ from ._torch import (DEVICE_PARAMS, check_device_params, inference, quiet_model_
                      resolve_device, resolve_dtype)
 
 
+FEATURE_KEYS = {"musetalk": "audio", "latentsync": "audio_ls"}
+
+
 class WhisperFeatures(Stage):
     inputs = ("frames", "audio")
     outputs = ("out",)
-    params = {"weights": "", "model": "", "flavour": "musetalk", **DEVICE_PARAMS}
+    params = {"weights": "", "model": "", "flavour": "auto", **DEVICE_PARAMS}
+
+    @classmethod
+    def bind(cls, params, graph, notes):
+        if params["flavour"] == "auto":
+            from .conventions import graph_conventions
+            params["flavour"] = ",".join(graph_conventions(graph))
+        return params
 
     @classmethod
     def validate_params(cls, params):
         problems = check_device_params(params)
-        if params["flavour"] not in ("musetalk", "latentsync"):
-            problems.append(("flavour", f"expected musetalk or latentsync, got {params['flavour']!r}"))
+        bad = [f for f in params["flavour"].split(",") if f not in ("musetalk", "latentsync", "auto")]
+        if bad:
+            problems.append(("flavour", f"expected musetalk, latentsync or both (comma-separated), got {params['flavour']!r}"))
         return problems
 
     @classmethod
     def required_weights(cls, params) -> list[str]:
         if params["model"]:
             return []
-        return ["whisper_tiny_openai"] if params["flavour"] == "latentsync" else \
-            ["whisper_config", "whisper_weights"]
+        # the HF whisper-tiny folder of a MuseTalk layout, else LatentSync's tiny.pt
+        return ["whisper_config", "whisper_weights"] if "musetalk" in params["flavour"] \
+            else ["whisper_tiny_openai"]
 
     def open(self):
         from models.weights import resolve_weights
@@ -45,7 +59,8 @@ class WhisperFeatures(Stage):
             path = str(found[names[-1]] if len(names) == 1 else found["whisper_weights"].parent)
         quiet_model_libraries()
         self.encoder = load_whisper_encoder(path, device=self.device, dtype=dtype)
-        self.stream = None
+        self.flavours = self.p["flavour"].split(",")
+        self.streams = None
         self.mel_peak = None
         self.pending = None
         self.audio_ended = False
@@ -57,15 +72,17 @@ class WhisperFeatures(Stage):
             return ()
         return super().on_info(info, port)
 
-    def _stream(self):
-        if self.stream is None:
+    def _streams(self) -> dict:
+        if self.streams is None:
             from media.audio_features import AudioFeatureStream
             fps = self.info.get("fps")
             if not fps:
                 raise RuntimeError("no frame rate: the frame stream carried no Info with 'fps'")
-            peak = self.mel_peak if self.p["flavour"] == "latentsync" else None
-            self.stream = AudioFeatureStream(self.encoder, self.p["flavour"], fps, mel_peak=peak)
-        return self.stream
+            self.streams = {
+                f: AudioFeatureStream(self.encoder, f, fps,
+                                      mel_peak=self.mel_peak if f == "latentsync" else None)
+                for f in self.flavours}
+        return self.streams
 
     def accepts(self):
         # holding a frame that needs more audio, or no frames left: read audio
@@ -77,7 +94,8 @@ class WhisperFeatures(Stage):
         if port == "audio":
             if self.frames_ended:
                 return ()            # no frame needs it: drain without buffering
-            self._stream().push(item.data["pcm"])
+            for stream in self._streams().values():
+                stream.push(item.data["pcm"])
         else:
             self.pending = item
         return self._release()
@@ -85,7 +103,8 @@ class WhisperFeatures(Stage):
     def on_eos(self, port):
         if port == "audio":
             self.audio_ended = True
-            self._stream().close()
+            for stream in self._streams().values():
+                stream.close()
             return self._release()
         self.frames_ended = True
         return ()
@@ -98,11 +117,13 @@ class WhisperFeatures(Stage):
         if item.data.get("box") is not None:
             try:
                 with inference():
-                    item.data["audio"] = self._stream().features_at_time(item.time)
+                    feats = {f: s.features_at_time(item.time) for f, s in self._streams().items()}
             except NeedMoreAudio:
                 if self.audio_ended:
                     raise
                 return
+            for f, v in feats.items():
+                item.data[FEATURE_KEYS[f]] = v
         self.pending = None
         yield "out", item
 

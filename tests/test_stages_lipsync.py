@@ -105,6 +105,16 @@ def encoder():
     return enc
 
 
+def make_whisper_stage(encoder, flavour="musetalk"):
+    """The stage with an in-memory encoder instead of a file (as open() would set it up)."""
+    stage = WhisperFeatures("whisper", {"device": "cpu", "model": "x", "flavour": flavour},
+                            StageContext())
+    stage.encoder, stage.streams, stage.mel_peak = encoder, None, None
+    stage.flavours = flavour.split(",")
+    stage.pending, stage.audio_ended, stage.frames_ended = None, False, False
+    return stage
+
+
 @pytest.mark.parametrize("fps", [25.0, 29.97, 30.0, 60.0])
 def test_whisper_stage_matches_reference_across_windows(encoder, fps):
     """Frames skipping cutaways, audio in 1 s chunks, 31 s of audio (two encoder windows):
@@ -113,9 +123,7 @@ def test_whisper_stage_matches_reference_across_windows(encoder, fps):
     rng = np.random.default_rng(1)
     pcm = (0.1 * rng.standard_normal(int(31.0 * 16000))).astype(np.float32)
     ref = reference_features(pcm, fps, encoder, "musetalk")
-    stage = WhisperFeatures("whisper", {"device": "cpu", "model": "x"}, StageContext())
-    stage.encoder, stage.stream, stage.mel_peak = encoder, None, None
-    stage.pending, stage.audio_ended, stage.frames_ended = None, False, False
+    stage = make_whisper_stage(encoder)
     list(stage.on_info(Info(fps=fps, start_index=0), "frames"))
     chunks = [pcm[k:k + 16000] for k in range(0, len(pcm), 16000)]
     out = {}
@@ -135,7 +143,7 @@ def test_whisper_stage_matches_reference_across_windows(encoder, fps):
         for _, m in emits:
             out[m.index] = m.data.get("audio")
     assert len(out) == n
-    held = stage.stream.held_windows
+    held = stage.streams["musetalk"].held_windows
     assert len(held) <= 2
     for i in range(n):
         if frames[i].data["box"] is None:
@@ -144,15 +152,31 @@ def test_whisper_stage_matches_reference_across_windows(encoder, fps):
             np.testing.assert_allclose(out[i], ref[i], rtol=0, atol=1e-5)
 
 
+def test_whisper_stage_gives_each_backend_its_flavour(encoder):
+    """Both flavours from one stage: MuseTalk's in `audio`, LatentSync's (with the clip's mel
+    peak from the audio source's Info) in `audio_ls`, each equal to its reference."""
+    from media.audio_features import latentsync_mel_peak, reference_features
+    rng = np.random.default_rng(2)
+    pcm = (0.1 * rng.standard_normal(3 * 16000)).astype(np.float32)
+    stage = make_whisper_stage(encoder, "latentsync,musetalk")
+    list(stage.on_info(Info(fps=25.0), "frames"))
+    list(stage.on_info(Info(mel_peak=latentsync_mel_peak([pcm])), "audio"))
+    list(stage.process(Item(0, {"pcm": pcm}), "audio"))
+    list(stage.on_eos("audio"))
+    got = [m for i in range(75)
+           for _, m in stage.process(Item(i, {"box": np.zeros(5)}, time_s=i / 25.0), "frames")]
+    for flavour, key in (("musetalk", "audio"), ("latentsync", "audio_ls")):
+        ref = reference_features(pcm, 25.0, encoder, flavour)
+        np.testing.assert_allclose(np.stack([m.data[key] for m in got]), ref[:75], atol=1e-5)
+
+
 def test_whisper_stage_drains_audio_after_last_frame(encoder):
-    stage = WhisperFeatures("whisper", {"device": "cpu", "model": "x"}, StageContext())
-    stage.encoder, stage.stream, stage.mel_peak = encoder, None, None
-    stage.pending, stage.audio_ended, stage.frames_ended = None, False, False
+    stage = make_whisper_stage(encoder)
     list(stage.on_info(Info(fps=25.0), "frames"))
     stage.on_eos("frames")
     assert stage.accepts() == ("audio",)
     assert list(stage.process(Item(0, {"pcm": np.zeros(16000, np.float32)}), "audio")) == []
-    assert stage.stream is None or stage.stream.buffered_samples == 0
+    assert stage.streams is None or all(s.buffered_samples == 0 for s in stage.streams.values())
 
 
 # ----- batching at cutaways -----------------------------------------------------------------

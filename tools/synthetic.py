@@ -80,15 +80,21 @@ def tiny_weights(root: str, bisenet: bool = False) -> dict:
     return paths
 
 
-def model_sets(paths: dict, device: str = "cpu") -> list[str]:
-    """--set lines pointing the musetalk graph's model stages at the tiny models."""
+def model_sets(paths: dict, device: str = "cpu", latentsync: dict | None = None,
+               steps: int = 2) -> list[str]:
+    """--set lines pointing a graph's model stages at the tiny models (musetalk.yaml; with
+    `latentsync` paths, surgical.yaml with `steps` DDIM steps)."""
     sets = [f"unet.unet={paths['unet']}", f"unet.unet_config={paths['unet_config']}",
-            f"encode.vae={paths['vae']}", f"decode.vae={paths['vae']}",
+            f"unet.vae={paths['vae']}", f"encode.vae={paths['vae']}", f"decode.vae={paths['vae']}",
             f"whisper.model={paths['whisper']}"]
     if paths.get("parser"):
         sets.append(f"parse.parser={paths['parser']}")
-    for stage in ("detect", "whisper", "encode", "unet", "decode", "parse"):
-        sets.append(f"{stage}.device={device}")
+    stages = ["detect", "whisper", "encode", "unet", "decode", "parse"]
+    if latentsync:
+        sets += [f"unet.unet3d={latentsync['unet3d']}",
+                 f"unet.unet3d_config={latentsync['unet3d_config']}", f"unet.steps={steps}"]
+        stages.append("align")
+    sets += [f"{stage}.device={device}" for stage in stages]
     return sets
 
 
@@ -201,3 +207,42 @@ def clip_pattern(frames: int, face_run: int = 40, cutaway_run: int = 10) -> str:
     """Face runs separated by cutaway runs, `frames` letters long."""
     unit = "F" * face_run + "C" * cutaway_run
     return (unit * (frames // len(unit) + 1))[:frames]
+
+
+TINY_UNET3D = {"block_out_channels": [32, 64, 64, 64], "norm_num_groups": 8,
+               "cross_attention_dim": AUDIO_DIM, "layers_per_block": 1}
+
+
+def randomise_unet3d(model: torch.nn.Module, seed: int = 0) -> None:
+    """LatentSync zero-initialises conv_in, conv_out and the motion modules' output
+    projections: give them (and the norms) values so a random model's output is not zero."""
+    import math
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if isinstance(mod, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+                mod.weight.add_(0.1 * torch.randn(mod.weight.shape, generator=g))
+                mod.bias.add_(0.1 * torch.randn(mod.bias.shape, generator=g))
+            if mod is model.conv_in or mod is model.conv_out or name.endswith("temporal_transformer.proj_out"):
+                bound = 1 / math.sqrt(mod.weight[0].numel())
+                mod.weight.uniform_(-bound, bound, generator=g)
+                mod.bias.uniform_(-bound, bound, generator=g)
+
+
+def tiny_latentsync(root: str) -> dict:
+    """A tiny random LatentSync UNet3D as `latentsync_unet.pt` ({"state_dict": ...}) plus
+    the config it was built from (the published one with smaller widths)."""
+    from models.latentsync.config import LATENTSYNC_STAGE2_CONFIG
+    from models.latentsync_unet3d import UNet3DConditionModel
+    cfg = dict(LATENTSYNC_STAGE2_CONFIG, **TINY_UNET3D)
+    torch.manual_seed(0)
+    model = UNet3DConditionModel.from_config(cfg)
+    randomise_unet3d(model, 4)
+    folder = os.path.join(root, "latentsync")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "latentsync_unet.pt")
+    torch.save({"state_dict": model.state_dict()}, path)
+    cfg_path = os.path.join(folder, "unet_config.json")
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f)
+    return {"unet3d": path, "unet3d_config": cfg_path}

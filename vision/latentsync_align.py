@@ -168,7 +168,7 @@ def align_face(frame: np.ndarray, affine: np.ndarray, resolution: int = 256) -> 
 _ROI_MARGIN = 8
 
 
-def _paste_region(inverse: np.ndarray, box_w: int, box_h: int, width: int, height: int):
+def paste_region(inverse: np.ndarray, box_w: int, box_h: int, width: int, height: int):
     """Frame rectangle (x0, y0, x1, y1) that holds every pixel the face box can touch."""
     corners = np.array([[-0.5, -0.5], [box_w - 0.5, -0.5], [-0.5, box_h - 0.5], [box_w - 0.5, box_h - 0.5]])
     mapped = corners @ inverse[:, :2].T + inverse[:, 2]
@@ -195,7 +195,7 @@ def restore_face(frame: np.ndarray, face_res: np.ndarray, affine: np.ndarray, re
     box_w, box_h = face_box_size(resolution)
     inverse = cv2.invertAffineTransform(np.asarray(affine, dtype=np.float64))
 
-    x0, y0, x1, y1 = _paste_region(inverse, box_w, box_h, width, height)
+    x0, y0, x1, y1 = paste_region(inverse, box_w, box_h, width, height)
     out = frame.copy()
     if x1 <= x0 or y1 <= y0:
         return out

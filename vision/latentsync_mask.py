@@ -12,6 +12,7 @@ Geometry in 256 px coordinates, fitted to upstream ``latentsync/utils/mask.png``
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Sequence, Union
 
@@ -54,6 +55,15 @@ def latentsync_mask(size: int = 256) -> np.ndarray:
     jaw = (y >= _CHEEK_BOTTOM) & (((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2 <= 1.0)
 
     return np.where(cheeks | jaw, 0.0, 1.0).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def keep_mask(size: int, path: str = "") -> np.ndarray:
+    """The mask the pipeline uses (cached): a user-supplied file when `path` is given, else
+    the one drawn by code. Read-only."""
+    mask = load_mask(path, size) if path else latentsync_mask(size)
+    mask.setflags(write=False)
+    return mask
 
 
 def load_mask(path: str, size: int) -> np.ndarray:

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 BACKENDS = {
     "musetalk": "stages.backends.musetalk:MuseTalkBackend",
+    "latentsync": "stages.backends.latentsync:LatentSyncBackend",
 }
+
+# backends that failed to load in this process: stages before the UNet skip their inputs
+DISABLED: dict[str, str] = {}
 
 
 def backend_class(name: str):
+    """A backend by name, or any class given as ``module:Class``."""
     import importlib
-    if name not in BACKENDS:
+    target = BACKENDS.get(name, name if ":" in name else None)
+    if target is None:
         raise ValueError(f"unknown UNet backend {name!r} (choose from {', '.join(BACKENDS)})")
-    module, _, cls = BACKENDS[name].partition(":")
+    module, _, cls = target.partition(":")
     return getattr(importlib.import_module(module), cls)

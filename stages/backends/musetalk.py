@@ -1,5 +1,8 @@
 """MuseTalk v1.5's UNet: one call at timestep 0 predicts the mouth-region latent from the
-masked + reference latents and the audio tokens (with MuseTalk's positional encoding)."""
+masked + reference latents and the audio tokens (with MuseTalk's positional encoding).
+
+As LatentSync's fallback it gets windows prepared for LatentSync: it then encodes its own
+inputs (the MuseTalk crops and audio tokens the graph also computed) with the shared VAE."""
 from __future__ import annotations
 
 import torch
@@ -9,7 +12,7 @@ from .._torch import inference, resolve_device, resolve_dtype, shared_model
 
 class MuseTalkBackend:
     name = "musetalk"
-    flavour = "musetalk"
+    convention = "musetalk"      # face crop, Whisper flavour, paste-back it was trained with
 
     @staticmethod
     def required_weights(params) -> list[str]:
@@ -24,8 +27,10 @@ class MuseTalkBackend:
         from models.musetalk_unet import load_musetalk_unet
 
         from .._weights import resolve
+        self.stage = stage
         p = stage.p
-        found = resolve(stage, self.required_weights(p)) if self.required_weights(p) else {}
+        need = self.required_weights(p)
+        found = resolve(stage, need) if need else {}
         unet_path = p["unet"] or str(found["musetalk_unet"])
         config = p["unet_config"] or str(found["musetalk_unet_config"])
         self.device = resolve_device(p["device"])
@@ -34,7 +39,10 @@ class MuseTalkBackend:
                                  lambda: load_musetalk_unet(unet_path, config, self.device, self.dtype))
 
     def run(self, batch) -> None:
-        latents = batch.data.pop("latents")
-        audio = torch.from_numpy(batch.data["audio"])
+        latents = batch.data.pop("latents", None)
         with inference():
-            batch.data["pred"] = self.unet(latents, audio)
+            if latents is None:          # prepared for another backend: encode MuseTalk's inputs
+                from .._weights import load_shared_vae
+                latents = load_shared_vae(self.stage).encode_musetalk(batch.data["crops"])
+            batch.data["pred"] = self.unet(latents, torch.from_numpy(batch.data["audio"]))
+        batch.data["convention"] = self.convention
