@@ -100,8 +100,7 @@ class VideoWriter:
         self._last_pts: int | None = None
         self._frame_ticks = self.rate.denominator / (self.rate.numerator * self.time_base)
         self._done = False
-        self._audio_blocks: Iterator[np.ndarray] | None = None
-        self._audio = None
+        self._audio: AudioTrack | None = None
 
         audio_info = probe_audio(audio_path) if audio_path is not None else None
         self._container = av.open(self.temp_path, mode="w", format=_FORMATS[ext])
@@ -119,26 +118,11 @@ class VideoWriter:
             video.codec_context.time_base = self.time_base
             self._video = video
             if audio_info is not None:
-                self._open_audio(os.fspath(audio_path), audio_info, audio_offset)
+                self._audio = AudioTrack(self._container, os.fspath(audio_path), audio_info,
+                                         audio_offset)
         except BaseException:
             self.abort()
             raise
-
-    def _open_audio(self, audio_path: str, info, offset: float) -> None:
-        rate = info.sample_rate if info.sample_rate in _AAC_RATES else 48000
-        channels = 1 if info.channels == 1 else 2
-        stream = self._container.add_stream("aac", rate=rate, layout="mono" if channels == 1 else "stereo")
-        stream.time_base = Fraction(1, rate)
-        self._audio = stream
-        self._audio_rate = rate
-        self._audio_channels = channels
-        self._audio_written = 0  # samples encoded so far
-        self._audio_blocks = iter_audio_blocks(audio_path, rate, channels)
-        self._audio_pending: list[np.ndarray] = []
-        self._audio_skip = max(0, round(offset * rate))
-        if offset < 0:
-            self._audio_pending.append(np.zeros((channels, round(-offset * rate)), np.float32))
-        self._audio_exhausted = False
 
     @property
     def duration(self) -> float:
@@ -181,42 +165,7 @@ class VideoWriter:
             until = float(pts * self.time_base)
             if self.duration_limit is not None:
                 until = min(until, self.duration_limit)
-            self._encode_audio_until(round(until * self._audio_rate))
-
-    def _next_audio(self, want: int) -> np.ndarray:
-        """Up to `want` samples [channels, n] of source audio, silence once it ends."""
-        while not self._audio_pending and not self._audio_exhausted:
-            block = next(self._audio_blocks, None)
-            if block is None:
-                self._audio_exhausted = True
-                break
-            if self._audio_skip:
-                cut = min(self._audio_skip, block.shape[1])
-                self._audio_skip -= cut
-                block = block[:, cut:]
-            if block.shape[1]:
-                self._audio_pending.append(block)
-        if not self._audio_pending:
-            return np.zeros((self._audio_channels, want), np.float32)
-        block = self._audio_pending[0]
-        if block.shape[1] <= want:
-            return self._audio_pending.pop(0)
-        self._audio_pending[0] = block[:, want:]
-        return block[:, :want]
-
-    def _encode_audio_until(self, target: int) -> None:
-        while self._audio_written < target:
-            samples = self._next_audio(min(_AUDIO_BLOCK, target - self._audio_written))
-            layout = "mono" if self._audio_channels == 1 else "stereo"
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout=layout)
-            frame.sample_rate = self._audio_rate
-            frame.pts = self._audio_written
-            # the encoder's clock (1/rate): the stream's time base may be rewritten by the
-            # muxer when the header is written (Matroska uses 1/1000)
-            frame.time_base = Fraction(1, self._audio_rate)
-            for packet in self._audio.encode(frame):
-                self._container.mux(packet)
-            self._audio_written += samples.shape[1]
+            self._audio.encode_until(until)
 
     def close(self) -> None:
         """Finish both streams and move the file onto `path`. Idempotent."""
@@ -228,10 +177,8 @@ class VideoWriter:
             for packet in self._video.encode(None):
                 self._container.mux(packet)
             if self._audio is not None:
-                end = self.duration_limit if self.duration_limit is not None else self.duration
-                self._encode_audio_until(round(end * self._audio_rate))
-                for packet in self._audio.encode(None):
-                    self._container.mux(packet)
+                self._audio.finish(self.duration_limit if self.duration_limit is not None
+                                   else self.duration)
             self._container.close()
             self._container = None
             self._close_audio_source()
@@ -242,9 +189,8 @@ class VideoWriter:
             raise
 
     def _close_audio_source(self) -> None:
-        if self._audio_blocks is not None:
-            self._audio_blocks.close()
-            self._audio_blocks = None
+        if self._audio is not None:
+            self._audio.close()
 
     def abort(self) -> None:
         """Drop everything written; nothing is left at `path` or `temp_path`."""
@@ -280,3 +226,71 @@ class VideoWriter:
                 self.abort()
             except Exception:
                 pass
+
+
+class AudioTrack:
+    """An AAC track encoded from an audio file into an open output container, as the video
+    advances: cut or padded with silence to the video's end. `offset` > 0 skips that much of
+    the source, < 0 leads with silence."""
+
+    def __init__(self, container, audio_path: str, info, offset: float = 0.0):
+        rate = info.sample_rate if info.sample_rate in _AAC_RATES else 48000
+        channels = 1 if info.channels == 1 else 2
+        self.container = container
+        self.stream = container.add_stream("aac", rate=rate, layout="mono" if channels == 1 else "stereo")
+        self.stream.time_base = Fraction(1, rate)
+        self.rate = rate
+        self.channels = channels
+        self.written = 0  # samples encoded so far
+        self._blocks: Iterator[np.ndarray] | None = iter_audio_blocks(audio_path, rate, channels)
+        self._pending: list[np.ndarray] = []
+        self._skip = max(0, round(offset * rate))
+        if offset < 0:
+            self._pending.append(np.zeros((channels, round(-offset * rate)), np.float32))
+        self._exhausted = False
+
+    def _next(self, want: int) -> np.ndarray:
+        """Up to `want` samples [channels, n] of source audio, silence once it ends."""
+        while not self._pending and not self._exhausted:
+            block = next(self._blocks, None)
+            if block is None:
+                self._exhausted = True
+                break
+            if self._skip:
+                cut = min(self._skip, block.shape[1])
+                self._skip -= cut
+                block = block[:, cut:]
+            if block.shape[1]:
+                self._pending.append(block)
+        if not self._pending:
+            return np.zeros((self.channels, want), np.float32)
+        block = self._pending[0]
+        if block.shape[1] <= want:
+            return self._pending.pop(0)
+        self._pending[0] = block[:, want:]
+        return block[:, :want]
+
+    def encode_until(self, seconds: float) -> None:
+        target = round(seconds * self.rate)
+        while self.written < target:
+            samples = self._next(min(_AUDIO_BLOCK, target - self.written))
+            layout = "mono" if self.channels == 1 else "stereo"
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout=layout)
+            frame.sample_rate = self.rate
+            frame.pts = self.written
+            # the encoder's clock (1/rate): the stream's time base may be rewritten by the
+            # muxer when the header is written (Matroska uses 1/1000)
+            frame.time_base = Fraction(1, self.rate)
+            for packet in self.stream.encode(frame):
+                self.container.mux(packet)
+            self.written += samples.shape[1]
+
+    def finish(self, seconds: float) -> None:
+        self.encode_until(seconds)
+        for packet in self.stream.encode(None):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        if self._blocks is not None:
+            self._blocks.close()
+            self._blocks = None
