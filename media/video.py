@@ -393,6 +393,7 @@ class PingPongReader:
         n_out: int,
         chunk: int = 32,
         threads: str | int | None = "AUTO",
+        start: int = 0,
     ):
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
@@ -400,6 +401,7 @@ class PingPongReader:
         self.info = probe_video(self.path)
         self.n_out = int(n_out)
         self.chunk = int(chunk)
+        self.start = max(0, int(start))   # first output index (resuming a run)
         self._src = _Source(self.path, threads)
         table = self._src.table()
         self.n_src = table.count
@@ -430,9 +432,10 @@ class PingPongReader:
     def _source_time(self, index: int, pts: int | None) -> float:
         return self._src.time_of(index, pts)
 
-    def _forward(self, stop: int) -> Iterator[tuple[int, np.ndarray, float]]:
-        for index, frame in self._src.frames_from(0):
-            if index >= stop:
+    def _forward(self, stop: int, first: int = 0) -> Iterator[tuple[int, np.ndarray, float]]:
+        """Source frames first, first+1 ..., at most `stop` of them."""
+        for index, frame in self._src.frames_from(first):
+            if index >= first + stop:
                 break
             yield index, _upright_rgb(frame, _clockwise(frame.rotation)), self._source_time(index, frame.pts)
 
@@ -445,9 +448,9 @@ class PingPongReader:
             return keys[pos]  # starts on a keyframe: no frame decoded twice
         return lowest
 
-    def _backward(self, stop: int) -> Iterator[tuple[int, np.ndarray, float]]:
-        """Source frames n_src-1 .. 0, at most `stop` of them."""
-        end, emitted = self.n_src, 0
+    def _backward(self, stop: int, first: int | None = None) -> Iterator[tuple[int, np.ndarray, float]]:
+        """Source frames first (default n_src-1) down to 0, at most `stop` of them."""
+        end, emitted = (self.n_src if first is None else first + 1), 0
         while end > 0 and emitted < stop:
             begin = self._chunk_start(end)
             held: list[tuple[int, np.ndarray, float]] = []
@@ -469,11 +472,16 @@ class PingPongReader:
             end = begin
 
     def _generate(self) -> Iterator[PingPongFrame]:
-        out_index, out_time = 0, Fraction(0)
-        passes = 0
+        # output times before `start` are summed from the frame durations, nothing decoded
+        out_index = self.start
+        out_time = sum((self._durations[k] for k in pingpong_indices(self.n_src, self.start)),
+                       Fraction(0))
+        passes, offset = divmod(self.start, self.n_src)
         while out_index < self.n_out:
             left = self.n_out - out_index
-            source = self._forward(left) if passes % 2 == 0 else self._backward(left)
+            source = (self._forward(left, offset) if passes % 2 == 0
+                      else self._backward(left, self.n_src - 1 - offset))
+            offset = 0
             for src_index, image, src_time in source:
                 yield PingPongFrame(
                     index=out_index,

@@ -12,7 +12,7 @@ from media.video import (
     pingpong_indices,
     probe_video,
 )
-from media_fixtures import make_audio, make_video, pattern_frame, psnr, read_pattern_index
+from media_fixtures import make_audio, make_video, pattern_frame, psnr, read_pattern_index, vfr_times
 
 
 @pytest.mark.parametrize("fps", [25.0, 30000 / 1001])
@@ -247,3 +247,18 @@ def test_pingpong_rotated(tmp_path):
     frames = list(PingPongReader(path, 9, chunk=2))
     assert all(f.image.shape == (64, 96, 3) for f in frames)
     assert [read_pattern_index(f.image) for f in frames] == list(pingpong_indices(6, 9))
+
+
+def test_pingpong_resumes_at_any_output_index(tmp_path):
+    """Starting at output index k gives exactly the frames, source indices and output times
+    of an uninterrupted read from k on (resuming a job mid ping-pong)."""
+    path = tmp_path / "pp.mp4"
+    make_video(path, [pattern_frame(i, 96, 64) for i in range(23)], times=vfr_times(23, 25.0, seed=1),
+               size=(96, 64), gop=5)
+
+    def read(start):
+        return [(f.index, f.source_index, f.time, read_pattern_index(f.image))
+                for f in PingPongReader(path, 80, chunk=4, start=start)]
+    full = read(0)
+    for start in (1, 22, 23, 30, 45, 46, 79):
+        assert read(start) == full[start:], start
