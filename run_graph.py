@@ -43,6 +43,9 @@ def build_parser(shortcuts: dict) -> argparse.ArgumentParser:
                    help="process: groups in processes (default); inline: one process, for debugging")
     p.add_argument("--address", default=None, help="Ray cluster address (with --runner ray)")
     p.add_argument("--dry-run", action="store_true", help="print the validated plan and exit")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run of the same graph, inputs and output "
+                        "from its last complete segment")
     p.add_argument("--profile", default=None, metavar="PATH", help="profile JSON path")
     p.add_argument("--trace", default=None, metavar="PATH", help="Chrome trace path")
     p.add_argument("--no-trace", action="store_true", help="do not write a trace file")
@@ -92,6 +95,20 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"lipgraph: {exc}", file=sys.stderr)
         return 2
+    from runners import job
+    plan = None
+    if job.resumable(graph):
+        try:
+            plan = job.prepare(graph, args.resume)
+        except job.ResumeRefused as exc:
+            print(f"lipgraph: {exc}", file=sys.stderr)
+            return 2
+        for note in plan.notes:
+            print(f"note: {note}", file=sys.stderr)
+    elif args.resume:
+        print("lipgraph: --resume needs a graph whose mux writes segments (segment_s > 0)",
+              file=sys.stderr)
+        return 2
     output = graph.param(graph.args["output"][0]) if "output" in graph.args else None
     prof_default, trace_default = default_paths(graph, output)
     options = RunOptions(
@@ -103,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     result = runner.run()
     if not result.ok:
         print(f"lipgraph: {format_error(result.error)}", file=sys.stderr)
+        if plan is not None and os.path.isdir(plan.workdir):
+            print(f"lipgraph: completed segments are kept in {plan.workdir}; run the same "
+                  "command with --resume to continue", file=sys.stderr)
     return result.exit_code
 
 

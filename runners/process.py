@@ -19,6 +19,7 @@ import tempfile
 import time
 
 from graph import shm
+from graph.stats import peak_rss_bytes
 
 from .group import GroupLaunch, group_main
 from .report import Reporter, RunOptions, RunResult
@@ -50,6 +51,7 @@ class ProcessRunner:
     def run(self) -> RunResult:
         graph = self.graph
         shm.sweep_stale()
+        _sweep_stale_run_dirs()
         run_id = shm.new_run_id()
         run_dir = tempfile.mkdtemp(prefix=f"lipgraph-run-{run_id}-")
         ctx = mp.get_context("spawn")
@@ -112,6 +114,9 @@ class ProcessRunner:
                         q.cancel_join_thread()
                 control.close()
                 control.cancel_join_thread()
+                # the runner's own process counts too (peak RSS summed over every process)
+                self.reporter.update(("runner", 0), {"pid": os.getpid(), "stages": [],
+                                                     "peak_rss": peak_rss_bytes()})
                 profile = self.reporter.finish(status, error)
                 shutil.rmtree(run_dir, ignore_errors=True)
             finally:
@@ -251,3 +256,19 @@ class ProcessRunner:
             return
         for s, h in old.items():
             signal.signal(s, signal.SIG_IGN if ignore else h)
+
+
+def _sweep_stale_run_dirs() -> None:
+    """Scratch folders of runs whose runner process is gone (killed before cleaning up)."""
+    import glob
+    import re
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), "lipgraph-run-*")):
+        m = re.match(r"lipgraph-run-(\d+)x", os.path.basename(path))
+        if not m:
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass

@@ -68,8 +68,8 @@ class FaceDetect(Stage):
         return self._resolve(final=True)
 
     def _is_key(self, pos_in_held: int) -> bool:
-        n_since = pos_in_held + 1 if self.last_key is not None else pos_in_held
-        return n_since % self.every == 0
+        # keyframes at absolute indices: a resumed run detects on the same frames
+        return self.held[pos_in_held].index % self.every == 0
 
     def _keys_held(self) -> int:
         return sum(1 for k in range(len(self.held)) if self._is_key(k))

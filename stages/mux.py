@@ -7,7 +7,11 @@ For a lossless master: `codec: ffv1`, `pix_fmt: bgr0` and a .mkv path.
 
 `sidecar: PATH` also writes one JSON line per output frame: index, time, src (source frame),
 face (face box or null for a cutaway), edit (box of every pixel that may have changed, or
-null), convention (the model that made the mouth)."""
+null), convention (the model that made the mouth).
+
+With `workdir` (set by run_graph: segments are on unless `segment_s: 0`), frames go into
+segments of `segment_s` seconds recorded in the job's manifest, joined into the output at
+the end (see media/segments.py); a killed run resumes from its last complete segment."""
 from __future__ import annotations
 
 from graph.ordering import OrderedMerge
@@ -18,7 +22,7 @@ class Mux(Stage):
     inputs = ("main", "bypass")
     outputs = ()
     params = {"path": "", "audio": "", "crf": 18, "preset": "medium", "codec": "libx264",
-              "pix_fmt": "yuv420p", "sidecar": ""}
+              "pix_fmt": "yuv420p", "sidecar": "", "segment_s": 10.0, "workdir": ""}
 
     @classmethod
     def validate_params(cls, params):
@@ -27,14 +31,24 @@ class Mux(Stage):
             problems.append(("path", "no output file (params.path / --output)"))
         if not 0 <= params["crf"] <= 51:
             problems.append(("crf", "must be within 0..51"))
+        if params["segment_s"] < 0:
+            problems.append(("segment_s", "must be >= 0 (0: no segments, not resumable)"))
         return problems
 
     def open(self):
         self.merge = OrderedMerge(list(self.in_ports), name=self.name)
         self.writer = None
         self.written = 0
+        self.manifest = None
         self.sidecar = None
-        if self.p["sidecar"]:
+        self.have_below = 0         # frames below this index are in completed segments
+        if self.p["workdir"]:
+            from media.segments import Manifest
+            self.manifest = Manifest.load(self.p["workdir"])
+            if self.manifest is None:
+                raise RuntimeError(f"{self.p['workdir']}: no job manifest")
+            self.have_below = self.manifest.next_frame()
+        elif self.p["sidecar"]:
             import os
             folder, base = os.path.split(os.path.abspath(self.p["sidecar"]))
             self.sidecar_tmp = os.path.join(folder, f".{base}.partial-{os.getpid()}")
@@ -62,39 +76,64 @@ class Mux(Stage):
         return ()
 
     def _open_writer(self, frame) -> None:
-        from media.writer import VideoWriter
         fps = self.info.get("fps")
         if not fps:
             raise RuntimeError("no frame rate: the stream carried no Info with 'fps'")
         h, w = frame.shape[:2]
-        self.writer = VideoWriter(self.p["path"], w, h, fps, crf=self.p["crf"],
-                                  preset=self.p["preset"], codec=self.p["codec"],
-                                  pix_fmt=self.p["pix_fmt"], audio_path=self.p["audio"] or None)
+        encoder = dict(crf=self.p["crf"], preset=self.p["preset"], codec=self.p["codec"],
+                       pix_fmt=self.p["pix_fmt"])
+        if self.manifest is not None:
+            from media.segments import SegmentWriter, segment_frames
+            self.writer = SegmentWriter(self.manifest, w, h, fps,
+                                        segment_frames(self.p["segment_s"], fps),
+                                        on_temp=self.ctx.register_temp, **encoder)
+            return
+        from media.writer import VideoWriter
+        self.writer = VideoWriter(self.p["path"], w, h, fps, audio_path=self.p["audio"] or None,
+                                  **encoder)
         self.ctx.register_temp(self.writer.temp_path)
 
     def _write(self, msgs) -> None:
         for msg in msgs:
             for item in msg.members():
+                if item.index < self.have_below:
+                    continue        # a resumed run's pre-roll: already written
                 frame = item.data["frame"]
                 if self.writer is None:
                     self._open_writer(frame)
-                self.writer.write(frame, item.time)
+                line = self._sidecar_line(item) if self.p["sidecar"] else None
+                if self.manifest is not None:
+                    self.writer.write(item.index, frame, item.time, line)
+                else:
+                    self.writer.write(frame, item.time)
+                    if line is not None:
+                        self.sidecar.write(line + "\n")
                 self.written += 1
-                if self.sidecar:
-                    self._sidecar_line(item)
 
-    def _sidecar_line(self, item) -> None:
+    def _sidecar_line(self, item) -> str:
         import json
         d = item.data
         box = d.get("face_box", d.get("box"))
         face = None if box is None else [int(round(float(v))) for v in list(box)[:4]]
-        self.sidecar.write(json.dumps({
+        return json.dumps({
             "index": item.index, "time": item.time, "src": d.get("src_index"), "face": face,
-            "edit": d.get("edit"), "convention": d.get("convention") if face else None}) + "\n")
+            "edit": d.get("edit"), "convention": d.get("convention") if face else None})
 
     def finish(self):
         import os
         self.merge.finish()
+        if self.manifest is not None:
+            from media.segments import join_segments, remove_work_dir
+            if self.writer is not None:
+                self.writer.close()
+                self.writer = None
+            if not self.manifest.segments:
+                raise RuntimeError(f"{self.p['path']}: no frames to write (empty video, or audio "
+                                   "shorter than one frame)")
+            join_segments(self.manifest, self.p["path"], self.p["audio"] or None,
+                          self.p["sidecar"] or None)
+            remove_work_dir(self.manifest.folder)
+            return ()
         if self.writer is None:
             raise RuntimeError(f"{self.p['path']}: no frames to write (empty video, or audio "
                                "shorter than one frame)")
@@ -108,7 +147,7 @@ class Mux(Stage):
 
     def close(self):
         if self.writer is not None:     # the run failed before the end: no partial output
-            self.writer.abort()
+            self.writer.abort()         # (completed segments stay, for --resume)
             self.writer = None
         if self.sidecar:
             self.sidecar.close()

@@ -17,7 +17,11 @@ from graph.stage import Stage
 class VideoSource(Stage):
     inputs = ()
     outputs = ("out",)
-    params = {"path": "", "audio": "", "length": "audio", "threads": "AUTO", "chunk": 32}
+    # start: first output frame still to make (set when resuming a job); the stream begins
+    # `preroll` frames earlier so stages with history (face tracking, smoothing) pick up as
+    # they would have; the mux drops frames it already has
+    params = {"path": "", "audio": "", "length": "audio", "threads": "AUTO", "chunk": 32,
+              "start": 0, "preroll": 8}
 
     @classmethod
     def validate_params(cls, params):
@@ -47,20 +51,25 @@ class VideoSource(Stage):
         src_duration = self.vinfo.frame_count / self.fps
         if self.limit_s is not None and self.vinfo.frame_count_exact and self.limit_s > src_duration + 1e-6:
             with PingPongReader(self.p["path"], self.total, chunk=self.p["chunk"],
-                                threads=self.p["threads"]) as r:
+                                threads=self.p["threads"], start=self.first) as r:
                 for f in r:
                     yield f.index, f.time, f.image, f.source_index
         else:
-            with VideoReader(self.p["path"], threads=self.p["threads"]) as r:
+            with VideoReader(self.p["path"], threads=self.p["threads"],
+                             start_index=self.first) as r:
                 for f in r:
                     yield f.index, f.time, f.image, f.index
 
     def generate(self):
         v = self.vinfo
-        self.ctx.set_total(self.total)
-        yield "out", Info(start_index=0, total=self.total, fps=self.fps, width=v.width,
+        start = self.p["start"]
+        self.first = max(0, start - self.p["preroll"]) if start else 0
+        self.ctx.set_total(max(0, self.total - self.first))
+        yield "out", Info(start_index=self.first, total=self.total, fps=self.fps, width=v.width,
                           height=v.height, rotation=v.rotation, video_path=self.p["path"])
         eps = 1e-6
+        if start >= self.total:
+            return                      # a resumed job whose frames are all done
         for index, t, image, src in self._frames():
             # a frame belongs to the output if it is shown entirely within the audio
             if self.limit_s is not None and (index >= self.total or t + 1.0 / self.fps > self.limit_s + eps):

@@ -40,7 +40,7 @@ def test_profile_json_trace_and_table(tmp_path):
     assert 0 < prof["latency_p50_s"] <= prof["latency_p95_s"]
     assert st["sink"]["latency_p50_s"] is not None
     groups = {p["group"] for p in prof["processes"]}
-    assert groups == {"io", "gpu", "post"} and len(prof["processes"]) == 4
+    assert groups == {"io", "gpu", "post", "runner"} and len(prof["processes"]) == 5
     assert all(p["peak_rss_bytes"] > 10e6 for p in prof["processes"])
     edge = prof["edges"]["route.main->model.in"]
     assert edge["queue_size"] == 2 and not edge["cross_process"] and edge["depth"]
@@ -54,7 +54,7 @@ def test_profile_json_trace_and_table(tmp_path):
     assert {"src", "route", "model", "unb", "sink"} <= names
     assert sum(1 for e in spans if e["name"] == "model") == 20
     assert counters and all("depth" in e["args"] for e in counters)
-    assert len({e["pid"] for e in spans}) == 4
+    assert len({e["pid"] for e in spans}) == 4          # group processes (the runner has no stage)
 
     assert "bottleneck: model" in proc.stderr
     assert "stage" in proc.stderr and "items/s" in proc.stderr and "util" in proc.stderr

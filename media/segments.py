@@ -1,0 +1,241 @@
+"""Segmented output, so a long job can resume where it stopped.
+
+Frames are encoded into video-only MP4 segments of a fixed number of frames (segment k holds
+output frames [k*N, (k+1)*N)), each with its own encoder, so each starts on a keyframe and
+closes cleanly. A segment is written to a temporary name and renamed when complete, then
+recorded in the job's manifest (rewritten atomically). At the end the segments are joined by
+copying packets (no re-encoding) and the audio is encoded once for the whole duration, into a
+temporary file renamed onto the output.
+
+The work folder `.NAME.lipgraph/` sits beside the output: `manifest.json` plus the segments
+(and per-segment sidecar lines). It is removed once the output is complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from fractions import Fraction
+
+import av
+
+from .audio import probe_audio
+from .writer import _FORMATS, AudioTrack, VideoWriter
+
+MANIFEST = "manifest.json"
+VERSION = 1
+
+
+def work_dir(output: str) -> str:
+    folder, name = os.path.split(os.path.abspath(output))
+    return os.path.join(folder, f".{name}.lipgraph")
+
+
+def segment_frames(segment_s: float, fps: float) -> int:
+    return max(1, int(round(segment_s * fps)))
+
+
+class Manifest:
+    """The job record: identity of inputs and graph, and the segments completed so far."""
+
+    def __init__(self, folder: str, data: dict):
+        self.folder = folder
+        self.data = data
+
+    @classmethod
+    def create(cls, folder: str, job: dict) -> "Manifest":
+        os.makedirs(folder, exist_ok=True)
+        m = cls(folder, {"version": VERSION, **job, "segments": []})
+        m.save()
+        return m
+
+    @classmethod
+    def load(cls, folder: str) -> "Manifest | None":
+        path = os.path.join(folder, MANIFEST)
+        if not os.path.exists(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if data.get("version") != VERSION:
+            raise ValueError(f"{path}: manifest version {data.get('version')} (expected {VERSION})")
+        return cls(folder, data)
+
+    @property
+    def segments(self) -> list[dict]:
+        return self.data["segments"]
+
+    def next_frame(self) -> int:
+        """First output frame not yet in a completed segment."""
+        return self.segments[-1]["last"] + 1 if self.segments else 0
+
+    def add(self, record: dict) -> None:
+        if record["first"] != self.next_frame():
+            raise ValueError(f"segment starting at frame {record['first']} does not follow "
+                             f"frame {self.next_frame() - 1}")
+        self.segments.append(record)
+        self.save()
+
+    def save(self) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=self.folder)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(self.data, f, indent=1)
+        os.replace(tmp, os.path.join(self.folder, MANIFEST))
+
+    def check_files(self) -> list[str]:
+        """Problems with the recorded segments (missing or truncated files)."""
+        problems = []
+        for seg in self.segments:
+            path = os.path.join(self.folder, seg["file"])
+            if not os.path.exists(path):
+                problems.append(f"{seg['file']} is missing")
+            elif os.path.getsize(path) != seg["bytes"]:
+                problems.append(f"{seg['file']} has {os.path.getsize(path)} bytes, expected {seg['bytes']}")
+        return problems
+
+    def remove_strays(self) -> None:
+        """Delete files of segments that never completed."""
+        keep = {MANIFEST} | {s["file"] for s in self.segments} | \
+               {s["sidecar"] for s in self.segments if s.get("sidecar")}
+        for name in os.listdir(self.folder):
+            if name not in keep:
+                path = os.path.join(self.folder, name)
+                if os.path.isfile(path):
+                    os.unlink(path)
+
+
+class SegmentWriter:
+    """Writes frames into the manifest's segments, N frames each, from `start` on."""
+
+    def __init__(self, manifest: Manifest, width: int, height: int, fps: float,
+                 per_segment: int, on_temp=None, **encoder):
+        self.m = manifest
+        self.width, self.height, self.fps = width, height, fps
+        self.n = per_segment
+        self.encoder = encoder
+        self.on_temp = on_temp or (lambda path: None)
+        self.writer: VideoWriter | None = None
+        self.current: dict | None = None
+        self.sidecar = None
+
+    def write(self, index: int, image, time: float, sidecar_line: str | None = None) -> None:
+        k = index // self.n
+        if self.current is not None and k != self.current["k"]:
+            self._close_segment()
+        if self.writer is None:
+            if index % self.n and index != self.m.next_frame():
+                raise ValueError(f"frame {index} cannot start a segment")
+            name = f"seg-{k:06d}"
+            self.current = {"k": k, "file": f"{name}.mp4", "first": index, "start_time": time}
+            self.writer = VideoWriter(os.path.join(self.m.folder, self.current["file"]),
+                                      self.width, self.height, self.fps, **self.encoder)
+            self.on_temp(self.writer.temp_path)
+            if sidecar_line is not None:
+                self.current["sidecar"] = f"{name}.jsonl"
+                self.sidecar = open(os.path.join(self.m.folder, f".{name}.jsonl.partial"), "w")
+                self.on_temp(self.sidecar.name)
+        self.writer.write(image, time - self.current["start_time"])
+        self.current["last"] = index
+        self.current["end_time"] = time + 1.0 / self.fps
+        if self.sidecar is not None and sidecar_line is not None:
+            self.sidecar.write(sidecar_line + "\n")
+
+    def _close_segment(self) -> None:
+        self.writer.close()
+        self.writer = None
+        seg = self.current
+        self.current = None
+        if self.sidecar is not None:
+            self.sidecar.close()
+            os.replace(self.sidecar.name, os.path.join(self.m.folder, seg["sidecar"]))
+            self.sidecar = None
+        seg["bytes"] = os.path.getsize(os.path.join(self.m.folder, seg["file"]))
+        seg["frames"] = seg["last"] - seg["first"] + 1
+        del seg["k"]
+        self.m.add(seg)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self._close_segment()
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
+        if self.sidecar is not None:
+            self.sidecar.close()
+            if os.path.exists(self.sidecar.name):
+                os.unlink(self.sidecar.name)
+            self.sidecar = None
+
+
+def join_segments(manifest: Manifest, output: str, audio_path: str | None = None,
+                  sidecar: str | None = None) -> None:
+    """Copy every segment's packets, shifted to their place, into `output` (no re-encoding)
+    and encode the audio once for the whole duration. Atomic: temp file, then rename."""
+    segs = manifest.segments
+    if not segs:
+        raise ValueError(f"{manifest.folder}: no segments to join")
+    output = os.path.abspath(output)
+    folder, name = os.path.split(output)
+    ext = os.path.splitext(name)[1].lower()
+    if ext not in _FORMATS:
+        raise ValueError(f"{output}: unsupported extension {ext!r}, expected one of {sorted(_FORMATS)}")
+    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.partial")
+    out = av.open(tmp, mode="w", format=_FORMATS[ext])
+    try:
+        first = av.open(os.path.join(manifest.folder, segs[0]["file"]))
+        template = first.streams.video[0]
+        stream = out.add_stream_from_template(template)
+        seg_tb = Fraction(template.time_base)
+        first.close()
+        audio = None
+        if audio_path:
+            audio = AudioTrack(out, audio_path, probe_audio(audio_path))
+        for seg in segs:
+            shift = round(Fraction(seg["start_time"]).limit_denominator(10**9) / seg_tb)
+            with av.open(os.path.join(manifest.folder, seg["file"])) as src:
+                vs = src.streams.video[0]
+                if Fraction(vs.time_base) != seg_tb:
+                    raise ValueError(f"{seg['file']}: time base {vs.time_base} differs from {seg_tb}")
+                for packet in src.demux(vs):
+                    if packet.size == 0:
+                        continue
+                    packet.pts = None if packet.pts is None else packet.pts + shift
+                    packet.dts = None if packet.dts is None else packet.dts + shift
+                    packet.stream = stream
+                    packet.time_base = seg_tb
+                    out.mux(packet)
+            if audio is not None:
+                audio.encode_until(seg["end_time"])
+        if audio is not None:
+            audio.finish(segs[-1]["end_time"])
+            audio.close()
+        out.close()
+        out = None
+        if sidecar:
+            _join_sidecars(manifest, sidecar)
+        os.replace(tmp, output)
+    except BaseException:
+        if out is not None:
+            try:
+                out.close()
+            except Exception:
+                pass
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _join_sidecars(manifest: Manifest, path: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".sidecar-", dir=os.path.dirname(os.path.abspath(path)))
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        for seg in manifest.segments:
+            with open(os.path.join(manifest.folder, seg["sidecar"]), encoding="utf-8") as f:
+                shutil.copyfileobj(f, out)
+    os.replace(tmp, path)
+
+
+def remove_work_dir(folder: str) -> None:
+    shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,150 @@
+"""Resumable jobs: the link between a graph run and its segmented output's manifest.
+
+A run whose sink writes segments (`mux` with `segment_s` > 0) records, in the manifest
+beside the output, what it is computing: the identity of each input file (size and hashes of
+its first and last MiB) and a digest of the graph (every stage's type and params, and the
+edges). `--resume` checks both against the files and graph given now, refuses with what
+changed if anything did, and otherwise starts the sources at the first frame no completed
+segment holds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+
+from media.segments import Manifest, remove_work_dir, work_dir
+
+# params that do not change what a run computes (or are set here)
+_NOT_IN_DIGEST = {"mux": {"path", "sidecar", "workdir"}, "video_source": {"start"}}
+_CHUNK = 1 << 20
+
+
+class ResumeRefused(Exception):
+    """The job cannot start or continue as asked (missing inputs, changed inputs or graph)."""
+
+
+@dataclasses.dataclass
+class JobPlan:
+    workdir: str
+    start: int
+    notes: list[str]
+
+
+def file_identity(path: str) -> dict:
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = hashlib.sha256(f.read(_CHUNK)).hexdigest()
+        f.seek(max(0, size - _CHUNK))
+        tail = hashlib.sha256(f.read(_CHUNK)).hexdigest()
+    return {"path": os.path.abspath(path), "size": size, "head": head, "tail": tail}
+
+
+def graph_params(graph) -> dict:
+    """What the digest covers, readable (to say what changed)."""
+    out = {}
+    for name in graph.topo_order():
+        spec = graph.stages[name]
+        skip = _NOT_IN_DIGEST.get(spec.type, set())
+        out[name] = {"type": spec.type, "workers": spec.workers,
+                     **{k: v for k, v in sorted(spec.params.items()) if k not in skip}}
+    out["(edges)"] = sorted(e.name for e in graph.edges)
+    return out
+
+
+def digest(params: dict) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _inputs(graph) -> dict:
+    """Input files: the `path` of every source stage (the video, the audio)."""
+    found = {}
+    for name, spec in graph.stages.items():
+        if not spec.ports[0] and spec.params.get("path"):
+            found[name] = spec.params["path"]
+    return found
+
+
+def _sink(graph):
+    muxes = [s for s in graph.stages.values() if s.type == "mux"]
+    return muxes[0] if len(muxes) == 1 else None
+
+
+def resumable(graph) -> bool:
+    sink = _sink(graph)
+    return sink is not None and sink.params.get("segment_s", 0) > 0 and bool(sink.params.get("path"))
+
+
+def prepare(graph, resume: bool) -> JobPlan:
+    """Create (or, resuming, check and continue) the job of this run; set the params that
+    make the sources start at the first unfinished frame and the sink write segments."""
+    sink = _sink(graph)
+    folder = work_dir(sink.params["path"])
+    missing = [f"stage '{name}': input file not found: {path}"
+               for name, path in _inputs(graph).items() if not os.path.isfile(path)]
+    if missing:
+        raise ResumeRefused("\n".join(missing))
+    inputs = {name: file_identity(path) for name, path in _inputs(graph).items()}
+    params = graph_params(graph)
+    job = {"output": os.path.abspath(sink.params["path"]), "inputs": inputs,
+           "graph": graph.name, "digest": digest(params), "params": params}
+    notes: list[str] = []
+    start = 0
+    manifest = None
+    if resume:
+        manifest = Manifest.load(folder)
+        if manifest is None:
+            notes.append(f"nothing to resume for {job['output']}: starting from the beginning")
+        else:
+            _check_same(manifest.data, job)
+            bad = manifest.check_files()
+            if bad:
+                keep = next(i for i, s in enumerate(manifest.segments)
+                            if any(s["file"] in b for b in bad))
+                notes.append(f"segment files damaged ({'; '.join(bad)}): redoing from segment {keep}")
+                del manifest.segments[keep:]
+                manifest.save()
+            manifest.remove_strays()
+            start = manifest.next_frame()
+            if start:
+                notes.append(f"resuming {job['output']} at frame {start} "
+                             f"({len(manifest.segments)} segment(s) done)")
+    elif os.path.isdir(folder):
+        notes.append(f"discarded the segments of an unfinished earlier run of {job['output']} "
+                     "(use --resume to continue such a run)")
+        remove_work_dir(folder)
+    if manifest is None:
+        manifest = Manifest.create(folder, job)
+    for spec in graph.stages.values():
+        if spec.type == "video_source":
+            spec.params["start"] = start
+    sink.params["workdir"] = folder
+    return JobPlan(folder, start, notes)
+
+
+def _check_same(old: dict, new: dict) -> None:
+    changed = []
+    for name, ident in new["inputs"].items():
+        before = old.get("inputs", {}).get(name)
+        if before is None:
+            changed.append(f"input of stage '{name}' is new")
+        elif (before["size"], before["head"], before["tail"]) != (ident["size"], ident["head"], ident["tail"]):
+            changed.append(f"input of stage '{name}' changed ({ident['path']}: "
+                           f"{before['size']} -> {ident['size']} bytes or different content)")
+    if old.get("digest") != new["digest"]:
+        a, b = old.get("params", {}), new["params"]
+        for stage in sorted(set(a) | set(b)):
+            if a.get(stage) != b.get(stage):
+                if stage not in a or stage not in b:
+                    changed.append(f"stage '{stage}' {'added' if stage in b else 'removed'}")
+                    continue
+                for k in sorted(set(a[stage]) | set(b[stage])) if isinstance(b[stage], dict) else ["edges"]:
+                    va = a[stage].get(k) if isinstance(a[stage], dict) else a[stage]
+                    vb = b[stage].get(k) if isinstance(b[stage], dict) else b[stage]
+                    if va != vb:
+                        changed.append(f"{stage}.{k}: {va!r} -> {vb!r}")
+    if changed:
+        raise ResumeRefused("cannot resume: the job changed since it was started:\n  "
+                            + "\n  ".join(changed)
+                            + "\nrun without --resume to start over")

@@ -1,0 +1,139 @@
+"""Interrupted runs resume from their last complete segment and give what an uninterrupted
+run gives: same frame count, timing, audio and cutaway frames."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from media.audio import read_audio
+from media.video import VideoReader
+from tools.synthetic import make_clip, model_sets, read_id, speech_like, tiny_weights, write_wav
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GRAPH = os.path.join(ROOT, "configs", "graphs", "musetalk.yaml")
+PATTERN = "F" * 30 + "C" * 12 + "F" * 38          # 80 frames; the audio asks for 100 (ping-pong)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("resume")
+    weights = tiny_weights(str(folder / "models"))
+    video, audio = make_clip(str(folder), PATTERN, audio_s=4.0)
+    sets = model_sets(weights) + ["mux.codec=ffv1", "mux.pix_fmt=bgr0", "mux.segment_s=0.4"]
+    return folder, video, audio, sets
+
+
+def command(video, audio, out, sets, resume=False):
+    cmd = [sys.executable, "run_graph.py", GRAPH, "--video", video, "--audio", audio,
+           "--output", out, "--quiet", "--no-trace"]
+    for s in sets:
+        cmd += ["--set", s]
+    return cmd + (["--resume"] if resume else [])
+
+
+def segments_done(out):
+    path = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.lipgraph", "manifest.json")
+    try:
+        with open(path) as f:
+            return len(json.load(f)["segments"])
+    except (OSError, ValueError):
+        return 0
+
+
+def read(out):
+    frames = list(VideoReader(out))
+    return [f.image for f in frames], [f.time for f in frames], read_audio(out)
+
+
+def test_killed_runs_resume_to_the_uninterrupted_result(setup):
+    folder, video, audio, sets = setup
+    ref = str(folder / "ref.mkv")
+    subprocess.run(command(video, audio, ref, sets), cwd=ROOT, check=True, capture_output=True)
+    out = str(folder / "out.mkv")
+    rng = random.Random(7)
+    kills = 0
+    resume = False
+    while kills < 3:
+        proc = subprocess.Popen(command(video, audio, out, sets, resume), cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        target = min(segments_done(out) + rng.randint(1, 2), 7)    # of 10 segments
+        deadline = time.monotonic() + 120
+        while segments_done(out) < target and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0, 0.3))        # a random point inside the next segment
+        if proc.poll() is not None:
+            break                              # finished before we could stop it
+        sig = rng.choice([signal.SIGKILL, signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+        # the output appears only complete (written aside, renamed when joined)
+        assert not os.path.exists(out) or len(list(VideoReader(out))) == 100
+        kills += 1
+        resume = True
+    assert kills >= 2
+    done = subprocess.run(command(video, audio, out, sets, resume=True), cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming" in done.stderr
+    assert not os.path.exists(os.path.join(folder, ".out.mkv.lipgraph"))     # work folder gone
+
+    (ref_frames, ref_times, ref_audio), (frames, times, got_audio) = read(ref), read(out)
+    assert len(frames) == len(ref_frames) == 100
+    assert times == ref_times
+    assert len(got_audio) == len(ref_audio) and np.allclose(got_audio, ref_audio, atol=1e-6)
+    for a, b in zip(frames, ref_frames):
+        assert read_id(a) == read_id(b)
+        if PATTERN[read_id(a)] == "C":
+            assert np.array_equal(a, b)                     # cutaways: exact
+        else:
+            # face frames: same models and inputs; batches may be cut differently after a
+            # resume, which moves float rounding only
+            assert np.abs(a.astype(int) - b.astype(int)).max() <= 3
+
+
+def test_resume_refuses_changed_inputs_or_graph(setup):
+    folder, video, audio, sets = setup
+    out = str(folder / "changed.mkv")
+    proc = subprocess.Popen(command(video, audio, out, sets), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while segments_done(out) < 1 and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    refused = subprocess.run(command(video, audio, out, sets + ["batch.batch_size=4"], resume=True),
+                             cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert "cannot resume" in refused.stderr and "batch.batch_size: 8 -> 4" in refused.stderr
+    other = str(folder / "other.wav")
+    write_wav(str(folder / "new.wav"), 0.5 * speech_like(4.0))
+    os.replace(audio, other)
+    os.replace(str(folder / "new.wav"), audio)               # same name, different content
+    try:
+        refused = subprocess.run(command(video, audio, out, sets, resume=True), cwd=ROOT,
+                                 capture_output=True, text=True)
+        assert refused.returncode == 2 and "input of stage 'audio' changed" in refused.stderr
+    finally:
+        os.replace(other, audio)
+    seg0 = os.path.join(folder, ".changed.mkv.lipgraph", "seg-000000.mp4")
+    with open(seg0, "r+b") as f:                            # a damaged segment is redone
+        f.truncate(100)
+    fixed = subprocess.run(command(video, audio, out, sets, resume=True), cwd=ROOT,
+                           capture_output=True, text=True)
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+    assert "damaged" in fixed.stderr
+    assert len(list(VideoReader(out))) == 100
+
+
+def test_resume_without_previous_run_starts_fresh(setup, tmp_path):
+    folder, video, audio, sets = setup
+    out = str(tmp_path / "fresh.mkv")
+    done = subprocess.run(command(video, audio, out, sets, resume=True), cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "nothing to resume" in done.stderr
+    assert len(list(VideoReader(out))) == 100
