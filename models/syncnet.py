@@ -7,7 +7,8 @@ median over offsets minus that minimum. Each face track (a run of consecutive fa
 one shot) is scored on its own and the tracks' scores are averaged.
 
 Reference pipeline, reproduced here:
-- frames at 25 fps (other rates are resampled to 25 fps, nearest frame, as `ffmpeg -r 25`);
+- frames at 25 fps (other rates are resampled to 25 fps, as `ffmpeg -r 25` does: the frame
+  on screen at each tick);
 - face crop: box centre and half-side (larger side / 2), each median-filtered over the track
   (kernel 13, zero-padded ends as scipy's `medfilt`); the crop spans 1.4 half-sides left and
   right of the centre, 1 above and 1.8 below, the frame padded with gray 110, resized to
@@ -249,13 +250,13 @@ class FaceTrack:
 
 
 def resample_to_25fps(count: int, fps: float) -> list[int]:
-    """Source frame shown at each 25 fps frame (nearest in time), for `count` frames at `fps`."""
+    """Source frame on screen at each 25 fps tick, for `count` frames at a constant `fps`."""
     if count <= 0:
         return []
     if abs(fps - FPS) < 1e-6:
         return list(range(count))
     n_out = max(1, int(round(count * FPS / fps)))
-    return [min(count - 1, int(math.floor(k * fps / FPS + 0.5))) for k in range(n_out)]
+    return [min(count - 1, int(math.floor(k * fps / FPS + 1e-6))) for k in range(n_out)]
 
 
 def face_tracks(boxes: Sequence[Sequence[float] | None], min_track: int = MIN_TRACK,

@@ -197,7 +197,8 @@ def test_strict_load_reproduces_the_saved_model(net, weights_file):
     (lambda sd: sd.pop("netfclip.3.bias"), ["missing", "netfclip.3.bias"]),
     (lambda sd: sd.__setitem__("netcnnlip.20.weight", torch.zeros(3)), ["unexpected", "netcnnlip.20.weight"]),
     (lambda sd: sd.__setitem__("netfcaud.3.weight", torch.zeros(512, 512)), ["shape", "netfcaud.3.weight"]),
-    (lambda sd: sd.__setitem__("netcnnaud.1.running_var", torch.ones(65)), ["shape", "netcnnaud.1.running_var"]),
+    (lambda sd: sd.__setitem__("netcnnaud.1.running_var", torch.ones(65)),
+     ["shape", "netcnnaud.1.running_var"]),
 ])
 def test_strict_load_rejects_bad_files(net, tmp_path, damage, words):
     sd = dict(net.state_dict())
@@ -303,7 +304,7 @@ def test_face_tracks_split_at_gaps_and_cuts():
 def test_resample_to_25fps():
     assert resample_to_25fps(10, 25.0) == list(range(10))
     assert resample_to_25fps(10, 50.0) == [0, 2, 4, 6, 8]
-    assert resample_to_25fps(6, 30.0) == [0, 1, 2, 4, 5]
+    assert resample_to_25fps(6, 30.0) == [0, 1, 2, 3, 4]
     assert resample_to_25fps(4, 12.5) == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
@@ -343,7 +344,7 @@ class _Planted:
         return (x.mean(dim=(1, 3, 4)) > 110).float()
 
     def embed_audio(self, x):                   # [B, 1, 13, 20]: row 0 is the log energy
-        return (x[:, 0, 0].reshape(-1, 5, 4).mean(-1) > 18).float()
+        return (x[:, 0, 0].reshape(-1, 5, 4).mean(-1) > 21).float()   # loud ~24, quiet ~13
 
 
 def _planted_clip(n, delay, seed=4):
@@ -365,7 +366,7 @@ def test_lse_pipeline_recovers_a_planted_offset(delay):
     tracks = lse_tracks(iter(frames), boxes, audio, 25.0, model=_Planted(), min_track=10, min_face_size=100)
     assert len(tracks) == 1 and tracks[0]["windows"] == n - 5
     assert tracks[0]["offset"] == -delay       # > 0 would mean the lips trail the sound
-    assert tracks[0]["lse_c"] > 0.5
+    assert tracks[0]["lse_c"] > 1.0
 
 
 def test_lse_tracks_skip_cutaways_and_average():

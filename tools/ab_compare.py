@@ -19,6 +19,8 @@ lockstep (memory stays flat), and writes:
   count and source order); LSE-C / LSE-D with SyncNet weights. Figures that cannot be computed
   are listed with the reason.
 
+Exit status: 0, or 1 when a run failed (the report then says what it could and why not the rest).
+
 PSNR is over RGB, capped at 100 dB (identical pixels read 100). SSIM is the Gaussian-window
 SSIM of Wang et al. (sigma 1.5, 11 taps, K1 0.01, K2 0.03) on BT.601 luma, averaged over the
 pixels whose whole window lies inside the frame and outside the edit box.
@@ -85,7 +87,8 @@ def ssim_map(y1: np.ndarray, y2: np.ndarray) -> np.ndarray:
     vx = _blur(x * x) - mx * mx
     vy = _blur(y * y) - my * my
     cxy = _blur(x * y) - mx * my
-    return ((2 * mx * my + SSIM_C1) * (2 * cxy + SSIM_C2)) / ((mx * mx + my * my + SSIM_C1) * (vx + vy + SSIM_C2))
+    num = (2 * mx * my + SSIM_C1) * (2 * cxy + SSIM_C2)
+    return num / ((mx * mx + my * my + SSIM_C1) * (vx + vy + SSIM_C2))
 
 
 def ssim_valid(shape: tuple[int, int], box: Sequence[int] | None = None) -> np.ndarray:
@@ -166,7 +169,8 @@ class TemporalStability:
         cur = (index, src, face, region(out, edit, self.size), region(inp, edit, self.size))
         prev = self._prev
         # same shot: next output frame, the source moved at most one frame, the face stayed
-        if prev is not None and prev[0] == index - 1 and abs(prev[1] - src) <= 1 and _iou(prev[2], face) > 0.5:
+        if (prev is not None and prev[0] == index - 1 and abs(prev[1] - src) <= 1
+                and _iou(prev[2], face) > 0.5):
             self.out_sum += float(np.abs(cur[3] - prev[3]).mean())
             self.in_sum += float(np.abs(cur[4] - prev[4]).mean())
             self.pairs += 1
@@ -235,9 +239,10 @@ class OutputFigures:
             from media.video import pingpong_indices
             forward = list(range(min(n_input, self.frames)))
             order["in_order"] = self.srcs[:len(forward)] == forward
-            order["pingpong"] = self.srcs == list(pingpong_indices(n_input, self.frames))
-            order["first_out_of_order"] = next(
-                (k for k, (a, b) in enumerate(zip(self.srcs, pingpong_indices(n_input, self.frames))) if a != b), None)
+            expected = list(pingpong_indices(n_input, self.frames))
+            order["pingpong"] = self.srcs == expected
+            order["first_out_of_order"] = next((k for k, (a, b) in enumerate(zip(self.srcs, expected))
+                                                if a != b), None)
             order["sources_in_range"] = all(0 <= s < n_input for s in self.srcs)
         return {
             "identity": {"face_frames": faces, "identical_outside_edit": self.identical_faces,
@@ -340,7 +345,8 @@ def _panel(image: np.ndarray | None, size: tuple[int, int], label: str) -> np.nd
     (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     # bottom-left: the top-left corner is where test clips stamp their frame numbers
     cv2.rectangle(panel, (0, h - th - base - 6), (min(w, tw + 8), h), (0, 0, 0), -1)
-    cv2.putText(panel, label, (4, h - base - 3), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.putText(panel, label, (4, h - base - 3), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
+                cv2.LINE_AA)
     return panel
 
 
@@ -389,9 +395,13 @@ def _graph_facts(path: str) -> tuple[str, dict, str, set]:
 
 
 def plan_runs(graphs: Sequence[str], out_dir: str, sets_common: Sequence[str],
-              sets_each: Sequence[Sequence[str]], lossless: bool) -> list[Run]:
+              sets_each: Sequence[Sequence[str]], lossless: bool, weights: str | None = None) -> list[Run]:
     """Output paths and --set lines of both runs (names from the graphs, made distinct)."""
     facts = [_graph_facts(path) for path in graphs]
+    for path, (_, args, _, _) in zip(graphs, facts):
+        if weights and "weights" not in args:
+            raise SystemExit(f"ab_compare: {path}: the graph has no --weights argument; "
+                             "point its stages at weights with --set-a / --set-b instead")
     names = [f[0] for f in facts]
     if names[0] == names[1]:
         names = [f"{names[0]}_a", f"{names[1]}_b"]
@@ -487,7 +497,8 @@ def analyse(video: str, audio: str, runs: Sequence[Run], out_dir: str, lossless:
         ok = run.exit_code in (0, None) and os.path.isfile(run.output)
         readers[run.label] = _frames(run.output if ok else None)
         if not ok:
-            missing.append(f"{run.label} ({run.name}): no output to measure ({run.error or 'the run failed'})")
+            why = run.error or "the run failed"
+            missing.append(f"{run.label} ({run.name}): no output to measure ({why})")
             continue
         side = read_sidecar(run.sidecar) if run.sidecar else None
         if side is None:
@@ -532,8 +543,9 @@ def analyse(video: str, audio: str, runs: Sequence[Run], out_dir: str, lossless:
                 t = next((f.time for f in frames.values() if f is not None), None)
                 t = t if t is not None and t > last_t else last_t + 1 / info.fps
                 if writer is None:
-                    writer = VideoWriter(os.path.join(out_dir, "side_by_side.mp4"), 3 * panel[0], panel[1],
-                                         info.fps, crf=20, preset="veryfast", audio_path=audio)
+                    writer = VideoWriter(os.path.join(out_dir, "side_by_side.mp4"),
+                                         (1 + len(runs)) * panel[0], panel[1], info.fps, crf=20,
+                                         preset="veryfast", audio_path=audio)
                 try:
                     inp = source.get(src)
                 except IndexError:
@@ -565,6 +577,9 @@ def analyse(video: str, audio: str, runs: Sequence[Run], out_dir: str, lossless:
             continue
         res = fig.result(n_input)
         res["frames"]["sidecar_lines"] = len(side)
+        if len(side) != fig.frames:
+            missing.append(f"{run.label} ({run.name}): the sidecar has {len(side)} lines for "
+                           f"{fig.frames} output frames; frames past either end were not measured")
         results[run.label] = res
     return results, missing
 
@@ -582,8 +597,11 @@ def lse_figures(run: Run, audio: str, syncnet, **options) -> dict:
     except ValueError:
         sound = read_audio(audio, 16000)
     fps = probe_video(run.output).fps
-    with VideoReader(run.output) as frames:
-        tracks = lse_tracks(frames, [s.get("face") for s in side], sound, fps, model=syncnet, **options)
+    try:
+        with VideoReader(run.output) as frames:
+            tracks = lse_tracks(frames, [s.get("face") for s in side], sound, fps, model=syncnet, **options)
+    except ValueError as exc:       # e.g. the sidecar names more frames than the video holds
+        return {"computed": False, "why": f"{run.output}: {exc}"}
     if not tracks:
         return {"computed": False,
                 "why": f"no face track of more than {options.get('min_track')} frames (at 25 fps) with "
@@ -623,10 +641,12 @@ def write_markdown(report: dict, path: str) -> None:
               f"{inp['fps']:.3f} fps), dub `{inp['audio']}`.",
               f"Outputs {'lossless (FFV1, RGB)' if report['settings']['lossless'] else 'H.264'}; "
               f"runner `{report['settings']['runner']}`; graphs run one after the other.", ""]
+    if report["settings"]["common_sets"]:
+        lines += ["Sets for both: " + ", ".join(f"`{s}`" for s in report["settings"]["common_sets"]), ""]
     graphs = report["graphs"]
     for label, g in graphs.items():
-        lines.append(f"- **{label}**: `{g['name']}` from `{g['graph']}`"
-                     + (f", sets: {', '.join('`' + s + '`' for s in g['sets_own'])}" if g["sets_own"] else ""))
+        own = ", ".join(f"`{s}`" for s in g["sets_own"])
+        lines.append(f"- **{label}**: `{g['name']}` from `{g['graph']}`" + (f", sets: {own}" if own else ""))
     lines.append("")
 
     def row(title, fn):
@@ -638,8 +658,10 @@ def write_markdown(report: dict, path: str) -> None:
     row("frames out", lambda g: str((g.get("throughput") or {}).get("frames", "-")))
     row("frames/s (stream)", lambda g: _f((g.get("throughput") or {}).get("frames_per_s"), "{:.2f}"))
     row("wall s (run)", lambda g: _f(g.get("wall_s")))
-    row("bottleneck", lambda g: "-" if not (g.get("throughput") or {}).get("bottleneck") else
-        f"{g['throughput']['bottleneck']['stage']} ({100 * g['throughput']['bottleneck']['utilization']:.0f}%)")
+    def bottleneck(g):
+        b = (g.get("throughput") or {}).get("bottleneck")
+        return "-" if not b else f"{b['stage']} ({100 * b['utilization']:.0f}%)"
+    row("bottleneck", bottleneck)
     row("fallback frames", lambda g: str((g.get("fallbacks") or {}).get("frames", "-")))
     row("PSNR outside edit, dB", lambda g: _stats(((g.get("identity") or {}).get("psnr_db"))))
     row("SSIM outside edit", lambda g: _stats(((g.get("identity") or {}).get("ssim")), "{:.4f}"))
@@ -676,12 +698,14 @@ def write_markdown(report: dict, path: str) -> None:
         for note in g.get("notes") or []:
             lines.append(f"- note: {note}")
         if g.get("conventions"):
-            lines.append("- frames by convention: " + ", ".join(f"{k} {v}" for k, v in g["conventions"].items()))
+            by = ", ".join(f"{k} {v}" for k, v in g["conventions"].items())
+            lines.append(f"- frames by convention: {by}")
         fr = g.get("frames") or {}
         if fr:
             lines.append(f"- frames: output {fr.get('output_frames')}, input {fr.get('input_frames')}, "
                          f"sidecar lines {fr.get('sidecar_lines', '-')}, index mismatches "
-                         f"{fr.get('index_mismatches', '-')}, time mismatches {fr.get('time_mismatches', '-')}")
+                         f"{fr.get('index_mismatches', '-')}, time mismatches "
+                         f"{fr.get('time_mismatches', '-')}")
         if (g.get("lse") or {}).get("tracks"):
             for t in g["lse"]["tracks"]:
                 lines.append(f"- SyncNet track from frame {t['start_frame']} ({t['frames']} frames): offset "
@@ -719,7 +743,7 @@ def compare(graphs: Sequence[str], video: str, audio: str, out_dir: str, *, weig
     video, audio = os.path.abspath(video), os.path.abspath(audio)
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    runs = plan_runs(graphs, out_dir, sets, (sets_a, sets_b), lossless)
+    runs = plan_runs(graphs, out_dir, sets, (sets_a, sets_b), lossless, weights)
     for run in runs:
         print(f"ab_compare: running {run.label} ({run.name}) -> {run.output}", file=sys.stderr, flush=True)
         execute(run, video, audio, weights, runner)
@@ -755,6 +779,8 @@ def compare(graphs: Sequence[str], video: str, audio: str, out_dir: str, *, weig
                 missing.append(f"{run.label} ({run.name}): LSE-C / LSE-D: {g['lse']['why']}")
         elif model is None:
             g["lse"] = {"computed": False, "why": "no SyncNet weights (pass --syncnet syncnet_v2.model)"}
+        else:
+            g["lse"] = {"computed": False, "why": "the run failed"}
         graphs_out[run.label] = g
 
     sbs = os.path.join(out_dir, "side_by_side.mp4")

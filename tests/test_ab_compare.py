@@ -1,0 +1,305 @@
+"""The A/B comparison tool: image metrics against scikit-image, the temporal-stability math on a
+hand-made sequence, the analysis on hand-made outputs and sidecars, and a small end-to-end run
+of two MuseTalk graphs (tiny random models) with a random SyncNet."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from media.audio import probe_audio
+from media.video import VideoReader, pingpong_indices, probe_video
+from media.writer import VideoWriter
+from tools.ab_compare import (
+    PSNR_CAP_DB,
+    OutputFigures,
+    Run,
+    SourceFrames,
+    TemporalStability,
+    analyse,
+    luma,
+    psnr,
+    ssim,
+    ssim_valid,
+)
+from tools.synthetic import clip_frames, make_clip, model_sets, read_id, speech_like, tiny_weights, write_wav
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GRAPH = os.path.join(ROOT, "configs", "graphs", "musetalk.yaml")
+
+
+def smooth_noise(rng, shape):
+    import cv2
+    x = rng.standard_normal(shape) * 60 + 128
+    return np.clip(cv2.GaussianBlur(x, (0, 0), 2.0), 0, 255)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_psnr_matches_scikit_image():
+    from skimage.metrics import peak_signal_noise_ratio
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-20, 21, a.shape), 0, 255).astype(np.uint8)
+    assert psnr(a, b) == pytest.approx(peak_signal_noise_ratio(a, b, data_range=255), rel=1e-12)
+    mask = np.zeros((48, 64), bool)
+    mask[10:30, 5:50] = True
+    ref = peak_signal_noise_ratio(a[mask], b[mask], data_range=255)
+    assert psnr(a, b, mask) == pytest.approx(ref, rel=1e-12)
+    c = a.copy()
+    c[~mask] = 0                                   # differences only where the mask is off
+    assert psnr(a, c, mask) == math.inf and psnr(a, c) < 20
+    assert math.isnan(psnr(a, b, np.zeros((48, 64), bool)))
+
+
+def test_ssim_matches_scikit_image():
+    from skimage.metrics import structural_similarity
+    rng = np.random.default_rng(1)
+    for shape in ((40, 56), (64, 48)):
+        x = smooth_noise(rng, shape)
+        y = np.clip(x + rng.standard_normal(shape) * 15, 0, 255)
+        ref = structural_similarity(x, y, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                    data_range=255)
+        assert ssim(x, y) == pytest.approx(ref, abs=1e-9)
+    assert ssim(x, x) == pytest.approx(1.0)
+
+
+def test_ssim_outside_a_box_ignores_the_box_and_its_window():
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    box = (30, 20, 50, 40)
+    edited = rgb.copy()
+    edited[20:40, 30:50] = 255 - edited[20:40, 30:50]
+    valid = ssim_valid((60, 80), box)
+    assert not valid[15:45, 25:55].any() and valid[14, 40] and valid[30, 55]
+    assert ssim(luma(rgb), luma(edited), valid) == pytest.approx(1.0)
+    assert ssim(luma(rgb), luma(edited)) < 0.9
+    leak = edited.copy()
+    leak[10, 10] = 255 - leak[10, 10]              # one pixel changed outside the box
+    assert ssim(luma(rgb), luma(leak), valid) < 1.0
+
+
+def test_temporal_stability_on_a_hand_made_sequence():
+    def frame(v, size=64):
+        f = np.full((size, size, 3), 50, np.float32)
+        f[16:48, 16:48] = v
+        return f.astype(np.uint8)
+
+    face, edit = [8, 8, 56, 56], (16, 16, 48, 48)
+    t = TemporalStability()
+    outs, ins = [10, 20, 40, 40], [10, 12, 14, 16]
+    for k, (o, i) in enumerate(zip(outs, ins)):
+        t.add(k, k, face, edit, frame(o), frame(i))
+    r = t.result()
+    assert r["pairs"] == 3
+    assert r["output"] == pytest.approx((10 + 20 + 0) / 3)
+    assert r["input"] == pytest.approx(2.0)
+    assert r["ratio"] == pytest.approx(5.0)
+
+    # a cutaway, a cut (the face jumps) and a source jump all break the chain
+    t = TemporalStability()
+    t.add(0, 0, face, edit, frame(0), frame(0))
+    t.add(1, 1, face, edit, frame(30), frame(3))            # pair: 30 / 3
+    t.add(2, 2, None, None, frame(0), frame(0))             # cutaway
+    t.add(3, 3, face, edit, frame(100), frame(100))
+    t.add(4, 4, [30, 30, 60, 60], edit, frame(0), frame(0))  # IoU < 0.5: another shot
+    t.add(5, 9, [30, 30, 60, 60], edit, frame(50), frame(50))  # source jumped
+    t.add(6, 10, [30, 30, 60, 60], (20, 20, 40, 40), frame(56), frame(53))  # pair: 6 / 3
+    r = t.result()
+    assert r["pairs"] == 2 and r["output"] == pytest.approx(18.0) and r["input"] == pytest.approx(3.0)
+
+
+def test_source_frames_serve_ping_pong_with_bounded_decoding(tmp_path):
+    frames = clip_frames("C" * 30, 96, 64)
+    path = str(tmp_path / "in.mkv")
+    with VideoWriter(path, 96, 64, 25, codec="ffv1", pix_fmt="bgr0") as w:
+        for f in frames:
+            w.write(f)
+    src = SourceFrames(path, cache=8)
+    order = list(pingpong_indices(30, 75))
+    for i in order:
+        assert np.array_equal(src.get(i), frames[i])
+    src.close()
+    assert src.decoded <= 30 + 2 * 30 + 8       # one forward pass, backward in chunks
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def _write(path, frames):
+    h, w = frames[0].shape[:2]
+    with VideoWriter(path, w, h, 25, codec="ffv1", pix_fmt="bgr0") as writer:
+        for f in frames:
+            writer.write(f)
+
+
+def _sidecar(path, rows):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+@pytest.fixture
+def handmade(tmp_path):
+    """An input clip and an 'output' that changed the face frames inside a known box and one
+    pixel of one cutaway."""
+    pattern = "FFFFFFCCCFFFFF"
+    src = clip_frames(pattern)
+    video, audio = str(tmp_path / "in.mkv"), str(tmp_path / "dub.wav")
+    _write(video, src)
+    write_wav(audio, speech_like(len(pattern) / 25))
+    rng = np.random.default_rng(3)
+    out = []
+    for i, (f, c) in enumerate(zip(src, pattern)):
+        f = f.copy()
+        if c == "F":
+            f[120:200, 100:220] = rng.integers(0, 256, (80, 120, 3), dtype=np.uint8)
+        elif i == 7:
+            f[100, 300] = 255 - f[100, 300]
+        out.append(f)
+    output = str(tmp_path / "out.mkv")
+    _write(output, out)
+    rows = [{"index": k, "time": k / 25, "src": k,
+             "face": [60, 40, 260, 230] if c == "F" else None,
+             "edit": [100, 120, 220, 200] if c == "F" else None,
+             "convention": "musetalk" if c == "F" else None} for k, c in enumerate(pattern)]
+    return video, audio, output, rows, tmp_path
+
+
+def _run(output, sidecar, tmp_path):
+    return Run("A", "handmade", "-", [], output, sidecar, str(tmp_path / "p.json"), str(tmp_path / "log"), 0)
+
+
+def test_analysis_with_a_hand_made_sidecar(handmade):
+    video, audio, output, rows, tmp = handmade
+    side = str(tmp / "side.jsonl")
+    _sidecar(side, rows)
+    results, missing = analyse(video, audio, [_run(output, side, tmp)], str(tmp), lossless=True)
+    assert missing == []
+    r = results["A"]
+    assert r["identity"]["face_frames"] == 11 and r["identity"]["identical_outside_edit"] == 11
+    assert r["identity"]["psnr_db"]["min"] == PSNR_CAP_DB and r["identity"]["ssim"]["min"] == 1.0
+    assert r["cutaways"] == {"frames": 3, "identical": 2, "exact": True,
+                             "psnr_db": r["cutaways"]["psnr_db"]}
+    assert 45 < r["cutaways"]["psnr_db"]["min"] < PSNR_CAP_DB     # one pixel of 76,800 changed
+    assert r["frames"]["in_order"] and r["frames"]["pingpong"] and r["frames"]["sidecar_lines"] == 14
+    assert r["frames"]["index_mismatches"] == 0 and r["frames"]["time_mismatches"] == 0
+    assert r["conventions"] == {"None": 3, "musetalk": 11}
+    t = r["temporal"]
+    assert t["pairs"] == 5 + 4                                  # two shots of face frames
+    assert t["output"] > 50 and 0 < t["input"] < 20 and t["ratio"] > 3   # noise vs a drifting face
+
+    sbs = probe_video(str(tmp / "side_by_side.mp4"))
+    assert (sbs.width, sbs.height, sbs.frame_count) == (640, 240, 14)     # input | A
+    assert probe_audio(str(tmp / "side_by_side.mp4")).duration_s == pytest.approx(14 / 25, abs=0.03)
+    for f in VideoReader(str(tmp / "side_by_side.mp4")):
+        assert read_id(f.image[:, :320]) == f.index and read_id(f.image[:, 320:640]) == f.index
+
+
+def test_analysis_catches_changes_outside_the_edit_box_and_bad_order(handmade):
+    video, audio, output, rows, tmp = handmade
+    small = [dict(r, edit=[100, 120, 160, 200] if r["edit"] else None) for r in rows]
+    small[3]["src"], small[4]["src"] = 4, 3
+    small[5]["index"] = 9
+    side = str(tmp / "small.jsonl")
+    _sidecar(side, small)
+    results, _ = analyse(video, audio, [_run(output, side, tmp)], str(tmp), lossless=True, side_by_side=False)
+    r = results["A"]
+    assert r["identity"]["identical_outside_edit"] == 0
+    assert r["identity"]["psnr_db"]["mean"] < 30 and r["identity"]["ssim"]["mean"] < 0.95
+    assert not r["frames"]["in_order"] and r["frames"]["first_out_of_order"] == 3
+    assert r["frames"]["index_mismatches"] == 1
+    assert not os.path.exists(tmp / "side_by_side.mp4")
+
+
+def test_analysis_without_a_sidecar_says_why(handmade):
+    video, audio, output, rows, tmp = handmade
+    run = _run(output, None, tmp)
+    results, missing = analyse(video, audio, [run], str(tmp), lossless=True, side_by_side=False)
+    assert results["A"] == {"frames": {"output_frames": 14, "input_frames": 14}}
+    assert len(missing) == 1 and "no per-frame sidecar" in missing[0] and "identity" in missing[0]
+
+
+def test_output_figures_count_a_face_frame_left_untouched():
+    fig = OutputFigures(lossless=True)
+    img = np.zeros((32, 32, 3), np.uint8)
+    fig.frames = 1
+    fig.add(0, img, 0.0, {"index": 0, "time": 0.0, "src": 0, "face": [0, 0, 16, 16], "edit": None}, img)
+    r = fig.result(1)
+    assert r["identity"]["identical_outside_edit"] == 1 and r["identity"]["psnr_db"]["mean"] == PSNR_CAP_DB
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return tiny_weights(str(tmp_path_factory.mktemp("models")))
+
+
+def compare_cli(args):
+    cmd = [sys.executable, "-m", "tools.ab_compare", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_compare_two_musetalk_graphs_end_to_end(tmp_path, weights):
+    video, audio = make_clip(str(tmp_path), "FFFFFFFFCCCCFFFFFFFF")
+    torch.manual_seed(0)
+    syncnet = str(tmp_path / "syncnet_v2.model")
+    from models.syncnet import SyncNet
+    torch.save(SyncNet().state_dict(), syncnet)
+    out = tmp_path / "ab"
+    args = ["--graphs", GRAPH, GRAPH, "--video", video, "--audio", audio, "--out", str(out),
+            "--lossless", "--runner", "inline", "--syncnet", syncnet, "--lse-min-track", "5",
+            "--lse-min-face", "10", "--set-b", "batch.batch_size=3"]
+    for s in model_sets(weights):
+        args += ["--set", s]
+    proc = compare_cli(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.load(open(out / "report.json"))
+    assert report["not_computed"] == []
+    a, b = report["graphs"]["A"], report["graphs"]["B"]
+    assert (a["name"], b["name"]) == ("musetalk_a", "musetalk_b") and b["sets_own"] == ["batch.batch_size=3"]
+    for g in (a, b):
+        assert g["exit_code"] == 0 and os.path.isfile(g["output"]) and g["output"].endswith(".mkv")
+        tp = g["throughput"]
+        assert tp["frames"] == 20 and tp["bottleneck"]["stage"] in tp["stages"]
+        assert tp["stages"]["unet"]["items_in"] == 16 and tp["stages"]["unet"]["items_per_s"] > 0
+        assert g["fallbacks"]["frames"] == 0
+        # the pipeline only touches pixels inside its edit boxes; cutaways pass untouched
+        assert g["identity"]["face_frames"] == 16 and g["identity"]["identical_outside_edit"] == 16
+        assert g["identity"]["psnr_db"]["min"] == PSNR_CAP_DB and g["identity"]["ssim"]["min"] == 1.0
+        assert g["cutaways"]["frames"] == 4 and g["cutaways"]["identical"] == 4
+        fr = g["frames"]
+        assert fr["output_frames"] == fr["input_frames"] == fr["sidecar_lines"] == 20 and fr["in_order"]
+        assert g["temporal"]["pairs"] > 0 and g["temporal"]["input"] > 0
+        assert g["conventions"] == {"None": 4, "musetalk": 16}
+        assert g["lse"]["computed"] and math.isfinite(g["lse"]["lse_c"]) and g["lse"]["lse_d"] > 0
+        assert [t["frames"] for t in g["lse"]["tracks"]] == [8, 8]
+    batch = [g["throughput"]["stages"]["encode"]["mean_batch"] for g in (a, b)]
+    assert batch[0] == 8 and batch[1] < 4                       # --set-b batch.batch_size=3
+    info = probe_video(str(out / "side_by_side.mp4"))
+    assert (info.width, info.height, info.frame_count) == (960, 240, 20)
+    md = open(out / "report.md").read()
+    assert "musetalk_a" in md and "LSE-C / LSE-D" in md and "| unet |" in md
+
+
+def test_failed_runs_are_reported_with_what_could_not_be_computed(tmp_path):
+    video, audio = make_clip(str(tmp_path), "FFFF")
+    out = tmp_path / "ab"
+    proc = compare_cli(["--graphs", GRAPH, GRAPH, "--video", video, "--audio", audio, "--out", str(out),
+                        "--weights", str(tmp_path / "no-weights-here")])
+    assert proc.returncode == 1
+    report = json.load(open(out / "report.json"))
+    for g in report["graphs"].values():
+        assert g["exit_code"] == 2 and "exited with status 2" in g["error"]
+        assert not g["lse"]["computed"] and "no SyncNet weights" in g["lse"]["why"]
+    missing = "\n".join(report["not_computed"])
+    assert "no SyncNet weights" in missing and missing.count("no output to measure") == 2
+    assert report["side_by_side"] is None
+    assert "## Not computed" in open(out / "report.md").read()
