@@ -246,3 +246,67 @@ def tiny_latentsync(root: str) -> dict:
     with open(cfg_path, "w") as f:
         json.dump(cfg, f)
     return {"unet3d": path, "unet3d_config": cfg_path}
+
+
+def face_closeup(i: int, width: int = 160, height: int = 120) -> np.ndarray:
+    """The astronaut's head filling most of a small frame (a face Haar finds at 160x120)."""
+    from skimage import data
+    head = data.astronaut()[10:250, 110:350]           # 240 x 240 around the face
+    side = min(height, width) - 8
+    face = cv2.resize(head, (side, side), interpolation=cv2.INTER_AREA)
+    frame = np.full((height, width, 3), 60, np.uint8)
+    dx = int(round(3 * np.sin(i / 7.0)))
+    x0 = (width - side) // 2 + dx
+    frame[4:4 + side, x0:x0 + side] = face
+    return stamp_id(frame, i % (1 << ID_BITS))
+
+
+def long_pattern(frames: int, face_run: int = 50, period: int = 500) -> str:
+    """A face run of `face_run` frames every `period` frames, cutaways between."""
+    return "".join("F" if i % period < face_run else "C" for i in range(frames))
+
+
+def make_long_clip(folder: str, minutes: float, fps: float = 25.0, width: int = 160,
+                   height: int = 120, face_run: int = 50, period: int = 500,
+                   name: str = "long") -> tuple[str, str]:
+    """A long clip written frame by frame and an audio track written in chunks (memory flat)."""
+    import av
+
+    from media.writer import VideoWriter
+    n = int(round(minutes * 60 * fps))
+    video = os.path.join(folder, f"{name}.mp4")
+    cut_a, cut_b = (cv2.resize(p(), (width, height), interpolation=cv2.INTER_AREA)
+                    for p in (_coffee, _rocket))
+    with VideoWriter(video, width, height, fps, crf=20, preset="ultrafast") as w:
+        for i in range(n):
+            if i % period < face_run:
+                w.write(face_closeup(i, width, height))
+            else:
+                w.write(stamp_id((cut_a if (i // period) % 2 else cut_b).copy(), i % (1 << ID_BITS)))
+    audio = os.path.join(folder, f"{name}.wav")
+    sr, seconds = 16000, n / fps
+    with av.open(audio, mode="w") as c:
+        stream = c.add_stream("pcm_s16le", rate=sr, layout="mono")
+        step = 10 * sr
+        for start in range(0, int(seconds * sr), step):
+            t = (np.arange(start, min(start + step, int(seconds * sr))) / sr)
+            env = 0.5 * (1 + np.sin(2 * np.pi * 4.0 * t)) ** 2 / 4
+            sig = env * np.sin(2 * np.pi * (180 + 60 * np.sin(2 * np.pi * 0.7 * t)) * t)
+            frame = av.AudioFrame.from_ndarray((np.clip(sig, -1, 1) * 32767).astype(np.int16)[None],
+                                               format="s16", layout="mono")
+            frame.sample_rate = sr
+            for packet in stream.encode(frame):
+                c.mux(packet)
+        for packet in stream.encode(None):
+            c.mux(packet)
+    return video, audio
+
+
+def _coffee():
+    from skimage import data
+    return data.coffee()
+
+
+def _rocket():
+    from skimage import data
+    return data.rocket()
