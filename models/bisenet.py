@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.weights import StateDictMismatchError, check_state_dict
+
 PARSE_SIZE = 512
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -183,8 +185,8 @@ class BiSeNet(nn.Module):
 # ---------------------------------------------------------------- loading
 
 
-class BiSeNetWeightsError(ValueError):
-    """A BiSeNet weights file does not match the model."""
+class BiSeNetWeightsError(StateDictMismatchError):
+    """A BiSeNet weights file does not match the model (or cannot be read as one)."""
 
 
 def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -203,51 +205,18 @@ def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return dict(sd)
 
 
-def _shape(t: torch.Tensor) -> str:
-    return "x".join(str(d) for d in t.shape) or "scalar"
+_BACKBONE = "cp.resnet."
 
 
-def _report(path: str, what: str, missing: list[str], unexpected: list[str], mismatched: list[str]) -> None:
-    if not (missing or unexpected or mismatched):
-        return
-    lines = [f"{path}: does not match {what}"]
-    for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
-        if items:
-            shown = ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
-            lines.append(f"  {title}: {shown}")
-    raise BiSeNetWeightsError("\n".join(lines))
-
-
-def _backbone_entries(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],
+def _backbone_entries(sd: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]],
                       path: str) -> dict[str, torch.Tensor]:
     # Same rule as upstream: every key containing "fc" is skipped, every other key must be a
     # backbone entry of the right shape; backbone keys it lacks are simply left alone.
-    out, unexpected, mismatched = {}, [], []
-    for key, value in sd.items():
-        if "fc" in key:
-            continue
-        name = "cp.resnet." + key
-        if name not in expected:
-            unexpected.append(key)
-        elif tuple(value.shape) != tuple(expected[name].shape):
-            mismatched.append(f"{key} {_shape(value)} (expected {_shape(expected[name])})")
-        else:
-            out[name] = value
-    _report(path, "the torchvision ResNet-18 backbone of BiSeNet", [], unexpected, mismatched)
-    return out
-
-
-def _check_strict(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], path: str) -> None:
-    # BatchNorm counters are not stored by old checkpoints and have no effect in eval mode.
-    missing = [k for k in expected if k not in sd and not k.endswith(".num_batches_tracked")]
-    unexpected = [k for k in sd if k not in expected]
-    mismatched = [
-        f"{k} {_shape(sd[k])} (expected {_shape(expected[k])})"
-        for k in expected
-        if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)
-    ]
-    _report(path, "BiSeNet(n_classes=19) (MuseTalk face-parse-bisent/79999_iter.pth layout)",
-            missing, unexpected, mismatched)
+    backbone = {k[len(_BACKBONE):]: v for k, v in expected.items() if k.startswith(_BACKBONE)}
+    entries = {k: v for k, v in sd.items() if "fc" not in k}
+    check_state_dict(backbone, entries, path, "torchvision ResNet-18 backbone of BiSeNet",
+                     optional=backbone, error=BiSeNetWeightsError)
+    return {_BACKBONE + k: v for k, v in entries.items()}
 
 
 def load_bisenet(path: str | os.PathLike, resnet_path: str | os.PathLike | None = None,
@@ -260,13 +229,17 @@ def load_bisenet(path: str | os.PathLike, resnet_path: str | os.PathLike | None 
     """
     with torch.device("meta"):
         model = BiSeNet(n_classes=19)
-    expected = model.state_dict()
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
     merged: dict[str, torch.Tensor] = {}
     if resnet_path is not None:
         merged.update(_backbone_entries(_read_state_dict(resnet_path), expected, os.fspath(resnet_path)))
     main = _read_state_dict(path)
-    _check_strict(main, expected, os.fspath(path))
+    # BatchNorm counters are not stored by old checkpoints and have no effect in eval mode.
+    check_state_dict(expected, main, os.fspath(path),
+                     "BiSeNet(n_classes=19) (MuseTalk face-parse-bisent/79999_iter.pth layout)",
+                     optional={k for k in expected if k.endswith(".num_batches_tracked")},
+                     error=BiSeNetWeightsError)
     merged.update(main)
     for key in expected:
         if key not in merged:  # only num_batches_tracked can get here

@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.weights import StateDictMismatchError, check_state_dict
+
 NUM_LANDMARKS = 68
 INPUT_SIZE = 256
 # face_alignment's crop for S3FD-style boxes (see ``crop_frame``)
@@ -37,7 +39,7 @@ FAN_FILE_PATTERNS = ("2DFAN4*.zip", "2DFAN4*.pth.tar")
 Box = Sequence[float]
 
 
-class FANWeightsError(ValueError):
+class FANWeightsError(StateDictMismatchError):
     """A FAN weight file is unreadable or does not match the FAN architecture."""
 
 
@@ -157,20 +159,9 @@ def load_fan_state_dict(model: FAN, state_dict: Dict[str, torch.Tensor], path: s
     BatchNorm ``num_batches_tracked`` may be absent (old checkpoints); it plays no part in eval.
     """
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [
-        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or mismatched:
-        lines = [f"{path}: does not match the FAN architecture {FAN_CONFIG}"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
-            if items:
-                shown = ", ".join(items[:10]) + (f", ... ({len(items)} in all)" if len(items) > 10 else "")
-                lines.append(f"  {title}: {shown}")
-        raise FANWeightsError("\n".join(lines))
+    check_state_dict({k: tuple(v.shape) for k, v in expected.items()}, state_dict, path,
+                     f"FAN architecture {FAN_CONFIG}", error=FANWeightsError,
+                     optional={k for k in expected if k.endswith("num_batches_tracked")})
     with torch.no_grad():
         for k, v in expected.items():
             if k in state_dict:

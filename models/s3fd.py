@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.weights import StateDictMismatchError, check_state_dict
+
 WEIGHTS_FILENAME = "s3fd-619a316812.pth"
 # Names a MuseTalk checkout or a manual download may use for the same file.
 WEIGHTS_ALIASES = (WEIGHTS_FILENAME, "s3fd.pth")
@@ -37,8 +39,8 @@ VARIANCES = (0.1, 0.2)
 MIN_INPUT_SIDE = 32  # five 2x poolings must leave at least one cell
 
 
-class S3FDWeightsError(ValueError):
-    """A checkpoint does not match the S3FD architecture."""
+class S3FDWeightsError(StateDictMismatchError):
+    """A checkpoint does not match the S3FD architecture (or cannot be read as one)."""
 
 
 class L2Norm(nn.Module):
@@ -149,37 +151,12 @@ class S3FD(nn.Module):
 # ----------------------------------------------------------------------------- loading
 
 
-def _format_keys(kind: str, items: Sequence[str], limit: int = 12) -> str:
-    shown = ", ".join(items[:limit])
-    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
-    return f"{kind} ({len(items)}): {shown}{more}"
-
-
-def check_state_dict(model: nn.Module, state: dict, path: str) -> None:
-    """Raise S3FDWeightsError unless ``state`` has exactly the model's keys and shapes."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = []
-    for k, ref in expected.items():
-        if k not in state:
-            continue
-        value = state[k]
-        if not isinstance(value, torch.Tensor):
-            mismatched.append(f"{k} (not a tensor: {type(value).__name__})")
-        elif tuple(value.shape) != tuple(ref.shape):
-            mismatched.append(f"{k} (file {list(value.shape)}, model {list(ref.shape)})")
-        elif not value.is_floating_point():
-            mismatched.append(f"{k} (dtype {value.dtype}, expected floating point)")
-    if missing or unexpected or mismatched:
-        parts = [
-            _format_keys(name, items)
-            for name, items in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched))
-            if items
-        ]
-        raise S3FDWeightsError(
-            f"{path}: not an S3FD checkpoint ({WEIGHTS_FILENAME} layout); " + "; ".join(parts)
-        )
+def _check_values(state: dict, path: str) -> None:
+    # Keys and shapes are checked by check_state_dict; the values must also be float tensors.
+    bad = [f"{k} ({v.dtype if isinstance(v, torch.Tensor) else type(v).__name__})"
+           for k, v in state.items() if not (isinstance(v, torch.Tensor) and v.is_floating_point())]
+    if bad:
+        raise S3FDWeightsError(f"{path}: entries that are not floating-point tensors: {', '.join(bad[:12])}")
 
 
 def load_s3fd(path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -200,7 +177,9 @@ def load_s3fd(path: str | os.PathLike, device: str | torch.device = "cpu",
         )
     with torch.device("meta"):
         model = S3FD()
-    check_state_dict(model, state, path)
+    check_state_dict({k: tuple(v.shape) for k, v in model.state_dict().items()}, state, path,
+                     f"S3FD face detector ({WEIGHTS_FILENAME} layout)", error=S3FDWeightsError)
+    _check_values(state, path)
     model.load_state_dict(state, strict=True, assign=True)
     model.to(device=device, dtype=dtype)
     model.eval().requires_grad_(False)

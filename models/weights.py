@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Container, Iterable, Mapping
 
 HF_URL = "https://huggingface.co/{repo}/resolve/main/{filename}"
 DOWNLOAD_COMMAND = "python -m tools.download_weights --dest {dest} --set {set}"
@@ -472,7 +472,11 @@ def resolve_weights(
 
 
 class StateDictMismatchError(ValueError):
-    """A checkpoint does not match the model: lists missing, unexpected and mis-shaped keys."""
+    """A checkpoint does not match the model: lists missing, unexpected and mis-shaped keys.
+
+    Models subclass it for their own error name (`S3FDWeightsError`, ...); the report reads the
+    same for all of them.
+    """
 
 
 def _short(names: list[str], limit: int = 20) -> str:
@@ -485,9 +489,17 @@ def check_state_dict(
     state_dict: Mapping[str, object],
     path: str | os.PathLike,
     what: str = "model",
+    *,
+    optional: Container[str] = (),
+    error: type[StateDictMismatchError] = StateDictMismatchError,
 ) -> None:
-    """Raise `StateDictMismatchError` unless `state_dict` has exactly the `expected` keys/shapes."""
-    missing = [k for k in expected if k not in state_dict]
+    """Raise `error` unless `state_dict` has exactly the `expected` keys/shapes.
+
+    Keys in `optional` may be absent from `state_dict` (entries the model fills itself, such as
+    BatchNorm counters old files lack); when present their shape is checked like any other.
+    The message names `path`, the `what` it should match and every offending key.
+    """
+    missing = [k for k in expected if k not in state_dict and k not in optional]
     unexpected = [k for k in state_dict if k not in expected]
     mismatched = []
     for key, shape in expected.items():
@@ -505,7 +517,7 @@ def check_state_dict(
             parts.append(f"  unexpected {len(unexpected)}: {_short(unexpected)}")
         if mismatched:
             parts.append(f"  wrong shape {len(mismatched)}: {_short(mismatched, 10)}")
-        raise StateDictMismatchError("\n".join(parts))
+        raise error("\n".join(parts))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

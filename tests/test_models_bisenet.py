@@ -1,4 +1,5 @@
 import os
+import re
 
 import numpy as np
 import pytest
@@ -11,23 +12,9 @@ from models.bisenet import (
     find_bisenet_weights,
     load_bisenet,
 )
+from tests.spec_keys import read_keys_tsv, state_dict_keys
 
 N_BN_COUNTERS = 31
-
-
-def read_spec(path):
-    rows = []
-    with open(path) as f:
-        for line in f:
-            if line.startswith("#") or not line.strip():
-                continue
-            name, shape, kind = line.rstrip("\n").split("\t")
-            rows.append((name, shape, kind))
-    return rows
-
-
-def shape_str(t):
-    return "x".join(str(d) for d in t.shape) or "scalar"
 
 
 def random_state_dict(seed=0):
@@ -59,14 +46,13 @@ def model(weights):
 
 
 def test_meta_state_dict_matches_upstream_spec(specs_dir):
-    spec = read_spec(os.path.join(specs_dir, "bisenet_faceparsing.keys.tsv"))
+    spec = read_keys_tsv(os.path.join(specs_dir, "bisenet_faceparsing.keys.tsv"))
     with torch.device("meta"):
         m = BiSeNet(n_classes=19)
-    params = dict(m.named_parameters())
-    ours = [(k, shape_str(v), "param" if k in params else "buffer") for k, v in m.state_dict().items()]
+    ours = state_dict_keys(m)
     assert ours == spec
     assert len(ours) == 191
-    assert sum(p.numel() for p in params.values()) == 13300416
+    assert sum(p.numel() for p in m.parameters()) == 13300416
 
 
 def test_from_config():
@@ -108,13 +94,13 @@ def test_rejects_bad_checkpoint(tmp_path, weights, case):
     bad = dict(sd)
     if case == "shape":
         bad["conv_out.conv_out.weight"] = torch.zeros(18, 256, 1, 1)
-        expect = "conv_out.conv_out.weight 18x256x1x1 (expected 19x256x1x1)"
+        expect = "wrong shape 1: conv_out.conv_out.weight: file [18, 256, 1, 1] vs model [19, 256, 1, 1]"
     elif case == "extra":
         bad["sp.conv1.conv.weight"] = torch.zeros(64, 3, 7, 7)
-        expect = "unexpected: sp.conv1.conv.weight"
+        expect = "unexpected 1: sp.conv1.conv.weight"
     else:
         del bad["cp.arm16.bn_atten.running_var"]
-        expect = "missing: cp.arm16.bn_atten.running_var"
+        expect = "missing 1: cp.arm16.bn_atten.running_var"
     path = tmp_path / "bad.pth"
     torch.save(bad, path)
     with pytest.raises(BiSeNetWeightsError) as err:
@@ -155,13 +141,14 @@ def test_resnet_file_is_validated_then_overridden(tmp_path, weights):
     bad = torchvision_resnet18_dict(sd)
     bad["layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)
     torch.save(bad, rpath)
-    with pytest.raises(BiSeNetWeightsError, match="layer1.0.conv1.weight 64x64x1x1"):
+    shape_msg = re.escape("layer1.0.conv1.weight: file [64, 64, 1, 1] vs model [64, 64, 3, 3]")
+    with pytest.raises(BiSeNetWeightsError, match=shape_msg):
         load_bisenet(path, resnet_path=rpath)
 
     extra = torchvision_resnet18_dict(sd)
     extra["layer5.0.conv1.weight"] = torch.zeros(1)
     torch.save(extra, rpath)
-    with pytest.raises(BiSeNetWeightsError, match="unexpected: layer5.0.conv1.weight"):
+    with pytest.raises(BiSeNetWeightsError, match="unexpected 1: layer5.0.conv1.weight"):
         load_bisenet(path, resnet_path=rpath)
 
     with pytest.raises(FileNotFoundError):

@@ -1,6 +1,5 @@
 import copy
 import json
-import math
 import os
 
 import numpy as np
@@ -16,6 +15,8 @@ from models.latentsync_unet3d import (
     read_unet_config,
     sinusoid_table,
 )
+from tests.spec_keys import read_keys_tsv, state_dict_keys
+from tools.synthetic import randomise_unet3d
 
 torch.set_num_threads(2)
 
@@ -33,21 +34,6 @@ def small_config(specs_dir, **overrides):
     return cfg
 
 
-def randomise(model, seed=0):
-    """Give the zero-initialised layers and the norm affines non-trivial values."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, mod in model.named_modules():
-            if isinstance(mod, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
-                mod.weight.add_(0.1 * torch.randn(mod.weight.shape, generator=g))
-                mod.bias.add_(0.1 * torch.randn(mod.bias.shape, generator=g))
-            if mod is model.conv_in or mod is model.conv_out or name.endswith("temporal_transformer.proj_out"):
-                bound = 1 / math.sqrt(mod.weight[0].numel())
-                mod.weight.uniform_(-bound, bound, generator=g)
-                mod.bias.uniform_(-bound, bound, generator=g)
-    return model
-
-
 def zero_motion_modules(model):
     with torch.no_grad():
         for name, mod in model.named_modules():
@@ -59,7 +45,9 @@ def zero_motion_modules(model):
 
 def build(cfg, seed=0):
     torch.manual_seed(seed)
-    return randomise(UNet3DConditionModel.from_config(cfg), seed).eval().requires_grad_(False)
+    model = UNet3DConditionModel.from_config(cfg)
+    randomise_unet3d(model, seed)
+    return model.eval().requires_grad_(False)
 
 
 def inputs(b=1, f=3, hw=8, c=32, seed=1):
@@ -80,17 +68,12 @@ def small():
 def test_stage2_state_dict_matches_spec_exactly(specs_dir):
     with torch.device("meta"):
         model = UNet3DConditionModel.from_config(stage2_config(specs_dir))
-    buffers = {name for name, _ in model.named_buffers()}
-    ours = [
-        (name, "x".join(str(s) for s in t.shape) or "scalar", "buffer" if name in buffers else "param")
-        for name, t in model.state_dict().items()
-    ]
-    with open(os.path.join(specs_dir, "latentsync_unet3d_stage2.keys.tsv")) as fh:
-        spec = [tuple(line.rstrip("\n").split("\t")) for line in fh if not line.startswith("#")]
+    ours = state_dict_keys(model)
+    spec = read_keys_tsv(os.path.join(specs_dir, "latentsync_unet3d_stage2.keys.tsv"))
     assert len(spec) == 1246
     assert ours == spec
     assert sum(p.numel() for p in model.parameters()) == 1_267_099_844
-    assert sum(1 for n in buffers if n.endswith("pos_encoder.pe")) == 40
+    assert sum(1 for n, _ in model.named_buffers() if n.endswith("pos_encoder.pe")) == 40
     assert model.config.max_frames() == 24
 
 
@@ -182,9 +165,9 @@ def test_load_rejects_mismatches_with_names(tmp_path, small, specs_dir):
         load_latentsync_unet(path, cfg)
     msg = str(err.value)
     assert path in msg
-    assert "missing (1): mid_block.resnets.1.conv2.bias" in msg
-    assert "unexpected (1): up_blocks.0.extra.weight" in msg
-    assert "conv_in.weight (file 32x9x3x3, expected 32x13x3x3)" in msg
+    assert "missing 1: mid_block.resnets.1.conv2.bias" in msg
+    assert "unexpected 1: up_blocks.0.extra.weight" in msg
+    assert "wrong shape 1: conv_in.weight: file [32, 9, 3, 3] vs model [32, 13, 3, 3]" in msg
 
 
 def test_load_rejects_wrong_positional_encoding(tmp_path, small, specs_dir):
@@ -197,7 +180,7 @@ def test_load_rejects_wrong_positional_encoding(tmp_path, small, specs_dir):
 
 def test_load_lists_are_truncated(tmp_path, small, specs_dir):
     sd = {k: v for i, (k, v) in enumerate(small.state_dict().items()) if i % 2}
-    with pytest.raises(UNetCheckpointError, match=r"missing \(\d+\): .*\.\.\. and \d+ more"):
+    with pytest.raises(UNetCheckpointError, match=r"missing \d+: .*, \.\.\. \(\d+ more\)"):
         load_latentsync_unet(_save(sd, tmp_path / "half.pt"), small_config(specs_dir))
 
 
@@ -261,7 +244,7 @@ def test_default_norms_pool_statistics_over_frames(specs_dir):
         assert (out[:, :, :1] - alone).abs().max() > 1e-4
         permuted = model(x[:, :, perm], 500, audio[perm])
         torch.testing.assert_close(permuted, out[:, :, perm], rtol=1e-5, atol=1e-5)
-        randomise(model, seed=3)  # motion modules back on: the positional encoding breaks symmetry
+        randomise_unet3d(model, seed=3)  # motion modules back on: the positional encoding breaks symmetry
         out = model(x, 500, audio)
         permuted = model(x[:, :, perm], 500, audio[perm])
         assert (permuted - out[:, :, perm]).abs().max() > 1e-4

@@ -22,18 +22,7 @@ from models.musetalk_unet import (
 )
 from models.vae import SCALING_FACTOR, SD_VAE_FT_MSE_CONFIG, SDVAE, build_vae, load_vae
 from models.weights import StateDictMismatchError
-
-
-def read_keys_tsv(path):
-    rows = []
-    with open(path) as f:
-        for line in f:
-            if line.startswith("#") or not line.strip():
-                continue
-            name, shape, kind = line.rstrip("\n").split("\t")
-            dims = () if shape == "scalar" else tuple(int(d) for d in shape.split("x"))
-            rows.append((name, dims, kind))
-    return rows
+from tests.spec_keys import read_keys_tsv, state_dict_keys
 
 
 # ---------------------------------------------------------------- UNet
@@ -56,9 +45,7 @@ def small_unet(specs_dir):
 def test_full_unet_on_meta_matches_spec_key_list(specs_dir):
     unet = build_musetalk_unet(os.path.join(specs_dir, "musetalk_unet.config.json"))
     spec = read_keys_tsv(os.path.join(specs_dir, "musetalk_unet.keys.tsv"))
-    params = {id(p) for p in unet.parameters()}
-    ours = [(k, tuple(v.shape), "param" if id(v) in params else "buffer")
-            for k, v in unet.state_dict(keep_vars=True).items()]
+    ours = state_dict_keys(unet)
     assert ours == spec
     assert len(ours) == 686
     assert sum(p.numel() for p in unet.parameters()) == 849_947_844

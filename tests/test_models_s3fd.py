@@ -17,21 +17,7 @@ from models.s3fd import (
     nms,
     s3fd_search_paths,
 )
-
-
-def read_spec(path):
-    rows = []
-    with open(path) as f:
-        for line in f:
-            if line.startswith("#") or not line.strip():
-                continue
-            name, shape, kind = line.rstrip("\n").split("\t")
-            rows.append((name, shape, kind))
-    return rows
-
-
-def shape_str(t):
-    return "x".join(str(s) for s in t.shape) or "scalar"
+from tests.spec_keys import read_keys_tsv, state_dict_keys
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +45,10 @@ def save_variant(tmp_path, random_state, change):
 
 
 def test_state_dict_matches_upstream_key_list(specs_dir):
-    spec = read_spec(os.path.join(specs_dir, "s3fd.keys.tsv"))
+    spec = read_keys_tsv(os.path.join(specs_dir, "s3fd.keys.tsv"))
     with torch.device("meta"):
         model = S3FD.from_config({})
-    state = model.state_dict()
-    got = [(k, shape_str(v), "param") for k, v in state.items()]
-    assert got == spec
+    assert state_dict_keys(model) == spec
     assert len(list(model.buffers())) == 0
     assert sum(p.numel() for p in model.parameters()) == 22_459_110
 
@@ -133,7 +117,8 @@ def test_load_reports_wrong_shape(tmp_path, random_state):
     with pytest.raises(S3FDWeightsError) as err:
         load_s3fd(path)
     msg = str(err.value)
-    assert "mismatched" in msg and "conv4_3_norm_mbox_conf.weight" in msg and "[4, 512, 3, 3]" in msg
+    assert "wrong shape 1: conv4_3_norm_mbox_conf.weight: file [4, 512, 3, 3] vs model [2, 512, 3, 3]" in msg
+    assert path in msg
     assert "missing" not in msg and "unexpected" not in msg
 
 

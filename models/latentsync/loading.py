@@ -3,46 +3,30 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
+
+from models.weights import StateDictMismatchError, check_state_dict, load_checkpoint
 
 from .config import read_unet_config
 from .layers import sinusoid_table
 from .unet3d import UNet3DConditionModel
 
 
-class UNetCheckpointError(ValueError):
-    """The checkpoint does not match the UNet built from the config."""
+class UNetCheckpointError(StateDictMismatchError):
+    """The checkpoint does not match the UNet built from the config (or cannot be read)."""
 
 
 _PE_SUFFIX = ".pos_encoder.pe"
 _PE_TOLERANCE = 1e-4
 
 
-def _names(items: Sequence[str], limit: int = 12) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
-
-
-def _shape(shape) -> str:
-    return "x".join(str(s) for s in shape) or "scalar"
-
-
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"LatentSync UNet checkpoint not found: {path}")
     try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(path)
-        else:
-            try:
-                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:
-                # Files in the legacy (non-zip) format cannot be memory-mapped.
-                obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj: Any = load_checkpoint(path)
     except Exception as exc:
         raise UNetCheckpointError(f"{path}: cannot read the LatentSync UNet checkpoint: {exc}") from exc
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
@@ -60,8 +44,9 @@ def load_latentsync_unet(path: str | os.PathLike, config: Mapping[str, Any] | st
     """Load ``latentsync_unet.pt`` strictly into a UNet built from ``config`` (eval, no grad).
 
     The file is memory-mapped and the model built on the meta device, so each tensor is
-    copied once into its final device/dtype and the checkpoint is never held twice in RAM. ``pos_encoder.pe`` buffers may be absent from the file
-    (they are recomputed); when present they must equal the sinusoid.
+    copied once into its final device/dtype and the checkpoint is never held twice in RAM.
+    ``pos_encoder.pe`` buffers may be absent from the file (they are recomputed); when present
+    they must equal the sinusoid.
     """
     path = os.fspath(path)
     cfg = read_unet_config(config)
@@ -70,31 +55,18 @@ def load_latentsync_unet(path: str | os.PathLike, config: Mapping[str, Any] | st
         model = UNet3DConditionModel(cfg)
     expected = model.state_dict()
 
-    missing = [k for k in expected if k not in state and not k.endswith(_PE_SUFFIX)]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k} (file {_shape(state[k].shape)}, expected {_shape(v.shape)})"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    # The sinusoid buffers are recomputed when absent; present ones must hold the sinusoid.
+    check_state_dict({k: tuple(v.shape) for k, v in expected.items()}, state, path,
+                     "LatentSync UNet3D config", error=UNetCheckpointError,
+                     optional={k for k in expected if k.endswith(_PE_SUFFIX)})
+    bad_pe = [
+        k for k, v in expected.items()
+        if k.endswith(_PE_SUFFIX) and k in state and not torch.allclose(
+            state[k].float(), sinusoid_table(v.shape[1], v.shape[2])[None], atol=_PE_TOLERANCE, rtol=0)
     ]
-    bad_pe = []
-    for k, v in expected.items():
-        if k.endswith(_PE_SUFFIX) and k in state and tuple(state[k].shape) == tuple(v.shape):
-            ref = sinusoid_table(v.shape[1], v.shape[2])[None]
-            if not torch.allclose(state[k].float(), ref, atol=_PE_TOLERANCE, rtol=0):
-                bad_pe.append(k)
-    if missing or unexpected or wrong or bad_pe:
-        lines = [f"LatentSync UNet checkpoint {path} does not match the UNet3D config "
-                 f"({len(expected)} entries expected, file has {len(state)}):"]
-        if missing:
-            lines.append(f"  missing ({len(missing)}): {_names(missing)}")
-        if unexpected:
-            lines.append(f"  unexpected ({len(unexpected)}): {_names(unexpected)}")
-        if wrong:
-            lines.append(f"  wrong shape ({len(wrong)}): {_names(wrong, 6)}")
-        if bad_pe:
-            lines.append(f"  positional encodings that are not the fixed sinusoid ({len(bad_pe)}): {_names(bad_pe)}")
-        raise UNetCheckpointError("\n".join(lines))
+    if bad_pe:
+        raise UNetCheckpointError(f"{path}: positional encodings that are not the fixed sinusoid "
+                                  f"({len(bad_pe)}): {', '.join(bad_pe)}")
 
     device = torch.device(device)
     tensors = {}
