@@ -32,7 +32,8 @@ def build_profile(graph, processes: dict, *, runner: str, status: str, started: 
         for name, d in (p.get("edges") or {}).items():
             edges[name] = d
         procs.append({"group": group, "replica": replica, "pid": p.get("pid"),
-                      "peak_rss_bytes": p.get("peak_rss", 0), "cuda_peak_bytes": p.get("cuda_peak")})
+                      "peak_rss_bytes": p.get("peak_rss", 0), "cuda_peak_bytes": p.get("cuda_peak"),
+                      "rss_over_time": (p.get("rss") or {}).get("points", [])})
 
     firsts = [s["first_t"] for ss in by_stage.values() for s in ss if s.get("first_t")]
     lasts = [s["last_t"] for ss in by_stage.values() for s in ss if s.get("last_t")]

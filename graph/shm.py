@@ -164,14 +164,6 @@ def loads(data: bytes):
     return _Unpickler(io.BytesIO(data)).load()
 
 
-def discard(data: bytes) -> None:
-    """Release the segments of a message that will never be read."""
-    try:
-        loads(data)
-    except Exception:
-        pass
-
-
 def segments(run_id: str | None = None) -> list[str]:
     """Names of live segments (of one run, or of every lipgraph run)."""
     prefix = PREFIX + (f"{run_id}-" if run_id else "")
@@ -181,16 +173,17 @@ def segments(run_id: str | None = None) -> list[str]:
         return []
 
 
+def _unlink(name: str) -> bool:
+    try:
+        os.unlink(os.path.join(_SHM_DIR, name))
+        return True
+    except FileNotFoundError:
+        return False
+
+
 def sweep(run_id: str) -> int:
     """Remove every segment of a run; returns how many were left."""
-    n = 0
-    for name in segments(run_id):
-        try:
-            os.unlink(os.path.join(_SHM_DIR, name))
-            n += 1
-        except FileNotFoundError:
-            pass
-    return n
+    return sum(_unlink(name) for name in segments(run_id))
 
 
 _RUN_RE = re.compile(r"^" + re.escape(PREFIX) + r"(\d+)x[0-9a-f]+-")
@@ -204,19 +197,19 @@ def sweep_stale() -> int:
         if not m:
             continue
         pid = int(m.group(1))
-        try:
-            os.kill(pid, 0)
-            continue
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        try:
-            os.unlink(os.path.join(_SHM_DIR, name))
-            n += 1
-        except FileNotFoundError:
-            pass
+        if not pid_alive(pid):
+            n += _unlink(name)
     return n
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def new_run_id() -> str:

@@ -19,10 +19,11 @@ import warnings
 from graph.channels import Aborted, Inbox
 from graph.items import EOS
 from graph.stage import StageContext
-from graph.stats import DepthSeries, StageStats, TraceWriter, cuda_peak_bytes, peak_rss_bytes
+from graph.stats import (DepthSeries, StageStats, TraceWriter, cuda_peak_bytes, current_rss_bytes,
+                         peak_rss_bytes)
 
 from .runtime import StageFailure, StageRuntime
-from .transport import QueueOutput, Receiver
+from .transport import QueueOutput, Receiver, ShmCodec
 
 SNAPSHOT_EVERY_S = 1.0
 SAMPLE_EVERY_S = 0.2
@@ -42,6 +43,7 @@ class GroupLaunch:
     beacons: object = None        # shared int64 array: item in hand per stage (-1: none)
     beacon_slots: dict = None     # (stage, replica) -> slot in `beacons`
     go: object = None             # event set once every stage of every group has opened
+    codec: object = None          # what queues carry (default: shared-memory pickles)
 
 
 class _ChildContext(StageContext):
@@ -116,6 +118,7 @@ class GroupProcess:
         self.runtimes: list[StageRuntime] = []
         self.depth_probes: dict[str, callable] = {}
         self.depths: dict[str, DepthSeries] = {}
+        self.rss = DepthSeries(cap=512)      # resident memory over time
         self.trace: TraceWriter | None = None
         self.n_open = 0
         self.open_lock = threading.Lock()
@@ -126,6 +129,7 @@ class GroupProcess:
     # ----- wiring -----------------------------------------------------------------------
     def build(self) -> list[threading.Thread]:
         g, launch = self.graph, self.launch
+        codec = launch.codec or ShmCodec(launch.run_id)
         group = g.groups[launch.group]
         names = [n for n in g.topo_order() if n in group.stages]
         if launch.trace:
@@ -143,7 +147,8 @@ class GroupProcess:
                     qs = launch.queues[e.name]
                     src_workers = g.stages[e.src].workers
                     mine = qs if src_workers > 1 else [qs[launch.replica % len(qs)]]
-                    threads.append(Receiver(mine, ch, src_workers > 1, self._receiver_failed, e.name))
+                    threads.append(Receiver(mine, ch, src_workers > 1, self._receiver_failed, e.name,
+                                            codec.decode))
                     self.depth_probes[e.name] = (lambda qs=mine, ch=ch: sum(_qsize(q) for q in qs) + len(ch))
                 else:
                     ch = inbox.channel(e.dst_port, e.queue_size, e.name)
@@ -157,9 +162,9 @@ class GroupProcess:
                 if g.is_cross_group(e):
                     qs = launch.queues[e.name]
                     if spec.workers > 1:   # a replica writes its own queue, TURN-marked
-                        outs[e.src_port] = QueueOutput([qs[launch.replica]], launch.run_id, False)
+                        outs[e.src_port] = QueueOutput([qs[launch.replica]], codec, False)
                     else:
-                        outs[e.src_port] = QueueOutput(qs, launch.run_id, g.stages[e.dst].workers > 1)
+                        outs[e.src_port] = QueueOutput(qs, codec, g.stages[e.dst].workers > 1)
                 else:
                     outs[e.src_port] = self.inboxes[e.dst].channels[e.dst_port]
             stage = spec.cls(name, dict(spec.params), None)
@@ -246,10 +251,15 @@ class GroupProcess:
     def snapshot(self) -> dict:
         return {"pid": os.getpid(), "stages": [rt.stats.snapshot() for rt in self.runtimes],
                 "edges": {k: v.to_dict() for k, v in self.depths.items()},
-                "peak_rss": peak_rss_bytes(), "cuda_peak": cuda_peak_bytes()}
+                "peak_rss": peak_rss_bytes(), "cuda_peak": cuda_peak_bytes(),
+                "rss": self.rss.to_dict()}
 
     def sample(self) -> None:
         now = time.monotonic()
+        rss = current_rss_bytes()
+        self.rss.add(now, rss)
+        if self.trace:
+            self.trace.counter("rss MiB", now, {"rss": round(rss / 2**20, 1)})
         for name, probe in self.depth_probes.items():
             try:
                 d = probe()

@@ -20,7 +20,7 @@ from graph.items import EOS
 from graph.stage import StageContext
 from graph.stats import StageStats, TraceWriter, cuda_peak_bytes, peak_rss_bytes
 
-from .report import Reporter, RunOptions, RunResult
+from .report import Interrupted, Reporter, RunOptions, RunResult, interrupted_error, raise_interrupted
 from .runtime import StageFailure, StageRuntime
 
 
@@ -94,7 +94,7 @@ class InlineRunner:
         opened: list[StageRuntime] = []
         prev_term = signal.getsignal(signal.SIGTERM)
         try:
-            signal.signal(signal.SIGTERM, _raise_terminated)
+            signal.signal(signal.SIGTERM, raise_interrupted)
         except ValueError:   # not the main thread
             prev_term = None
         try:
@@ -159,12 +159,8 @@ class InlineRunner:
         except DeadlockError as exc:
             status, exit_code = "failed", 1
             error = {"kind": "deadlock", "message": str(exc)}
-        except KeyboardInterrupt:
-            status, exit_code = "interrupted", 130
-            error = {"kind": "interrupted", "message": "interrupted by SIGINT"}
-        except _Terminated:
-            status, exit_code = "interrupted", 143
-            error = {"kind": "interrupted", "message": "terminated by SIGTERM"}
+        except (KeyboardInterrupt, Interrupted) as exc:
+            status, error, exit_code = interrupted_error(exc)
         finally:
             if prev_term is not None:
                 signal.signal(signal.SIGTERM, prev_term)
@@ -206,11 +202,3 @@ class InlineRunner:
             if q:
                 lines.append(f"  edge into {dst}.{port}: {len(q)} message(s), head {q[0]!r}")
         return "\n".join(lines)
-
-
-class _Terminated(Exception):
-    pass
-
-
-def _raise_terminated(signum, frame):
-    raise _Terminated()

@@ -22,21 +22,12 @@ from graph import shm
 from graph.stats import peak_rss_bytes
 
 from .group import GroupLaunch, group_main
-from .report import Reporter, RunOptions, RunResult
+from .report import Interrupted, Reporter, RunOptions, RunResult, interrupted_error, raise_interrupted
 from .transport import edge_queue_count
 
 POLL_S = 0.1
 TERM_GRACE_S = 1.5        # SIGTERM, then SIGKILL after this
 ERROR_GRACE_S = 0.5       # after a process dies, wait this long for its error report
-
-
-class _Interrupt(Exception):
-    def __init__(self, signum: int):
-        self.signum = signum
-
-
-def _on_signal(signum, frame):
-    raise _Interrupt(signum)
 
 
 class ProcessRunner:
@@ -80,6 +71,11 @@ class ProcessRunner:
                                                 name=f"lipgraph:{gname}[{r}]")
         if self.options.trace_path:
             self.reporter.trace_parts = [os.path.join(run_dir, f"trace-{g}-{r}.jsonl") for g, r in procs]
+        # glibc gives each thread its own heap arena (8 per core by default); with a dozen
+        # stage threads passing frame-sized buffers around, those heaps fragment and resident
+        # memory creeps up over an hour. Two arenas keep it flat at no cost in speed
+        # (bench/longvideo.py). Spawned processes inherit it; a value the user set wins.
+        os.environ.setdefault("MALLOC_ARENA_MAX", "2")
 
         status, error, exit_code = "ok", None, 0
         done: set[tuple] = set()
@@ -92,11 +88,8 @@ class ProcessRunner:
             error = self._monitor(procs, control, done)
             if error:
                 status, exit_code = "failed", 1
-        except (KeyboardInterrupt, _Interrupt) as exc:
-            signum = exc.signum if isinstance(exc, _Interrupt) else signal.SIGINT
-            status, exit_code = "interrupted", 128 + signum
-            error = {"kind": "interrupted",
-                     "message": f"interrupted by {signal.Signals(signum).name}: run stopped"}
+        except (KeyboardInterrupt, Interrupted) as exc:
+            status, error, exit_code = interrupted_error(exc)
         finally:
             # ignore further signals while tearing down, so cleanup always completes
             self._restore_signals(old_handlers, ignore=True)
@@ -161,13 +154,16 @@ class ProcessRunner:
             elif kind == "ready":
                 self.ready.add(msg[1])
                 if len(self.ready) == self.n_procs:
-                    self.go.set()
+                    self._on_all_ready()
             elif kind == "total":
                 self.reporter.total = msg[1]
             elif kind == "warn":
                 self._warn(msg[1], msg[2])
             elif kind == "error":
                 return msg[1]
+
+    def _on_all_ready(self) -> None:
+        self.go.set()
 
     def _killed_error(self, key, p) -> dict:
         gname, replica = key
@@ -245,7 +241,7 @@ class ProcessRunner:
     def _install_signals() -> dict | None:
         """SIGTERM raises into the monitor loop (SIGINT already raises KeyboardInterrupt)."""
         try:
-            return {signal.SIGTERM: signal.signal(signal.SIGTERM, _on_signal),
+            return {signal.SIGTERM: signal.signal(signal.SIGTERM, raise_interrupted),
                     signal.SIGINT: signal.getsignal(signal.SIGINT)}
         except ValueError:   # not in the main thread: leave handlers alone
             return None
@@ -264,11 +260,5 @@ def _sweep_stale_run_dirs() -> None:
     import re
     for path in glob.glob(os.path.join(tempfile.gettempdir(), "lipgraph-run-*")):
         m = re.match(r"lipgraph-run-(\d+)x", os.path.basename(path))
-        if not m:
-            continue
-        try:
-            os.kill(int(m.group(1)), 0)
-        except ProcessLookupError:
+        if m and not shm.pid_alive(int(m.group(1))):
             shutil.rmtree(path, ignore_errors=True)
-        except PermissionError:
-            pass

@@ -32,6 +32,27 @@ class RunResult:
         return self.status == "ok"
 
 
+class Interrupted(Exception):
+    """A signal (SIGTERM) asked the run to stop; SIGINT arrives as KeyboardInterrupt."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+
+
+def raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def interrupted_error(exc: BaseException) -> tuple[str, dict, int]:
+    """(status, error, exit code) of a run stopped by a signal."""
+    import signal
+    signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+    return ("interrupted",
+            {"kind": "interrupted",
+             "message": f"interrupted by {signal.Signals(signum).name}: run stopped"},
+            128 + signum)
+
+
 class RunFailed(Exception):
     def __init__(self, result: RunResult):
         self.result = result

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 
 from graph.items import EOS, Batch, Flush, Info, Item, count_items
 from graph.stage import Stage

@@ -9,7 +9,8 @@ replicated stage:
   outputs of each input with a TURN token; the receiver reads the replicas' queues in the
   same round-robin order, so the stream comes out in input order with no reorder buffer.
 
-Pixel data never goes through the pipe: messages are pickled by `graph.shm`.
+A codec turns messages into what the queues carry: with the process runner, pickles whose
+pixel data sits in shared memory (`graph.shm`); with Ray, object references.
 """
 from __future__ import annotations
 
@@ -18,17 +19,29 @@ import time
 
 from graph import shm
 from graph.channels import Aborted, Channel
-from graph.items import EOS, Batch, Flush, Info, Item
+from graph.items import EOS, Batch, Info, Item
 
 TURN = b""          # never a valid pickle: marks "next replica" on replicated outputs
+
+
+class ShmCodec:
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def encode(self, msg):
+        return shm.dumps(msg, self.run_id)
+
+    @staticmethod
+    def decode(data):
+        return shm.loads(data)
 
 
 class QueueOutput:
     """The sending end of a cross-process edge."""
 
-    def __init__(self, queues: list, run_id: str, to_replicas: bool):
+    def __init__(self, queues: list, codec, to_replicas: bool):
         self.queues = queues
-        self.run_id = run_id
+        self.codec = codec
         self.to_replicas = to_replicas and len(queues) > 1
         self.k = 0   # data messages sent (round-robin position)
 
@@ -39,10 +52,9 @@ class QueueOutput:
 
     def put(self, msg) -> float:
         if msg is EOS or isinstance(msg, Info):
-            data = shm.dumps(msg, self.run_id)
             targets = self.queues if self.to_replicas else self.queues[:1]
-            return sum(self._put(q, data) for q in targets)
-        data = shm.dumps(msg, self.run_id)
+            return sum(self._put(q, self.codec.encode(msg)) for q in targets)
+        data = self.codec.encode(msg)
         if not self.to_replicas:
             return self._put(self.queues[0], data)
         q = self.queues[self.k % len(self.queues)]
@@ -57,8 +69,10 @@ class QueueOutput:
 class Receiver(threading.Thread):
     """Moves one incoming cross-process edge into the stage's local channel."""
 
-    def __init__(self, queues: list, channel: Channel, from_replicas: bool, on_error, name: str):
+    def __init__(self, queues: list, channel: Channel, from_replicas: bool, on_error, name: str,
+                 decode=ShmCodec.decode):
         super().__init__(name=f"recv:{name}", daemon=True)
+        self.decode = decode
         self.queues = queues
         self.channel = channel
         self.from_replicas = from_replicas and len(queues) > 1
@@ -72,7 +86,7 @@ class Receiver(threading.Thread):
             else:
                 q = self.queues[0]
                 while True:
-                    msg = shm.loads(q.get())
+                    msg = self.decode(q.get())
                     self.channel.put(msg)
                     if msg is EOS:
                         return
@@ -89,7 +103,7 @@ class Receiver(threading.Thread):
             if data == TURN:
                 r = (r + 1) % n
                 continue
-            msg = shm.loads(data)
+            msg = self.decode(data)
             if msg is EOS:
                 break
             if isinstance(msg, Info) and r != 0:
@@ -101,7 +115,7 @@ class Receiver(threading.Thread):
                 data = self.queues[j].get()
                 if data == TURN:
                     continue
-                msg = shm.loads(data)
+                msg = self.decode(data)
                 if msg is EOS:
                     break
                 if not isinstance(msg, Info):

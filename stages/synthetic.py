@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from graph.batching import BatchRouter, Rebatcher
-from graph.items import Batch, Info, Item
+from graph.items import Info, Item
 from graph.ordering import OrderedMerge
 from graph.stage import Stage
 

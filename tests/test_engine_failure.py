@@ -88,7 +88,6 @@ def test_stage_exception_stops_run_fast(tmp_path, where):
 
 
 def test_replica_exception_names_the_stage(tmp_path):
-    from graph.registry import register
     out = str(tmp_path / "out.jsonl")
     doc = bypass_graph(out, 400, "none", queue_size=2, workers=2)
     doc["stages"]["src"]["params"]["delay_s"] = 0.02

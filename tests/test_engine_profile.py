@@ -53,7 +53,10 @@ def test_profile_json_trace_and_table(tmp_path):
     names = {e["args"]["name"] for e in evs if e["ph"] == "M" and e["name"] == "thread_name"}
     assert {"src", "route", "model", "unb", "sink"} <= names
     assert sum(1 for e in spans if e["name"] == "model") == 20
-    assert counters and all("depth" in e["args"] for e in counters)
+    queues = [e for e in counters if e["name"].startswith("queue ")]
+    assert queues and all("depth" in e["args"] for e in queues)
+    assert any(e["name"] == "rss MiB" for e in counters)           # memory over time
+    assert all(p["rss_over_time"] for p in prof["processes"] if p["group"] != "runner")
     assert len({e["pid"] for e in spans}) == 4          # group processes (the runner has no stage)
 
     assert "bottleneck: model" in proc.stderr

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from graph.items import EOS, Batch, Flush, Info, Item
+from graph.items import Batch, Info, Item
 from graph.stage import StageContext
 from stages.batch_builder import BatchBuilder
 from stages.face_detect import FaceDetect
