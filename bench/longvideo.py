@@ -25,16 +25,15 @@ GRAPH = os.path.join(ROOT, "configs", "graphs", "musetalk.yaml")
 
 def run_length(folder: str, minutes: float, size: tuple[int, int], weights: dict,
                extra: list[str]) -> dict:
-    from tools.synthetic import make_long_clip, model_sets
+    from tools.synthetic import graph_command, make_long_clip, model_sets
     tag = f"{minutes:g}min"
     video, audio = os.path.join(folder, f"{tag}.mp4"), os.path.join(folder, f"{tag}.wav")
     if not (os.path.exists(video) and os.path.exists(audio)):
         make_long_clip(folder, minutes, width=size[0], height=size[1], name=tag)
     out = os.path.join(folder, f"out-{tag}.mp4")
-    cmd = [sys.executable, os.path.join(ROOT, "run_graph.py"), GRAPH, "--video", video,
-           "--audio", audio, "--output", out, "--no-trace"]
-    for s in model_sets(weights) + ["mux.preset=ultrafast", "batch.batch_size=16"] + extra:
-        cmd += ["--set", s]
+    cmd = graph_command(GRAPH, video, audio, out,
+                        model_sets(weights) + ["mux.preset=ultrafast", "batch.batch_size=16"] + extra,
+                        "--no-trace")
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t

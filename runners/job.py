@@ -14,11 +14,11 @@ import hashlib
 import json
 import os
 
+from media.identity import file_identity
 from media.segments import Manifest, remove_work_dir, work_dir
 
 # params that do not change what a run computes (or are set here)
-_NOT_IN_DIGEST = {"mux": {"path", "sidecar", "workdir"}, "video_source": {"start"}}
-_CHUNK = 1 << 20
+_NOT_IN_DIGEST = {"mux": {"path", "sidecar", "workdir", "join"}, "video_source": {"start", "stop"}}
 
 
 class ResumeRefused(Exception):
@@ -30,15 +30,6 @@ class JobPlan:
     workdir: str
     start: int
     notes: list[str]
-
-
-def file_identity(path: str) -> dict:
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = hashlib.sha256(f.read(_CHUNK)).hexdigest()
-        f.seek(max(0, size - _CHUNK))
-        tail = hashlib.sha256(f.read(_CHUNK)).hexdigest()
-    return {"path": os.path.abspath(path), "size": size, "head": head, "tail": tail}
 
 
 def graph_params(graph) -> dict:

@@ -9,6 +9,8 @@ STAGE_TYPES = {
     "merge": "stages.merge:Merge",
     # lip-sync pipeline
     "video_source": "stages.video_source:VideoSource",
+    "cache_read": "stages.prepared_cache:CacheRead",
+    "cache_write": "stages.prepared_cache:CacheWrite",
     "audio_source": "stages.audio_source:AudioSource",
     "face_detect": "stages.face_detect:FaceDetect",
     "face_crop": "stages.face_crop:FaceCrop",

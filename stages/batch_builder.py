@@ -19,9 +19,10 @@ from graph.items import Batch
 from graph.stage import Stage
 
 # per-frame model inputs stacked for the GPU stages: new frames only, or context first
-_NEW_ONLY = ("crop", "audio")
-_WITH_CONTEXT = ("aligned", "audio_ls")
-_STACKED = {"crop": "crops", "audio": "audio", "aligned": "aligned", "audio_ls": "audio_ls"}
+_NEW_ONLY = ("crop", "audio", "latents")
+_WITH_CONTEXT = ("aligned", "audio_ls", "ls_latents")
+_STACKED = {"crop": "crops", "audio": "audio", "latents": "cached_latents", "aligned": "aligned",
+            "audio_ls": "audio_ls", "ls_latents": "cached_ls_latents"}
 
 
 def stack_batch(items, context=()) -> Batch:

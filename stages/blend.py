@@ -16,7 +16,8 @@ import numpy as np
 from graph.stage import Stage
 
 # per-frame working data not needed after blending (lighter messages downstream)
-_DROP = ("crop", "face", "mask", "audio", "audio_ls", "crop_box", "aligned", "affine")
+_DROP = ("crop", "face", "mask", "audio", "audio_ls", "crop_box", "aligned", "affine", "latents",
+         "ls_latents", "cached")
 
 
 class Blend(Stage):

@@ -71,6 +71,10 @@ class FaceAlign(Stage):
             self._cut()
             yield "out", item
             return
+        if "aligned" in item.data:                # aligned already (prepared cache)
+            yield from self._release()
+            yield "out", item
+            return
         self.held.append(item)
         if len(self.held) >= self.p["batch_size"]:
             yield from self._release()

@@ -56,6 +56,12 @@ class FaceDetect(Stage):
 
     # ----- stream ----------------------------------------------------------------------
     def process(self, item, port):
+        if "box" in item.data:             # known already (prepared cache): nothing to detect
+            yield from self._resolve(final=True)
+            self.last_key = (item, item.data["box"])
+            self.ctx.count("faces" if item.data["box"] is not None else "cutaways")
+            yield "out", item
+            return
         self.held.append(item)
         if self._keys_held() >= self.keys_per_call:
             yield from self._resolve(final=False)

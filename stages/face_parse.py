@@ -68,6 +68,9 @@ class FaceParse(Stage):
                 expanded_crop_box(box, item.data["frame"].shape, self.p["expand"]), np.int32)
             gap = self.prev_index is None or item.index != self.prev_index + 1
             self.prev_index = item.index
+            if "mask" in item.data:         # from the prepared cache
+                self.since, have = 1, True
+                continue
             if gap or not have or self.since >= self.p["parse_every"]:
                 fresh.append(item)
                 self.since = 0
@@ -86,7 +89,7 @@ class FaceParse(Stage):
         anchor = self.anchor
         fresh_ids = {id(it) for it in fresh}
         for item in items:
-            if id(item) in fresh_ids:
+            if id(item) in fresh_ids or ("mask" in item.data and item.data.get("cached")):
                 anchor = (item.data["mask"], item.data["face_box"], item.data["crop_box"])
             else:
                 mask, box, crop_box = anchor

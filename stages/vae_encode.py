@@ -18,14 +18,18 @@ from ._weights import load_shared_vae
 
 
 class VAEEncode(Stage):
+    # keep: also leave each frame's latents on the frame (for the prepared cache)
     params = {"convention": "auto", "weights": "", "vae": "", "sample": False, "seed": 0,
-              **DEVICE_PARAMS}
+              "keep": "auto", **DEVICE_PARAMS}
 
     @classmethod
     def bind(cls, params, graph, notes):
         if params["convention"] == "auto":
             from .conventions import graph_conventions
             params["convention"] = graph_conventions(graph)[0]
+        if params["keep"] == "auto":
+            caching = any(s.type == "cache_write" and s.params.get("dir") for s in graph.values())
+            params["keep"] = "yes" if caching else "no"
         return params
 
     @classmethod
@@ -53,9 +57,22 @@ class VAEEncode(Stage):
             if self.p["convention"] == "latentsync" and "latentsync" not in DISABLED:
                 self._encode_latentsync(batch)
             else:
-                batch.data["latents"] = self.vae.encode_musetalk(
-                    batch.data["crops"], sample=self.p["sample"], generator=self.generator)
+                self._encode_musetalk(batch)
         yield "out", batch
+
+    def _encode_musetalk(self, batch) -> None:
+        import torch
+        d = batch.data
+        cached = d.pop("cached_latents", None)
+        if cached is not None:              # every frame's latents came from the cache
+                                            # (a partly cached batch is encoded whole)
+            d["latents"] = torch.from_numpy(cached).to(self.vae.device, self.vae.dtype)
+            return
+        d["latents"] = self.vae.encode_musetalk(d["crops"], sample=self.p["sample"],
+                                                generator=self.generator)
+        if self.p["keep"] == "yes":
+            for item, z in zip(batch.items, d["latents"].cpu().numpy()):
+                item.data["latents"] = z
 
     def _encode_latentsync(self, batch) -> None:
         import torch
@@ -63,10 +80,21 @@ class VAEEncode(Stage):
         from vision.latentsync_mask import keep_mask, latent_mask
         d = batch.data
         mask = keep_mask(d["aligned"].shape[1], self.info.get("ls_mask") or "")
-        pixels = self.vae.to_pixels(d["aligned"])                     # [F, 3, H, W] in [-1, 1]
-        keep = torch.tensor(mask, device=pixels.device, dtype=pixels.dtype)
-        z = self.vae.encode_pixels(torch.cat([pixels * keep, pixels]), self.p["sample"], self.generator)
-        n = pixels.shape[0]
+        n = d["aligned"].shape[0]
+        cached = d.pop("cached_ls_latents", None)
+        if cached is not None:              # masked + reference latents of every frame cached
+            z = torch.from_numpy(cached).to(self.vae.device, self.vae.dtype)
+            z = torch.cat([z[:, :4], z[:, 4:]])
+        else:
+            pixels = self.vae.to_pixels(d["aligned"])                 # [F, 3, H, W] in [-1, 1]
+            keep = torch.tensor(mask, device=pixels.device, dtype=pixels.dtype)
+            z = self.vae.encode_pixels(torch.cat([pixels * keep, pixels]), self.p["sample"],
+                                       self.generator)
+            if self.p["keep"] == "yes":
+                pairs = torch.cat([z[:n], z[n:]], dim=1).cpu().numpy()
+                c = d.get("n_context", 0)
+                for item, zz in zip(batch.items, pairs[c:]):
+                    item.data["ls_latents"] = zz
         d["ls_masked"], d["ls_ref"] = z[:n], z[n:]
         small = torch.from_numpy(latent_mask(mask, tuple(z.shape[-2:])))[None]   # [1, 1, h, w]
         d["ls_mask"] = small.to(z.device, z.dtype).expand(n, 1, -1, -1)

@@ -3,7 +3,6 @@ with tiny random models."""
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from graph.items import Batch, Flush, Item
 from graph.spec import load_graph
 from models.latentsync_sampler import LatentSyncSampler, guided, make_scheduler
 from stages.batch_builder import WindowRouter
-from tools.synthetic import make_clip, model_sets, read_id, tiny_latentsync, tiny_weights
+from tools.synthetic import graph_command, make_clip, model_sets, read_id, tiny_latentsync, tiny_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SURGICAL = os.path.join(ROOT, "configs", "graphs", "surgical.yaml")
@@ -176,10 +175,7 @@ def models(tmp_path_factory):
 
 
 def run_graph(video, audio, output, sets, expect=0):
-    cmd = [sys.executable, "run_graph.py", SURGICAL, "--video", video, "--audio", audio,
-           "--output", output, "--quiet"]
-    for s in sets:
-        cmd += ["--set", s]
+    cmd = graph_command(SURGICAL, video, audio, output, sets, "--quiet")
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == expect, proc.stderr[-3000:]
     return proc

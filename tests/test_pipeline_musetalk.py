@@ -8,14 +8,13 @@ face frames change only in the lower part of the face box; audio and video end t
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from media.audio import probe_audio, read_audio
 from media.video import VideoReader, pingpong_indices, probe_video
-from tools.synthetic import clip_frames, make_clip, model_sets, read_id, tiny_weights
+from tools.synthetic import clip_frames, graph_command, make_clip, model_sets, read_id, tiny_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRAPH = os.path.join(ROOT, "configs", "graphs", "musetalk.yaml")
@@ -28,10 +27,7 @@ def weights(tmp_path_factory):
 
 
 def run_graph(video, audio, output, sets=(), runner="process", expect=0, extra=()):
-    cmd = [sys.executable, "run_graph.py", GRAPH, "--video", video, "--audio", audio,
-           "--output", output, "--quiet", "--runner", runner, *extra]
-    for s in sets:
-        cmd += ["--set", s]
+    cmd = graph_command(GRAPH, video, audio, output, sets, "--quiet", "--runner", runner, *extra)
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == expect, proc.stderr[-3000:]
     return proc

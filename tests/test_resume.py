@@ -5,7 +5,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -13,7 +12,8 @@ import pytest
 
 from media.audio import read_audio
 from media.video import VideoReader
-from tools.synthetic import make_clip, model_sets, read_id, speech_like, tiny_weights, write_wav
+from tools.synthetic import (graph_command, make_clip, model_sets, read_id, speech_like, tiny_weights,
+                             write_wav)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRAPH = os.path.join(ROOT, "configs", "graphs", "musetalk.yaml")
@@ -30,11 +30,8 @@ def setup(tmp_path_factory):
 
 
 def command(video, audio, out, sets, resume=False):
-    cmd = [sys.executable, "run_graph.py", GRAPH, "--video", video, "--audio", audio,
-           "--output", out, "--quiet", "--no-trace"]
-    for s in sets:
-        cmd += ["--set", s]
-    return cmd + (["--resume"] if resume else [])
+    return graph_command(GRAPH, video, audio, out, sets, "--quiet", "--no-trace",
+                         *(["--resume"] if resume else []))
 
 
 def segments_done(out):

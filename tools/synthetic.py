@@ -310,3 +310,14 @@ def _coffee():
 def _rocket():
     from skimage import data
     return data.rocket()
+
+
+def graph_command(graph: str, video: str, audio: str, output: str, sets=(), *extra: str) -> list[str]:
+    """The run_graph.py command line for a lip-sync graph file and its inputs."""
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, os.path.join(root, "run_graph.py"), graph, "--video", video,
+           "--audio", audio, "--output", output, *extra]
+    for s in sets:
+        cmd += ["--set", s]
+    return cmd

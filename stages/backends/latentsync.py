@@ -6,8 +6,6 @@ the mask at latent size), context frames first; only the window's new frames' la
 to vae_decode. The initial noise is one seeded map shared by every frame of the run."""
 from __future__ import annotations
 
-import torch
-
 from .._torch import inference, resolve_device, resolve_dtype, shared_model
 
 MAX_FRAMES = 24            # the motion modules' positional encoding length
@@ -41,13 +39,15 @@ class LatentSyncBackend:
         self.seed = p["seed"]
         self.noise = None
 
-    def _noise(self, shape) -> torch.Tensor:
+    def _noise(self, shape):
+        import torch
         if self.noise is None or tuple(self.noise.shape) != tuple(shape):
             g = torch.Generator(device="cpu").manual_seed(self.seed)
             self.noise = torch.randn(shape, generator=g).to(self.device)
         return self.noise
 
     def run(self, batch) -> None:
+        import torch
         d = batch.data
         if "ls_masked" not in d:
             raise RuntimeError("window not prepared for LatentSync (no ls_masked latents)")

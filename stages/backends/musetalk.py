@@ -5,8 +5,6 @@ As LatentSync's fallback it gets windows prepared for LatentSync: it then encode
 inputs (the MuseTalk crops and audio tokens the graph also computed) with the shared VAE."""
 from __future__ import annotations
 
-import torch
-
 from .._torch import inference, resolve_device, resolve_dtype, shared_model
 
 
@@ -39,6 +37,7 @@ class MuseTalkBackend:
                                  lambda: load_musetalk_unet(unet_path, config, self.device, self.dtype))
 
     def run(self, batch) -> None:
+        import torch
         latents = batch.data.pop("latents", None)
         with inference():
             if latents is None:          # prepared for another backend: encode MuseTalk's inputs

@@ -1,0 +1,121 @@
+"""The prepared-video store: per source frame, the video-side work of a run (face box, crop
+boxes, VAE latents, blend mask; LatentSync's aligned face and affine) kept on disk, so dubbing
+the same footage again skips it.
+
+Layout of one entry, `<root>/<video>/<key>/`: `meta.json` (what it was made from), `data.bin`
+(records appended as they are computed, each zlib-compressed and CRC-checked) and `index.bin`
+(a fixed-size table, one slot per source frame: offset, length, crc; memory-mapped, so
+nothing per frame is held in RAM). A record that fails its check is treated as missing:
+the frame is computed again and its record rewritten. Entries of the same video with another
+key (the video or the params changed) are stale and removed when a new entry is made.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import threading
+import zlib
+
+import numpy as np
+
+SLOT = np.dtype([("offset", "<u8"), ("length", "<u4"), ("crc", "<u4")])
+# per-frame fields a record may hold
+FIELDS = ("box", "face_box", "crop_box", "mask", "latents", "aligned", "affine", "ls_latents")
+
+
+class PreparedStore:
+    def __init__(self, root: str, video_id: str, key: str, frames: int, meta: dict):
+        self.folder = os.path.join(root, video_id, key)
+        self.lock = threading.Lock()
+        self.stats = {"hits": 0, "misses": 0, "written": 0, "damaged": 0}
+        parent = os.path.dirname(self.folder)
+        if os.path.isdir(parent):
+            for other in os.listdir(parent):          # stale: same video, other key
+                if other != key:
+                    shutil.rmtree(os.path.join(parent, other), ignore_errors=True)
+        self.fresh = not self._valid(frames)
+        if self.fresh:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            os.makedirs(self.folder)
+            with open(os.path.join(self.folder, "meta.json"), "w") as f:
+                json.dump({**meta, "frames": frames, "key": key}, f, indent=1)
+            with open(os.path.join(self.folder, "index.bin"), "wb") as f:
+                f.truncate(frames * SLOT.itemsize)
+            open(os.path.join(self.folder, "data.bin"), "wb").close()
+        self.index = np.memmap(os.path.join(self.folder, "index.bin"), SLOT, "r+", shape=(frames,))
+        self.data = open(os.path.join(self.folder, "data.bin"), "r+b")
+        self.data.seek(0, os.SEEK_END)
+
+    def _valid(self, frames: int) -> bool:
+        """A usable entry: meta, index of the right size, data long enough for the index."""
+        try:
+            with open(os.path.join(self.folder, "meta.json")) as f:
+                meta = json.load(f)
+            index = np.fromfile(os.path.join(self.folder, "index.bin"), SLOT)
+            size = os.path.getsize(os.path.join(self.folder, "data.bin"))
+        except (OSError, ValueError):
+            return False
+        if meta.get("frames") != frames or len(index) != frames:
+            return False
+        ends = index["offset"] + index["length"]
+        return bool((ends <= size).all())
+
+    def get(self, src: int) -> dict | None:
+        if not 0 <= src < len(self.index):
+            return None
+        slot = self.index[src]
+        if slot["length"] == 0:
+            self.stats["misses"] += 1
+            return None
+        with self.lock:
+            self.data.seek(int(slot["offset"]))
+            blob = self.data.read(int(slot["length"]))
+            self.data.seek(0, os.SEEK_END)
+        if zlib.crc32(blob) != int(slot["crc"]):
+            self.stats["damaged"] += 1
+            self.index[src]["length"] = 0
+            return None
+        self.stats["hits"] += 1
+        return pickle.loads(zlib.decompress(blob))
+
+    def has(self, src: int) -> bool:
+        return 0 <= src < len(self.index) and self.index[src]["length"] > 0
+
+    def put(self, src: int, record: dict) -> None:
+        if not 0 <= src < len(self.index):
+            return
+        blob = zlib.compress(pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL), 1)
+        with self.lock:
+            offset = self.data.tell()
+            self.data.write(blob)
+            self.data.flush()
+            self.index[src] = (offset, len(blob), zlib.crc32(blob))
+        self.stats["written"] += 1
+
+    def size_bytes(self) -> int:
+        return os.path.getsize(os.path.join(self.folder, "data.bin")) + self.index.nbytes
+
+    def close(self) -> None:
+        self.index.flush()
+        self.data.close()
+
+
+def record_of(data: dict) -> dict:
+    """The storable fields of a frame's data (masks as float16: within 1/2000 of the value)."""
+    rec = {}
+    for k in FIELDS:
+        if k in data:
+            v = data[k]
+            if k == "mask" and v is not None:
+                v = np.asarray(v, np.float16)
+            rec[k] = v
+    return rec
+
+
+def restore(data: dict, record: dict) -> None:
+    for k, v in record.items():
+        if k == "mask" and v is not None:
+            v = v.astype(np.float32)
+        data[k] = v

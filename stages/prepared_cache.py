@@ -1,0 +1,114 @@
+"""cache_read / cache_write: reuse the video-side work when the same footage is dubbed again.
+
+With `dir` set (`--cache DIR`), `cache_read` (right after decoding) attaches what an earlier
+run stored for each source frame: face box (or none: a cutaway), crop boxes, VAE latents,
+blend mask, LatentSync's aligned face and affine. The stages after it skip work whose result
+is already there, so a re-dub runs only the audio features, the UNet, decode, blend and mux.
+`cache_write` (one on the face path, one on the cutaway path: two lanes never wait on each
+other) stores what was computed for frames the store did not have.
+
+The store is keyed by the video's identity and every param (and model file) that shapes the
+video-side work; see `stages/_prepared.py`. Without `dir` both stages pass frames through.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from graph.stage import Stage
+
+# stage types whose params shape the stored work
+_VIDEO_SIDE = ("face_detect", "face_crop", "face_align", "vae_encode", "face_parse")
+_NOT_SHAPING = {"batch_size"}
+_MODEL_PARAMS = ("weights", "vae", "parser", "landmarks", "mask")
+
+
+def cache_key(graph: dict) -> tuple[str, str, dict]:
+    """(video id, params key, what went into it) for the graph being bound."""
+    from media.identity import file_identity
+    video = next(s.params["path"] for s in graph.values() if s.type == "video_source")
+    ident = file_identity(video)
+    shaping = {}
+    for name, spec in sorted(graph.items()):
+        if spec.type in _VIDEO_SIDE:
+            params = {k: v for k, v in sorted(spec.params.items()) if k not in _NOT_SHAPING}
+            for k in _MODEL_PARAMS:         # a model file's identity, not only its name
+                path = params.get(k)
+                if path and os.path.exists(path):
+                    st = os.stat(path)
+                    params[k] = [path, st.st_size, st.st_mtime_ns]
+            shaping[name] = [spec.type, params]
+    meta = {"video": ident, "stages": shaping}
+    video_id = hashlib.sha256(ident["path"].encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return video_id, key, meta
+
+
+class _CacheStage(Stage):
+    params = {"dir": "", "key": "", "video_id": "", "video": ""}
+    bind_order = 1      # after the stages whose params it digests
+
+    @classmethod
+    def bind(cls, params, graph, notes):
+        if params["dir"] and not params["key"]:
+            params["video_id"], params["key"], _ = cache_key(graph)
+            params["video"] = next(s.params["path"] for s in graph.values()
+                                   if s.type == "video_source")
+        return params
+
+    def open(self):
+        self.store = None
+        if not self.p["dir"]:
+            return
+        from media.video import probe_video
+
+        from ._prepared import PreparedStore
+        from ._torch import shared_model
+        info = probe_video(self.p["video"])
+        # one slot per source frame (room to spare where the count is an estimate)
+        frames = info.frame_count if info.frame_count_exact else int(info.frame_count * 1.2) + 100
+        meta = {"video": os.path.abspath(self.p["video"])}
+        self.store = shared_model(
+            ("prepared", os.path.abspath(self.p["dir"]), self.p["key"]),
+            lambda: PreparedStore(self.p["dir"], self.p["video_id"], self.p["key"], frames, meta))
+
+
+class CacheRead(_CacheStage):
+    def process(self, item, port):
+        if self.store is not None:
+            from ._prepared import restore
+            record = self.store.get(item.data.get("src_index", item.index))
+            if record is not None:
+                restore(item.data, record)
+                item.data["cached"] = True
+                self.ctx.count("cache_hits")
+            else:
+                self.ctx.count("cache_misses")
+        yield "out", item
+
+    def finish(self):
+        if self.store is not None and self.store.stats["damaged"]:
+            self.ctx.count("cache_damaged", self.store.stats["damaged"],
+                           "record failed its check: recomputed")
+        return ()
+
+
+class CacheWrite(_CacheStage):
+    """`lane: faces` (after face_parse) or `cutaways` (on the bypass); the faces lane also
+    reports the store's size in the profile (`cache_bytes`)."""
+    params = {**_CacheStage.params, "lane": "faces"}
+
+    def process(self, msg, port):
+        if self.store is not None:
+            from ._prepared import record_of
+            for item in msg.members():
+                if not item.data.get("cached"):
+                    self.store.put(item.data.get("src_index", item.index), record_of(item.data))
+                    self.ctx.count("cache_written")
+        yield "out", msg
+
+    def finish(self):
+        if self.store is not None and self.p["lane"] == "faces":
+            self.ctx.count("cache_bytes", self.store.size_bytes())
+        return ()

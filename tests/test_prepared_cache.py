@@ -1,0 +1,126 @@
+"""The prepared-video cache: a re-dub reuses the video-side work and gives the same frames
+as a run without the cache; a stale or damaged cache is detected, never used silently."""
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from media.video import VideoReader
+from tools.synthetic import graph_command, make_clip, model_sets, speech_like, tiny_weights, write_wav
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GRAPH = os.path.join(ROOT, "configs", "graphs", "musetalk.yaml")
+PATTERN = "F" * 24 + "C" * 6 + "F" * 10
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cache")
+    weights = tiny_weights(str(folder / "models"), bisenet=True)   # parsing masks cached too
+    video, dub1 = make_clip(str(folder), PATTERN)
+    dub2 = str(folder / "dub2.wav")               # another dub of the same length
+    write_wav(dub2, 0.7 * speech_like(len(PATTERN) / 25)[::-1].copy())
+    sets = model_sets(weights) + ["mux.codec=ffv1", "mux.pix_fmt=bgr0", "parse.parse_every=2"]
+    return folder, video, dub1, dub2, sets
+
+
+def run(video, audio, out, sets, cache=None):
+    cmd = graph_command(GRAPH, video, audio, out, sets, "--quiet", "--no-trace",
+                        *(["--cache", cache] if cache else []))
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.load(open(out + ".profile.json"))["stages"]
+
+
+def frames(path):
+    return [f.image for f in VideoReader(path)]
+
+
+def entries(cache):
+    return [os.path.join(cache, v, k) for v in os.listdir(cache) for k in os.listdir(os.path.join(cache, v))]
+
+
+def test_redub_reuses_video_work_and_matches_uncached(setup):
+    folder, video, dub1, dub2, sets = setup
+    cache = str(folder / "cache")
+    first = run(video, dub1, str(folder / "a.mkv"), sets, cache)
+    n1 = len(PATTERN)
+    assert first["cache_in"]["counters"] == {"cache_misses": n1}
+    found = first["detect"]["counters"]
+    assert found["faces"] + found["cutaways"] == n1 and found["faces"] >= 30
+    assert first["cache_faces"]["counters"]["cache_written"] == found["faces"]
+    assert first["cache_cuts"]["counters"]["cache_written"] == found["cutaways"]
+    assert first["cache_faces"]["counters"]["cache_bytes"] > 0
+    # a second dub: everything video-side comes from the cache
+    second = run(video, dub2, str(folder / "b.mkv"), sets, cache)
+    assert second["cache_in"]["counters"] == {"cache_hits": n1}
+    assert "cache_written" not in second["cache_faces"]["counters"]
+    assert second["parse"]["counters"].get("parsed", 0) == 0          # masks came from the cache
+    assert second["encode"]["busy_s"] < 0.2 * first["encode"]["busy_s"]
+    assert second["detect"]["busy_s"] < 0.2 * first["detect"]["busy_s"]
+    plain = str(folder / "plain.mkv")
+    run(video, dub2, plain, sets)                                       # no cache at all
+    got, want = frames(str(folder / "b.mkv")), frames(plain)
+    assert len(got) == len(want) == n1
+    worst = max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(got, want))
+    assert worst <= 1            # masks are stored as float16: at most one level apart
+    # a dub longer than the video plays it backwards past the end: still all from the cache
+    longer = str(folder / "dub3.wav")
+    write_wav(longer, 0.5 * speech_like(len(PATTERN) / 25 + 0.6))
+    third = run(video, longer, str(folder / "c.mkv"), sets, cache)
+    n3 = int((len(PATTERN) / 25 + 0.6) * 25)
+    assert third["cache_in"]["counters"] == {"cache_hits": n3}
+    assert len(frames(str(folder / "c.mkv"))) == n3
+
+
+def test_changed_video_gets_a_new_entry_and_the_stale_one_goes(setup, tmp_path):
+    folder, video, dub1, dub2, sets = setup
+    cache = str(tmp_path / "cache")
+    run(video, dub1, str(tmp_path / "a.mkv"), sets, cache)
+    old = entries(cache)
+    assert len(old) == 1
+    run(video, dub1, str(tmp_path / "b.mkv"), sets + ["crop.extra_margin=20"], cache)
+    new = entries(cache)
+    assert len(new) == 1 and new != old                 # other params: a new key, old removed
+    # the video itself changes under the same name: the entry is rebuilt
+    v2 = str(tmp_path / "clip.mp4")
+    make_clip(str(tmp_path), PATTERN[::-1])
+    stages = run(v2, dub1, str(tmp_path / "c.mkv"), sets, cache)
+    assert stages["cache_in"]["counters"] == {"cache_misses": len(PATTERN)}
+
+
+def test_damaged_records_are_recomputed_and_counted(setup, tmp_path):
+    folder, video, dub1, dub2, sets = setup
+    cache = str(tmp_path / "cache")
+    run(video, dub1, str(tmp_path / "a.mkv"), sets, cache)
+    from stages._prepared import SLOT
+    (entry,) = entries(cache)
+    data = os.path.join(entry, "data.bin")
+    index = np.fromfile(os.path.join(entry, "index.bin"), SLOT)
+    size = os.path.getsize(data)
+    hit = set()
+    with open(data, "r+b") as f:                        # flip bytes in the middle of records
+        for pos in (size // 3, size // 2, 2 * size // 3):
+            f.seek(pos)
+            b = f.read(1)
+            f.seek(pos)
+            f.write(bytes([b[0] ^ 0xFF]))
+            hit |= {int(i) for i in np.nonzero((index["offset"] <= pos) &
+                                                (pos < index["offset"] + index["length"]))[0]}
+    stages = run(video, dub1, str(tmp_path / "b.mkv"), sets, cache)
+    c = stages["cache_in"]["counters"]
+    assert c["cache_damaged"] == c["cache_misses"] == len(hit) >= 1
+    assert stages["cache_in"]["reasons"]["cache_damaged"]
+    assert stages["cache_faces"]["counters"].get("cache_written", 0) + \
+        stages["cache_cuts"]["counters"].get("cache_written", 0) == len(hit)     # rewritten
+    got, want = frames(str(tmp_path / "b.mkv")), frames(str(tmp_path / "a.mkv"))
+    for i, (a, b) in enumerate(zip(got, want)):
+        if i not in hit:             # recomputed frames may differ (e.g. a reused mask)
+            assert int(np.abs(a.astype(int) - b.astype(int)).max()) <= 1, i
+    # a truncated store is not trusted at all: rebuilt from scratch
+    with open(data, "r+b") as f:
+        f.truncate(os.path.getsize(data) // 2)
+    stages = run(video, dub1, str(tmp_path / "c.mkv"), sets, cache)
+    assert stages["cache_in"]["counters"] == {"cache_misses": len(PATTERN)}
