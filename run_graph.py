@@ -4,6 +4,8 @@
     run_graph.py configs/graphs/musetalk.yaml --video in.mp4 --audio dub.wav --output out.mp4
     run_graph.py GRAPH.yaml --set detect.detect_every=5 --runner inline
     run_graph.py GRAPH.yaml --dry-run
+    run_graph.py GRAPH.yaml ... --runner ray [--address ADDR] [--parallel 4]
+    run_graph.py --jobs jobs.yaml [GRAPH.yaml] --runner ray [--retries 1] [--concurrency 4]
 
 Shortcuts such as --video/--audio/--output come from the graph's `args:` section; any
 param can be set with --set stage.param=value. Every run writes a JSON profile and a Chrome
@@ -36,7 +38,8 @@ def build_parser(shortcuts: dict) -> argparse.ArgumentParser:
     from runners import RUNNERS
     p = argparse.ArgumentParser(prog="run_graph.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("graph", help="graph file (YAML), e.g. configs/graphs/musetalk.yaml")
+    p.add_argument("graph", nargs="?", default=None,
+                   help="graph file (YAML), e.g. configs/graphs/musetalk.yaml")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="STAGE.PARAM=VALUE",
                    help="override a stage param (repeatable); the value is read as YAML")
     p.add_argument("--runner", choices=RUNNERS, default="process",
@@ -50,6 +53,12 @@ def build_parser(shortcuts: dict) -> argparse.ArgumentParser:
     p.add_argument("--trace", default=None, metavar="PATH", help="Chrome trace path")
     p.add_argument("--no-trace", action="store_true", help="do not write a trace file")
     p.add_argument("--quiet", action="store_true", help="no progress and no table")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="split the output into N parts run side by side, then join them")
+    p.add_argument("--jobs", default=None, metavar="FILE",
+                   help="run a batch of jobs (YAML list of graph/video/audio/output/set)")
+    p.add_argument("--retries", type=int, default=1, help="with --jobs: retries of a failed job")
+    p.add_argument("--concurrency", type=int, default=2, help="with --jobs: jobs at once")
     for name, targets in shortcuts.items():
         p.add_argument(f"--{name}", dest=f"arg_{name}", default=None, metavar="VALUE",
                        help=f"sets {', '.join(targets)}")
@@ -65,13 +74,20 @@ def default_paths(graph, output: str | None) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    graph_path = next((a for a in argv if not a.startswith("-")), None)
-    shortcuts = _graph_args(graph_path) if graph_path else {}
+    # the graph file names the shortcut options (--video ...): find it first
+    known, _ = build_parser({}).parse_known_args(argv)
+    shortcuts = _graph_args(known.graph) if known.graph else {}
     args = build_parser(shortcuts).parse_args(argv)
 
     from graph.plan import describe_plan
     from graph.spec import GraphError, load_graph
     from runners import RunOptions, format_error, get_runner
+
+    if args.jobs:
+        return run_jobs_file(args)
+    if not args.graph:
+        print("lipgraph: a graph file is needed (or --jobs FILE)", file=sys.stderr)
+        return 2
 
     sets = []
     for name, targets in shortcuts.items():
@@ -115,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         profile_path=args.profile or prof_default,
         trace_path=None if args.no_trace else (args.trace or trace_default),
         progress=not args.quiet, table=not args.quiet)
+    if args.parallel > 1:
+        return run_split(graph, args, options, plan)
     runner_cls = get_runner(args.runner)
     runner = runner_cls(graph, options, address=args.address) if args.runner == "ray" else runner_cls(graph, options)
     result = runner.run()
@@ -124,6 +142,36 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lipgraph: completed segments are kept in {plan.workdir}; run the same "
                   "command with --resume to continue", file=sys.stderr)
     return result.exit_code
+
+
+def run_split(graph, args, options, plan) -> int:
+    from runners import scaleout
+    if plan is None:
+        print("lipgraph: --parallel needs a graph whose mux writes segments", file=sys.stderr)
+        return 2
+    result = scaleout.run_split(graph, args.parallel, args.runner, args.address, options)
+    if not result.ok:
+        print(f"lipgraph: {result.error}", file=sys.stderr)
+        return 1
+    print(f"{graph.name}: done in {result.wall_s:.1f} s ({len(result.parts)} parts)", file=sys.stderr)
+    return 0
+
+
+def run_jobs_file(args) -> int:
+    from graph.spec import GraphError
+    from runners import scaleout
+    try:
+        specs = scaleout.read_jobs(args.jobs, args.graph)
+    except (GraphError, OSError, ValueError) as exc:
+        print(f"lipgraph: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(specs)} job(s) on the {args.runner} runner", file=sys.stderr)
+    status = scaleout.run_jobs(specs, args.runner, args.address, args.retries, args.concurrency)
+    print(scaleout.format_jobs(status), file=sys.stderr)
+    report = os.path.splitext(args.jobs)[0] + ".report.json"
+    scaleout.write_report(report, status)
+    print(f"report: {report}", file=sys.stderr)
+    return 0 if all(r["status"] == "ok" for r in status) else 1
 
 
 if __name__ == "__main__":

@@ -258,6 +258,24 @@ def parse_overrides(sets: Iterable[str]) -> list[tuple[str, str, Any]]:
 
 
 # ----- loading + validation ------------------------------------------------------------
+def shortcut_sets(path: str, values: dict) -> list[str]:
+    """``stage.param=value`` strings for the graph file's `args:` shortcuts given values
+    (``{"video": "in.mp4", ...}``); unknown shortcut names are an error."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise GraphError([f"{path}: {exc}"]) from None
+    args = raw.get("args") or {}
+    sets = []
+    for name, value in values.items():
+        if name not in args:
+            raise GraphError([f"{path}: no shortcut '{name}' (args: {', '.join(args) or 'none'})"])
+        targets = [args[name]] if isinstance(args[name], str) else list(args[name])
+        sets += [f"{t}={value}" for t in targets]
+    return sets
+
+
 def load_graph(path: str, overrides: Iterable[str] | dict = ()) -> GraphSpec:
     """Load and validate a graph file; `overrides` are ``stage.param=value`` strings or a
     ``{"stage.param": value}`` mapping applied on top of the file's params."""

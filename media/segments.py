@@ -45,11 +45,29 @@ class Manifest:
         self.data = data
 
     @classmethod
-    def create(cls, folder: str, job: dict) -> "Manifest":
+    def create(cls, folder: str, job: dict, start: int = 0) -> "Manifest":
+        """A new job record; `start`: its first output frame (a part of a split job)."""
         os.makedirs(folder, exist_ok=True)
-        m = cls(folder, {"version": VERSION, **job, "segments": []})
+        m = cls(folder, {"version": VERSION, **job, "start": start, "segments": []})
         m.save()
         return m
+
+    @classmethod
+    def combined(cls, parts: list["Manifest"]) -> "Manifest":
+        """One record over the parts of a split job, in order (for joining them)."""
+        segs = []
+        for part in parts:
+            for seg in part.segments:
+                seg = dict(seg)
+                seg["file"] = os.path.relpath(os.path.join(part.folder, seg["file"]), parts[0].folder)
+                if seg.get("sidecar"):
+                    seg["sidecar"] = os.path.relpath(os.path.join(part.folder, seg["sidecar"]),
+                                                     parts[0].folder)
+                if segs and seg["first"] != segs[-1]["last"] + 1:
+                    raise ValueError(f"parts do not follow each other: frame {seg['first']} after "
+                                     f"{segs[-1]['last']}")
+                segs.append(seg)
+        return cls(parts[0].folder, {"version": VERSION, "segments": segs})
 
     @classmethod
     def load(cls, folder: str) -> "Manifest | None":
@@ -68,7 +86,7 @@ class Manifest:
 
     def next_frame(self) -> int:
         """First output frame not yet in a completed segment."""
-        return self.segments[-1]["last"] + 1 if self.segments else 0
+        return self.segments[-1]["last"] + 1 if self.segments else self.data.get("start", 0)
 
     def add(self, record: dict) -> None:
         if record["first"] != self.next_frame():

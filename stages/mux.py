@@ -11,7 +11,8 @@ null), convention (the model that made the mouth).
 
 With `workdir` (set by run_graph: segments are on unless `segment_s: 0`), frames go into
 segments of `segment_s` seconds recorded in the job's manifest, joined into the output at
-the end (see media/segments.py); a killed run resumes from its last complete segment."""
+the end (see media/segments.py); a killed run resumes from its last complete segment.
+`join: false` leaves the segments for whoever joins the parts of a split job."""
 from __future__ import annotations
 
 from graph.ordering import OrderedMerge
@@ -22,7 +23,7 @@ class Mux(Stage):
     inputs = ("main", "bypass")
     outputs = ()
     params = {"path": "", "audio": "", "crf": 18, "preset": "medium", "codec": "libx264",
-              "pix_fmt": "yuv420p", "sidecar": "", "segment_s": 10.0, "workdir": ""}
+              "pix_fmt": "yuv420p", "sidecar": "", "segment_s": 10.0, "workdir": "", "join": True}
 
     @classmethod
     def validate_params(cls, params):
@@ -127,6 +128,8 @@ class Mux(Stage):
             if self.writer is not None:
                 self.writer.close()
                 self.writer = None
+            if not self.p["join"]:
+                return ()           # one part of a split job: the driver joins the parts
             if not self.manifest.segments:
                 raise RuntimeError(f"{self.p['path']}: no frames to write (empty video, or audio "
                                    "shorter than one frame)")

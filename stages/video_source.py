@@ -20,8 +20,9 @@ class VideoSource(Stage):
     # start: first output frame still to make (set when resuming a job); the stream begins
     # `preroll` frames earlier so stages with history (face tracking, smoothing) pick up as
     # they would have; the mux drops frames it already has
+    # stop: first output frame not to make (0: the end; set for one part of a split job)
     params = {"path": "", "audio": "", "length": "audio", "threads": "AUTO", "chunk": 32,
-              "start": 0, "preroll": 8}
+              "start": 0, "preroll": 8, "stop": 0}
 
     @classmethod
     def validate_params(cls, params):
@@ -34,17 +35,20 @@ class VideoSource(Stage):
             problems.append(("path", "no input video (params.path / --video)"))
         return problems
 
-    def open(self):
+    @staticmethod
+    def plan(params: dict):
+        """(video info, output frame count, audio duration or None) for these params."""
         from media.video import probe_video
-        self.vinfo = probe_video(self.p["path"])
-        self.fps = self.vinfo.fps
-        self.limit_s = None
-        if self.p["length"] == "audio":
+        vinfo = probe_video(params["path"])
+        if params["length"] == "audio":
             from media.audio import probe_audio
-            self.limit_s = probe_audio(self.p["audio"]).duration_s
-            self.total = int(math.floor(self.limit_s * self.fps + 1e-6))
-        else:
-            self.total = self.vinfo.frame_count
+            limit_s = probe_audio(params["audio"]).duration_s
+            return vinfo, int(math.floor(limit_s * vinfo.fps + 1e-6)), limit_s
+        return vinfo, vinfo.frame_count, None
+
+    def open(self):
+        self.vinfo, self.total, self.limit_s = self.plan(self.p)
+        self.fps = self.vinfo.fps
 
     def _frames(self):
         from media.video import PingPongReader, VideoReader
@@ -64,14 +68,17 @@ class VideoSource(Stage):
         v = self.vinfo
         start = self.p["start"]
         self.first = max(0, start - self.p["preroll"]) if start else 0
-        self.ctx.set_total(max(0, self.total - self.first))
+        end = min(self.total, self.p["stop"]) if self.p["stop"] else self.total
+        self.ctx.set_total(max(0, end - self.first))
         yield "out", Info(start_index=self.first, total=self.total, fps=self.fps, width=v.width,
                           height=v.height, rotation=v.rotation, video_path=self.p["path"])
         eps = 1e-6
-        if start >= self.total:
+        if start >= end:
             return                      # a resumed job whose frames are all done
         for index, t, image, src in self._frames():
             # a frame belongs to the output if it is shown entirely within the audio
             if self.limit_s is not None and (index >= self.total or t + 1.0 / self.fps > self.limit_s + eps):
+                break
+            if index >= end:
                 break
             yield "out", Item(index, {"frame": image, "src_index": src}, time_s=float(t))

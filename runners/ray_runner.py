@@ -1,0 +1,237 @@
+"""The Ray runner: the same graph file on a Ray cluster (or a local Ray started on demand).
+
+Each placement group (each replica of a replicated stage) becomes an actor asking for the
+resources its group declares (`gpus`, `cpus`, `resources` in the graph's `groups:`; a GPU
+is asked for only where the cluster has GPUs). Inside, the group runs exactly as in a
+process of the process runner (`runners.group.GroupProcess`: stages as threads). Edges
+between groups are bounded queues carrying object references, so frames move through Ray's
+object store (zero-copy on one node); all the queues of a run live in one asyncio actor
+(`EdgeHub`) rather than one actor process per edge. Stats, progress, the profile,
+the trace and failure handling are the process runner's: a stage error or a dead actor
+stops the job with the stage, the item and the traceback, and every actor and queue of the
+run is killed, so nothing is left running on the cluster.
+
+Per-process trace parts and temporary-file records are written to a folder on the driver's
+machine: on a multi-node cluster, place sinks that write files where the driver can reach
+their output (e.g. shared storage).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+
+from graph import shm
+
+from .group import GroupLaunch, GroupProcess
+from .process import ProcessRunner
+from .report import Interrupted, RunOptions, RunResult, interrupted_error
+from .transport import edge_queue_count
+
+POLL_S = 0.1
+
+
+class RayCodec:
+    """Messages as object references (wrapped, so Ray does not resolve them in transit)."""
+
+    @staticmethod
+    def encode(msg):
+        import ray
+        return (ray.put(msg),)
+
+    @staticmethod
+    def decode(data):
+        import ray
+        return ray.get(data[0])
+
+
+class EdgeHub:
+    """Every bounded queue of one run (edges, and the unbounded control queue)."""
+
+    def __init__(self, sizes: dict):
+        import asyncio
+        self.queues = {key: asyncio.Queue(maxsize=size) for key, size in sizes.items()}
+
+    async def put(self, key: str, item) -> None:
+        await self.queues[key].put(item)
+
+    async def get(self, key: str, timeout: float | None):
+        import asyncio
+        from queue import Empty
+        try:
+            return await asyncio.wait_for(self.queues[key].get(), timeout)
+        except asyncio.TimeoutError:
+            raise Empty() from None
+
+    async def qsize(self, key: str) -> int:
+        return self.queues[key].qsize()
+
+
+class HubQueue:
+    """One of the hub's queues, with the blocking put/get/qsize of a multiprocessing queue."""
+
+    def __init__(self, hub, key: str):
+        self.hub, self.key = hub, key
+
+    def put(self, item) -> None:
+        import ray
+        ray.get(self.hub.put.remote(self.key, item))
+
+    def get(self, timeout: float | None = None):
+        import ray
+        return ray.get(self.hub.get.remote(self.key, timeout))
+
+    def get_nowait(self):
+        return self.get(0.0)
+
+    def qsize(self) -> int:
+        import ray
+        return ray.get(self.hub.qsize.remote(self.key))
+
+
+class _Actor:
+    """A placement group's process on the cluster (threaded, so `go` reaches it while it runs)."""
+
+    def __init__(self):
+        self.go = threading.Event()
+
+    def start(self) -> None:
+        self.go.set()
+
+    def run(self, launch: GroupLaunch) -> int:
+        launch.go = self.go
+        return GroupProcess(launch).run()
+
+
+_init_lock = threading.Lock()
+
+
+def init_ray(address: str | None = None):
+    """Connect to the cluster at `address`, or start a local Ray (once per process)."""
+    import ray
+    with _init_lock:
+        return _init(ray, address)
+
+
+def _init(ray, address):
+    if not ray.is_initialized():
+        kwargs = {"ignore_reinit_error": True, "include_dashboard": False,
+                  "log_to_driver": True, "configure_logging": False}
+        if address:
+            kwargs["address"] = address
+        else:
+            kwargs["num_cpus"] = max(os.cpu_count() or 1, 1)
+        ray.init(**kwargs)
+    return ray
+
+
+class RayRunner(ProcessRunner):
+    name = "ray"
+
+    def __init__(self, graph, options: RunOptions | None = None, address: str | None = None):
+        super().__init__(graph, options)
+        self.address = address
+
+    def run(self) -> RunResult:
+        ray = init_ray(self.address)
+        graph = self.graph
+        run_id = shm.new_run_id()
+        run_dir = tempfile.mkdtemp(prefix=f"lipgraph-run-{run_id}-")
+        sizes = {"control": 0}           # 0: unbounded
+        for e in graph.edges:
+            if graph.is_cross_group(e):
+                n = edge_queue_count(graph.stages[e.src].workers, graph.stages[e.dst].workers)
+                sizes.update({f"{e.name}#{i}": e.queue_size for i in range(n)})
+        hub = ray.remote(EdgeHub).options(num_cpus=0, max_concurrency=10_000).remote(sizes)
+        self.handles = [hub]             # every actor of the run (all killed at the end)
+        queues = {}
+        for key in sizes:
+            if key != "control":
+                edge, _, i = key.rpartition("#")
+                queues.setdefault(edge, []).append(HubQueue(hub, key))
+        control = HubQueue(hub, "control")
+        has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+        actor_cls = ray.remote(_Actor)
+        actors, futures = {}, {}
+        for gname, group in graph.groups.items():
+            opts = {"num_cpus": group.cpus or 0, "max_concurrency": 4,
+                    "num_gpus": (group.gpus or 0) if has_gpus else 0}
+            if group.resources:
+                opts["resources"] = dict(group.resources)
+            for r in range(group.workers):
+                launch = GroupLaunch(graph, gname, r, run_id, queues, control, run_dir,
+                                     bool(self.options.trace_path), os.getpid(), codec=RayCodec())
+                actor = actor_cls.options(**opts).remote()
+                actors[(gname, r)] = actor
+                self.handles.append(actor)
+                futures[(gname, r)] = actor.run.remote(launch)
+        if self.options.trace_path:
+            self.reporter.trace_parts = [os.path.join(run_dir, f"trace-{g}-{r}.jsonl") for g, r in actors]
+        self.ready, self.n_procs = set(), len(actors)
+        self.go_targets = list(actors.values())
+        status, error, exit_code = "ok", None, 0
+        done: set = set()
+        try:
+            error = self._monitor_ray(futures, control, done)
+            if error:
+                status, exit_code = "failed", 1
+        except (KeyboardInterrupt, Interrupted) as exc:
+            status, error, exit_code = interrupted_error(exc)
+        finally:
+            self._drain(control, done)
+            for handle in self.handles:
+                try:
+                    ray.kill(handle)
+                except Exception:
+                    pass
+            if status != "ok":
+                self._remove_temps(run_dir)
+            profile = self.reporter.finish(status, error)
+            shutil.rmtree(run_dir, ignore_errors=True)
+        return RunResult(status, profile, error, exit_code)
+
+    def _on_all_ready(self) -> None:
+        for actor in self.go_targets:
+            actor.start.remote()
+
+    def _monitor_ray(self, futures: dict, control, done: set) -> dict | None:
+        import ray
+        pending = dict(futures)
+        while True:
+            err = self._drain(control, done, timeout=POLL_S)
+            if err:
+                return err
+            if pending:
+                finished, _ = ray.wait(list(pending.values()), timeout=0, num_returns=len(pending))
+                for ref in finished:
+                    key = next(k for k, v in pending.items() if v == ref)
+                    del pending[key]
+                    try:
+                        code = ray.get(ref)
+                    except Exception as exc:       # the actor died (killed, node lost)
+                        time.sleep(0.5)
+                        return self._drain(control, done) or self._actor_lost(key, exc)
+                    if code != 0:
+                        time.sleep(0.5)
+                        return self._drain(control, done) or self._actor_lost(key, None)
+            if not pending and len(done) == len(futures):
+                return None
+            self.reporter.tick()
+
+    def _actor_lost(self, key, exc) -> dict:
+        gname, replica = key
+        stages = self.graph.groups[gname].stages
+        last = []
+        snap = self.reporter.processes.get(key)
+        for s in (snap or {}).get("stages", []):
+            if s.get("last_index") is not None:
+                last.append(f"stage '{s['stage']}' had reached item {s['last_index']}")
+        rep = f"[{replica}]" if self.graph.groups[gname].workers > 1 else ""
+        why = f"died ({type(exc).__name__})" if exc is not None else "stopped without reporting"
+        msg = f"actor of group '{gname}'{rep} (stages: {', '.join(stages)}) {why}"
+        if last:
+            msg += "; " + ", ".join(last)
+        return {"kind": "killed", "stage": stages[0] if len(stages) == 1 else None,
+                "group": gname, "index": None, "message": msg}

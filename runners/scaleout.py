@@ -1,0 +1,214 @@
+"""Scaling out one graph file: a long video split into parts run side by side, and batches of
+jobs. Both work with any runner: `ray` spreads them over a cluster's GPUs and nodes,
+`process` runs them on this machine.
+
+Split jobs: the output's frames are cut into N contiguous parts; each part is an independent
+pipeline (its own actors or processes) that starts its source at the part's first frame
+(with the usual pre-roll for tracking) and stops before the next part's, writing segments
+into its own folder. Temporal models never see across a part boundary because no pipeline
+does. When every part is done their segments are joined by packet copy into one output,
+with continuous timing and the full audio track encoded once.
+
+Job batches: a jobs file lists (graph, video, audio, output, params) entries; they run
+`concurrency` at a time, each failed job is retried `retries` times, and a failed job never
+stops the others. A summary (and a JSON report) says how each went.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import sys
+import threading
+import time
+
+import yaml
+
+from graph.spec import GraphError, load_graph, shortcut_sets
+from media.segments import Manifest, join_segments, remove_work_dir
+
+from . import get_runner, job
+from .report import RunOptions
+
+
+def _runner(graph, name: str, options: RunOptions, address: str | None):
+    cls = get_runner(name)
+    return cls(graph, options, address=address) if name == "ray" else cls(graph, options)
+
+
+def _stage(graph, type_name: str):
+    specs = [s for s in graph.stages.values() if s.type == type_name]
+    if len(specs) != 1:
+        raise GraphError([f"{graph.path}: a split job needs exactly one {type_name} stage"])
+    return specs[0]
+
+
+def part_ranges(total: int, parts: int) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) frame ranges, as equal as can be."""
+    parts = max(1, min(parts, total))
+    cuts = [round(total * k / parts) for k in range(parts + 1)]
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+@dataclasses.dataclass
+class SplitResult:
+    ok: bool
+    parts: list
+    wall_s: float
+    error: str | None = None
+
+
+def run_split(graph, parts: int, runner: str = "ray", address: str | None = None,
+              options: RunOptions | None = None, stream=None) -> SplitResult:
+    """Run `graph` (validated, its mux writing segments) as `parts` pipelines side by side."""
+    from stages.video_source import VideoSource
+    stream = stream or sys.stderr
+    options = options or RunOptions()
+    if runner == "ray":                 # connect once, before the parts' threads start
+        from .ray_runner import init_ray
+        init_ray(address)
+    video, mux = _stage(graph, "video_source"), _stage(graph, "mux")
+    plan = job.prepare(graph, resume=False)
+    _, total, _ = VideoSource.plan(video.params)
+    ranges = part_ranges(total, parts)
+    record = Manifest.load(plan.workdir).data
+    t0 = time.monotonic()
+    results: list = [None] * len(ranges)
+    manifests = []
+    threads = []
+    for k, (a, b) in enumerate(ranges):
+        part = copy.deepcopy(graph)
+        folder = os.path.join(plan.workdir, f"part-{k:03d}")
+        manifests.append(Manifest.create(folder, {kk: v for kk, v in record.items()
+                                                  if kk not in ("segments", "start", "version")}, start=a))
+        part.stages[video.name].params.update(start=a, stop=b)
+        part.stages[mux.name].params.update(workdir=folder, join=False)
+        opts = dataclasses.replace(options, progress=False, table=False,
+                                   profile_path=(f"{options.profile_path}.part-{k}.json"
+                                                 if options.profile_path else None),
+                                   trace_path=None)
+
+        def work(k=k, part=part, opts=opts):
+            results[k] = _runner(part, runner, opts, address).run()
+        threads.append(threading.Thread(target=work, name=f"part-{k}", daemon=True))
+    stream.write(f"{graph.name}: {total} frames in {len(ranges)} parts "
+                 f"({', '.join(f'{a}..{b - 1}' for a, b in ranges)}) on the {runner} runner\n")
+    for t in threads:
+        t.start()
+    for k, t in enumerate(threads):
+        t.join()
+        r = results[k]
+        stream.write(f"  part {k}: {r.status} ({r.profile['items_done']} frames, "
+                     f"{r.profile['wall_s']:.1f} s)\n")
+    wall = time.monotonic() - t0
+    failed = [r for r in results if not r.ok]
+    if failed:
+        from .report import format_error
+        remove_work_dir(plan.workdir)
+        return SplitResult(False, results, wall, format_error(failed[0].error))
+    done = [Manifest.load(m.folder) for m in manifests]     # as the parts left them
+    join_segments(Manifest.combined(done), mux.params["path"], mux.params["audio"] or None,
+                  mux.params["sidecar"] or None)
+    remove_work_dir(plan.workdir)
+    return SplitResult(True, results, time.monotonic() - t0)
+
+
+# ----- batches of jobs ---------------------------------------------------------------------
+@dataclasses.dataclass
+class JobSpec:
+    name: str
+    graph: str
+    args: dict
+    sets: list
+
+
+def read_jobs(path: str, default_graph: str | None = None) -> list[JobSpec]:
+    """A jobs file: `jobs:` (a list) and optional `defaults:`. Each job names its `graph`
+    (or takes the default), its graph shortcuts (video, audio, output, weights ...) and a
+    `set:` list of stage.param=value."""
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f) or {}
+    if isinstance(raw, list):
+        raw = {"jobs": raw}
+    defaults = raw.get("defaults") or {}
+    specs = []
+    for i, entry in enumerate(raw.get("jobs") or []):
+        merged = {**defaults, **(entry or {})}
+        sets = list(defaults.get("set") or []) + list((entry or {}).get("set") or [])
+        graph = merged.pop("graph", None) or default_graph
+        name = str(merged.pop("name", None) or os.path.basename(str(merged.get("output", f"job-{i}"))))
+        merged.pop("set", None)
+        if not graph:
+            raise GraphError([f"{path}: job {i} names no graph (and no default graph was given)"])
+        if "output" not in merged:
+            raise GraphError([f"{path}: job {i} has no output"])
+        specs.append(JobSpec(name, graph, {k: str(v) for k, v in merged.items()}, sets))
+    if not specs:
+        raise GraphError([f"{path}: no jobs"])
+    return specs
+
+
+def run_jobs(specs: list[JobSpec], runner: str = "ray", address: str | None = None,
+             retries: int = 1, concurrency: int = 2, stream=None) -> list[dict]:
+    """Run every job (up to `concurrency` at once), retrying failures; one job's failure
+    never stops another. Returns one status record per job, in order."""
+    from stages._weights import preflight
+    from .report import format_error
+    stream = stream or sys.stderr
+    if runner == "ray":
+        from .ray_runner import init_ray
+        init_ray(address)
+    status = [{"job": s.name, "output": s.args.get("output"), "status": "pending", "attempts": 0,
+               "wall_s": 0.0, "error": None} for s in specs]
+    lock = threading.Lock()
+    slots = threading.Semaphore(max(1, concurrency))
+
+    def attempt(k: int) -> None:
+        spec, rec = specs[k], status[k]
+        with slots:
+            while rec["attempts"] <= retries:
+                rec["attempts"] += 1
+                t = time.monotonic()
+                try:
+                    graph = load_graph(spec.graph, shortcut_sets(spec.graph, spec.args) + spec.sets)
+                    preflight(graph)
+                    if job.resumable(graph):
+                        job.prepare(graph, resume=False)
+                    out = spec.args["output"]
+                    result = _runner(graph, runner, RunOptions(
+                        progress=False, table=False, profile_path=out + ".profile.json"), address).run()
+                    ok, err = result.ok, (None if result.ok else format_error(result.error))
+                except Exception as exc:                    # bad job entry, missing inputs ...
+                    ok, err = False, f"{type(exc).__name__}: {exc}"
+                rec["wall_s"] += time.monotonic() - t
+                rec["status"], rec["error"] = ("ok", None) if ok else ("failed", err)
+                with lock:
+                    head = (err or "").splitlines()[0] if err else ""
+                    stream.write(f"  job {spec.name}: {rec['status']} (attempt {rec['attempts']})"
+                                 + (f": {head}" if head else "") + "\n")
+                if ok:
+                    return
+
+    threads = [threading.Thread(target=attempt, args=(k,), daemon=True) for k in range(len(specs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return status
+
+
+def format_jobs(status: list[dict]) -> str:
+    rows = [["job", "status", "tries", "wall s", "error"]]
+    for r in status:
+        err = (r["error"] or "").splitlines()[0][:70] if r["error"] else ""
+        rows.append([r["job"], r["status"], str(r["attempts"]), f"{r['wall_s']:.1f}", err])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    ok = sum(r["status"] == "ok" for r in status)
+    return "\n".join(lines + [f"{ok}/{len(status)} jobs ok"])
+
+
+def write_report(path: str, status: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(status, f, indent=1)
