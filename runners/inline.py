@@ -55,6 +55,10 @@ class _InlineContext(StageContext):
         self.stats.count(key, amount, reason)
 
 
+class Cancelled(Exception):
+    pass
+
+
 class InlineRunner:
     name = "inline"
 
@@ -64,6 +68,11 @@ class InlineRunner:
         self.reporter = Reporter(graph, self.name, self.options)
         self.temps: list[str] = []
         self.warned: set[str] = set()
+        self.cancelled: str | None = None
+
+    def cancel(self, reason: str) -> None:
+        """Stop the run from another thread; it ends as failed, cleaned up."""
+        self.cancelled = reason
 
     def run(self) -> RunResult:
         graph = self.graph
@@ -148,6 +157,8 @@ class InlineRunner:
                         raise rt.failure(exc) from exc
                 if not progressed:
                     raise DeadlockError(self._describe(queues, runtimes, done, open_ports))
+                if self.cancelled is not None:
+                    raise Cancelled(self.cancelled)
                 now = time.monotonic()
                 if now - last_tick > 0.25:
                     last_tick = now
@@ -159,6 +170,9 @@ class InlineRunner:
         except DeadlockError as exc:
             status, exit_code = "failed", 1
             error = {"kind": "deadlock", "message": str(exc)}
+        except Cancelled as exc:
+            status, exit_code = "failed", 1
+            error = {"kind": "cancelled", "stage": None, "index": None, "message": str(exc)}
         except (KeyboardInterrupt, Interrupted) as exc:
             status, error, exit_code = interrupted_error(exc)
         finally:

@@ -38,6 +38,17 @@ class ProcessRunner:
         self.options = options or RunOptions()
         self.reporter = Reporter(graph, self.name, self.options)
         self.warned: set[str] = set()
+        self.cancelled: str | None = None
+
+    def cancel(self, reason: str) -> None:
+        """Stop the run from another thread (a sibling part of a split job failed); it ends
+        as failed, cleaned up like any failure, within one poll."""
+        self.cancelled = reason
+
+    def _cancel_error(self) -> dict | None:
+        if self.cancelled is None:
+            return None
+        return {"kind": "cancelled", "stage": None, "index": None, "message": self.cancelled}
 
     def run(self) -> RunResult:
         graph = self.graph
@@ -135,6 +146,8 @@ class ProcessRunner:
                     return self._killed_error(key, p)
             if all(p.exitcode == 0 for p in procs.values()) and len(done) == len(procs):
                 return None
+            if self.cancelled is not None:
+                return self._cancel_error()
             self.reporter.tick()
 
     def _drain(self, control, done, timeout: float = 0.0) -> dict | None:

@@ -63,7 +63,7 @@ def format_error(error: dict) -> str:
     stage, index = error.get("stage"), error.get("index")
     if error.get("kind") == "killed":
         return error["message"]
-    if error.get("kind") == "interrupted":
+    if error.get("kind") in ("interrupted", "cancelled", "resources"):
         return error["message"]
     from .runtime import describe_where
     head = (f"stage '{stage}' ({error.get('type')}, group {error.get('group')}) failed "

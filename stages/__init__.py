@@ -27,6 +27,8 @@ STAGE_TYPES = {
     "synthetic_source": "stages.synthetic:SyntheticSource",
     "synthetic_map": "stages.synthetic:SyntheticMap",
     "synthetic_router": "stages.synthetic:SyntheticRouter",
+    "synthetic_tee": "stages.synthetic:SyntheticTee",
+    "synthetic_zip": "stages.synthetic:SyntheticZip",
     "synthetic_batch_map": "stages.synthetic:SyntheticBatchMap",
     "synthetic_rebatch": "stages.synthetic:SyntheticRebatch",
     "synthetic_unbatch": "stages.synthetic:SyntheticUnbatch",

@@ -2,7 +2,8 @@
 
 Frames are arrays filled with a value derived from their index, so a sink can check that
 every item arrived once, in order, through the expected path. `fail_at` raises at an index,
-`kill_at` SIGKILLs the stage's own process at an index, `delay_s` simulates work.
+`kill_at` SIGKILLs the stage's own process at an index, `delay_s` simulates work that
+waits (I/O, a GPU kernel) and `spin_s` work that holds a CPU core.
 """
 from __future__ import annotations
 
@@ -27,8 +28,20 @@ class SyntheticFailure(RuntimeError):
 def _maybe_fail(stage: Stage, index: int) -> None:
     if index == stage.p.get("fail_at", -1):
         raise SyntheticFailure(f"synthetic failure at index {index}")
+    flag = stage.p.get("fail_once", "")
+    if flag and index == 0 and not os.path.exists(flag):
+        open(flag, "w").close()             # the next attempt finds it and goes through
+        raise SyntheticFailure(f"synthetic failure at index {index} (first attempt only)")
     if index == stage.p.get("kill_at", -1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def spin(seconds: float) -> None:
+    """Do `seconds` of CPU work in this thread (pure Python, so the GIL is held too).
+    Counted in thread CPU time: time spent preempted is not work done."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
 
 
 def _trail(item: Item, name: str) -> None:
@@ -58,10 +71,12 @@ class SyntheticSource(Stage):
 
 
 class SyntheticMap(Stage):
-    """Adds `add` to every frame (items or batches); optional delay, failure, kill."""
+    """Adds `add` to every frame (items or batches); optional cost per item (`delay_s`
+    sleeping, `spin_s` on the CPU), failure, kill."""
 
     stateless = True
-    params = {"add": 0, "delay_s": 0.0, "fail_at": -1, "kill_at": -1}
+    params = {"add": 0, "delay_s": 0.0, "vary": False, "spin_s": 0.0, "fail_at": -1,
+              "kill_at": -1, "fail_once": ""}
 
     def process(self, item, port):
         for m in item.members():
@@ -70,8 +85,57 @@ class SyntheticMap(Stage):
                 m.data["frame"] = (m.data["frame"].astype(np.int32) + self.p["add"]).astype(np.uint8)
             _trail(m, self.name)
         if self.p["delay_s"]:
-            time.sleep(self.p["delay_s"] * len(item))
+            # `vary`: items take 1/3 to 5/3 of delay_s, so replicas finish out of order
+            scale = ((item.index * 7) % 5 + 1) / 3 if self.p["vary"] else 1.0
+            time.sleep(self.p["delay_s"] * scale * len(item))
+        if self.p["spin_s"]:
+            spin(self.p["spin_s"] * len(item))
         yield "out", item
+
+
+class SyntheticTee(Stage):
+    """Sends every item down both outputs (the split of a diamond); each branch gets its
+    own copy of the item's dict so branches do not see each other's changes."""
+
+    outputs = ("a", "b")
+
+    def process(self, item, port):
+        yield "a", item
+        yield "b", Item(item.index, dict(item.data, trail=list(item.data.get("trail", []))),
+                        time_s=item.time, t0=item.t0)
+
+
+class SyntheticZip(Stage):
+    """Joins the two branches of a diamond: waits for index i on both inputs, emits one
+    item whose frame is the element-wise maximum and whose trail holds both paths. It reads
+    only from the branch that is behind, so it buffers at most one item."""
+
+    inputs = ("a", "b")
+
+    def open(self):
+        self.held: dict[str, Item | None] = {"a": None, "b": None}
+
+    def accepts(self):
+        return [p for p, held in self.held.items() if held is None]
+
+    def process(self, item, port):
+        self.held[port] = item
+        a, b = self.held["a"], self.held["b"]
+        if a is None or b is None:
+            return
+        if a.index != b.index:
+            raise RuntimeError(f"{self.name}: branches out of step (a at {a.index}, b at {b.index})")
+        self.held = {"a": None, "b": None}
+        a.data["frame"] = np.maximum(a.data["frame"], b.data["frame"])
+        a.data["trail"] = a.data.get("trail", []) + b.data.get("trail", [])
+        yield "out", a
+
+    def finish(self):
+        left = [p for p, held in self.held.items() if held is not None]
+        if left:
+            raise RuntimeError(f"{self.name}: input {left[0]!r} has item "
+                               f"{self.held[left[0]].index} with no partner")
+        return ()
 
 
 def bypass_predicate(spec: str):

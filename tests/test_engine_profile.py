@@ -4,6 +4,9 @@ import json
 import os
 import subprocess
 import sys
+import time
+
+import pytest
 
 from graph.stats import DepthSeries, LatencyHistogram
 from runners.report import Progress
@@ -36,6 +39,12 @@ def test_profile_json_trace_and_table(tmp_path):
         for key in ("busy_s", "wait_input_s", "blocked_output_s", "throughput_ips", "utilization"):
             assert key in s
     assert st["unb"]["workers"] == 2
+    # the busy/wait split around the slow model: upstream blocks on its full queue,
+    # downstream waits for input, and the sink's rate is the run's
+    assert st["route"]["blocked_output_s"] > 0.2, st["route"]
+    assert st["sink"]["wait_input_s"] > 0.2, st["sink"]
+    assert st["model"]["wait_input_s"] < st["model"]["busy_s"]
+    assert abs(st["sink"]["throughput_ips"] - 120 / prof["stream_wall_s"]) <= 0.05 * st["sink"]["throughput_ips"]
     assert prof["bottleneck"]["stage"] == "model"
     assert 0 < prof["latency_p50_s"] <= prof["latency_p95_s"]
     assert st["sink"]["latency_p50_s"] is not None
@@ -63,7 +72,7 @@ def test_profile_json_trace_and_table(tmp_path):
     assert "stage" in proc.stderr and "items/s" in proc.stderr and "util" in proc.stderr
 
 
-def test_default_profile_location_and_runners_agree_on_counts(tmp_path):
+def test_runners_agree_on_counts(tmp_path):
     out = str(tmp_path / "out.jsonl")
     path = slow_model_graph(tmp_path, out)
     a = run(path, "process").profile
@@ -116,3 +125,28 @@ def test_depth_series_stays_bounded():
         s.add(i * 0.01, i % 7)
     assert len(s.points) < 64 and s.max == 6
     assert abs(s.to_dict()["mean"] - 3.0) < 0.01
+
+
+@pytest.mark.parametrize("runner", ["process", "inline"])
+def test_profile_is_rewritten_while_running(tmp_path, runner):
+    """Another terminal can watch a long run: the profile JSON is replaced (atomically:
+    always whole) every --profile-every seconds with the counts so far."""
+    out = str(tmp_path / "out.jsonl")
+    doc = bypass_graph(out, 60, "runs:8:4", queue_size=2)
+    doc["stages"]["src"]["params"]["delay_s"] = 0.05                 # about 3 s
+    prof_path = str(tmp_path / "p.json")
+    proc = subprocess.Popen([sys.executable, "run_graph.py", write_graph(tmp_path, doc), "--quiet",
+                             "--runner", runner, "--profile", prof_path, "--profile-every", "0.3"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    while proc.poll() is None:
+        if os.path.exists(prof_path):
+            with open(prof_path) as f:
+                snap = json.load(f)                     # never a half-written file
+            if snap["status"] == "running":
+                seen.append(snap["stages"]["sink"]["items_in"])
+        time.sleep(0.1)
+    assert proc.returncode == 0, proc.stderr.read()
+    final = json.load(open(prof_path))
+    assert final["status"] == "ok" and final["stages"]["sink"]["items_in"] == 60
+    assert len(set(seen)) >= 2 and seen == sorted(seen) and min(seen) < 60, seen

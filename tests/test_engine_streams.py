@@ -98,7 +98,8 @@ def test_replicated_map_with_delays_keeps_order(tmp_path, alarm):
     out = str(tmp_path / "o.jsonl")
     doc = {"queue_size": 2, "stages": {
         "src": {"type": "synthetic_source", "group": "io", "params": {"count": 40}},
-        "work": {"type": "synthetic_map", "group": "w", "workers": 3, "params": {"add": 1}},
+        "work": {"type": "synthetic_map", "group": "w", "workers": 3,
+                 "params": {"add": 1, "delay_s": 0.01, "vary": True}},
         "sink": {"type": "synthetic_sink", "group": "io", "params": {"path": out}}},
         "edges": ["src.out -> work.in", "work.out -> sink.in"]}
     alarm(60)
@@ -118,6 +119,32 @@ def test_same_group_threads_share_a_process(tmp_path, alarm):
     assert [p["group"] for p in res.profile["processes"]] == ["all", "runner"]
     assert all(not e["cross_process"] for e in res.profile["edges"].values())
     check_rows(out, 30, "alternate")
+
+
+@pytest.mark.parametrize("runner", ["process", "inline"])
+def test_diamond_joins_both_branches_in_order(tmp_path, alarm, runner):
+    """tee -> two branches of different lengths and speeds in their own processes -> zip:
+    every index arrives once with both branches' work, and the slow branch is the
+    bottleneck the profile names."""
+    out = str(tmp_path / "o.jsonl")
+    doc = {"queue_size": 2, "stages": {
+        "src": {"type": "synthetic_source", "group": "io", "params": {"count": 30}},
+        "tee": {"type": "synthetic_tee", "group": "io"},
+        "a1": {"type": "synthetic_map", "group": "a", "params": {"add": 1}},
+        "a2": {"type": "synthetic_map", "group": "a2", "params": {"add": 1, "delay_s": 0.02}},
+        "b1": {"type": "synthetic_map", "group": "b", "params": {"add": 5}},
+        "zip": {"type": "synthetic_zip", "group": "io"},
+        "sink": {"type": "synthetic_sink", "group": "io", "params": {"path": out}}},
+        "edges": ["src.out -> tee.in", "tee.a -> a1.in", "a1.out -> a2.in", "a2.out -> zip.a",
+                  "tee.b -> b1.in", "b1.out -> zip.b", "zip.out -> sink.in"]}
+    alarm(60)
+    res = run(write_graph(tmp_path, doc), runner)
+    assert res.ok, res.error
+    got = rows(out)
+    assert [r["index"] for r in got] == list(range(30))
+    assert all(r["value"] == r["index"] % 251 + 5 for r in got)       # max(i + 2, i + 5)
+    assert all(r["trail"] == ["a1", "a2", "b1"] for r in got)
+    assert res.profile["bottleneck"]["stage"] == "a2"
 
 
 def test_big_frames_cross_processes(tmp_path, alarm):
