@@ -34,10 +34,11 @@ def _graph_args(path: str) -> dict[str, list[str]]:
     return {str(k): [v] if isinstance(v, str) else [str(t) for t in v or []] for k, v in args.items()}
 
 
-def build_parser(shortcuts: dict) -> argparse.ArgumentParser:
+def build_parser(shortcuts: dict, add_help: bool = True) -> argparse.ArgumentParser:
     from runners import RUNNERS
     p = argparse.ArgumentParser(prog="run_graph.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                add_help=add_help)
     p.add_argument("graph", nargs="?", default=None,
                    help="graph file (YAML), e.g. configs/graphs/musetalk.yaml")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="STAGE.PARAM=VALUE",
@@ -52,13 +53,20 @@ def build_parser(shortcuts: dict) -> argparse.ArgumentParser:
     p.add_argument("--profile", default=None, metavar="PATH", help="profile JSON path")
     p.add_argument("--trace", default=None, metavar="PATH", help="Chrome trace path")
     p.add_argument("--no-trace", action="store_true", help="do not write a trace file")
+    p.add_argument("--profile-every", type=float, default=5.0, metavar="SECONDS",
+                   help="rewrite the profile JSON this often while running (0: only at the end)")
     p.add_argument("--quiet", action="store_true", help="no progress and no table")
-    p.add_argument("--parallel", type=int, default=1, metavar="N",
-                   help="split the output into N parts run side by side, then join them")
+    p.add_argument("--parallel", default="1", metavar="N",
+                   help="split the output into N parts (cut on keyframes) run side by side, "
+                        "then join them; auto: one part per GPU")
     p.add_argument("--jobs", default=None, metavar="FILE",
                    help="run a batch of jobs (YAML list of graph/video/audio/output/set)")
     p.add_argument("--retries", type=int, default=1, help="with --jobs: retries of a failed job")
     p.add_argument("--concurrency", type=int, default=2, help="with --jobs: jobs at once")
+    p.add_argument("--random-weights", nargs="?", const="tiny", default=None, choices=("tiny", "full"),
+                   help="run with randomly initialised models instead of real weights (tiny: "
+                        "small configs, fast; full: the published sizes, for timing). Built once "
+                        "and kept in ~/.cache/lipgraph. The output is NOT lip-synced")
     for name, targets in shortcuts.items():
         p.add_argument(f"--{name}", dest=f"arg_{name}", default=None, metavar="VALUE",
                        help=f"sets {', '.join(targets)}")
@@ -75,7 +83,7 @@ def default_paths(graph, output: str | None) -> tuple[str, str]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # the graph file names the shortcut options (--video ...): find it first
-    known, _ = build_parser({}).parse_known_args(argv)
+    known, _ = build_parser({}, add_help=False).parse_known_args(argv)
     shortcuts = _graph_args(known.graph) if known.graph else {}
     args = build_parser(shortcuts).parse_args(argv)
 
@@ -97,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     sets += args.sets      # explicit --set wins over shortcuts
     try:
         graph = load_graph(args.graph, sets)
+        if args.random_weights:
+            graph = with_random_weights(graph, args, sets)
     except GraphError as exc:
         print(f"lipgraph: {exc}", file=sys.stderr)
         return 2
@@ -106,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     for note in graph.notes:
         print(f"note: {note}", file=sys.stderr)
     try:
-        from stages._weights import preflight
+        from stages.preflight import preflight
         preflight(graph)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:      # bad inputs, missing model files
         print(f"lipgraph: {exc}", file=sys.stderr)
         return 2
     from runners import job
@@ -130,12 +140,19 @@ def main(argv: list[str] | None = None) -> int:
     options = RunOptions(
         profile_path=args.profile or prof_default,
         trace_path=None if args.no_trace else (args.trace or trace_default),
-        progress=not args.quiet, table=not args.quiet)
-    if args.parallel > 1:
-        return run_split(graph, args, options, plan)
+        progress=not args.quiet, table=not args.quiet, profile_every_s=args.profile_every)
+    if args.random_weights:
+        options.extra["random_weights"] = args.random_weights
+    parts = parallel_parts(args)
+    if parts is None:
+        return 2
+    if parts > 1:
+        return run_split(graph, args, options, plan, parts)
     runner_cls = get_runner(args.runner)
     runner = runner_cls(graph, options, address=args.address) if args.runner == "ray" else runner_cls(graph, options)
     result = runner.run()
+    if args.random_weights and result.ok:
+        print(RANDOM_BANNER, file=sys.stderr)
     if not result.ok:
         print(f"lipgraph: {format_error(result.error)}", file=sys.stderr)
         if plan is not None and os.path.isdir(plan.workdir):
@@ -144,12 +161,52 @@ def main(argv: list[str] | None = None) -> int:
     return result.exit_code
 
 
-def run_split(graph, args, options, plan) -> int:
+RANDOM_BANNER = ("*** RANDOM WEIGHTS: the models are randomly initialised; this output is NOT "
+                 "lip-synced (it exercises the pipeline and its profile only) ***")
+
+
+def with_random_weights(graph, args, sets: list[str]):
+    """Point every model stage at random models of the chosen size (built on first use)."""
+    from graph.spec import load_graph
+    from models.random_weights import ensure_random_weights, random_weight_sets, uses_latentsync
+    if getattr(args, "arg_weights", None):
+        print("lipgraph: --weights and --random-weights exclude each other", file=sys.stderr)
+        raise SystemExit(2)
+    print(RANDOM_BANNER, file=sys.stderr)
+    latentsync = uses_latentsync(graph)
+    print(f"note: {args.random_weights} random models{' (with LatentSync)' if latentsync else ''} "
+          "from the lipgraph cache (built on first use)", file=sys.stderr)
+    paths = ensure_random_weights(args.random_weights, latentsync)
+    extra = random_weight_sets(graph, paths)
+    if "output" in graph.args:
+        mux = graph.args["output"][0].split(".")[0]
+        if "comment" in graph.stages[mux].cls.params:
+            extra.append(f"{mux}.comment=lipgraph random weights: not lip-synced")
+    # the user's own --set lines still win
+    return load_graph(args.graph, sets[:len(sets) - len(args.sets)] + extra + args.sets)
+
+
+def parallel_parts(args) -> int | None:
+    if args.parallel == "auto":
+        from runners.scaleout import auto_parts
+        return auto_parts(args.runner, args.address)
+    try:
+        n = int(args.parallel)
+        if n < 1:
+            raise ValueError
+        return n
+    except ValueError:
+        print(f"lipgraph: --parallel: expected a number >= 1 or auto, got {args.parallel!r}",
+              file=sys.stderr)
+        return None
+
+
+def run_split(graph, args, options, plan, parts: int) -> int:
     from runners import scaleout
     if plan is None:
         print("lipgraph: --parallel needs a graph whose mux writes segments", file=sys.stderr)
         return 2
-    result = scaleout.run_split(graph, args.parallel, args.runner, args.address, options)
+    result = scaleout.run_split(graph, parts, args.runner, args.address, options)
     if not result.ok:
         print(f"lipgraph: {result.error}", file=sys.stderr)
         return 1

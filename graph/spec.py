@@ -90,6 +90,7 @@ class StageSpec:
     group: str
     workers: int = 1
     line: int | None = None
+    declared: dict | None = None   # params as written (file and --set), before bind hooks
 
     @property
     def ports(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -423,6 +424,7 @@ def build_graph(raw: Any, path: str = "<graph>", overrides: list[tuple[str, str,
     notes: list[str] = []
     for spec in sorted(stages.values(), key=lambda sp: sp.cls.bind_order):
         told: list = []
+        spec.declared = dict(spec.params)
         try:
             spec.params = spec.cls.bind(dict(spec.params), stages, told)
         except Exception as exc:   # a bind that cannot decide is a problem of this stage

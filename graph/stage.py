@@ -104,6 +104,13 @@ class Stage:
         """Extra checks beyond type: return (param, problem) pairs."""
         return []
 
+    @classmethod
+    def check_files(cls, params: dict) -> list[str]:
+        """Problems with the files this stage will read or write, found before the run
+        starts (a missing input, a file that is not what it should be, an output folder
+        that cannot be written)."""
+        return []
+
     # ----- lifecycle ---------------------------------------------------------------
     def open(self) -> None:
         pass

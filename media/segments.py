@@ -189,7 +189,7 @@ class SegmentWriter:
 
 
 def join_segments(manifest: Manifest, output: str, audio_path: str | None = None,
-                  sidecar: str | None = None) -> None:
+                  sidecar: str | None = None, metadata: dict | None = None) -> None:
     """Copy every segment's packets, shifted to their place, into `output` (no re-encoding)
     and encode the audio once for the whole duration. Atomic: temp file, then rename."""
     segs = manifest.segments
@@ -202,6 +202,7 @@ def join_segments(manifest: Manifest, output: str, audio_path: str | None = None
         raise ValueError(f"{output}: unsupported extension {ext!r}, expected one of {sorted(_FORMATS)}")
     tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.partial")
     out = av.open(tmp, mode="w", format=_FORMATS[ext])
+    out.metadata.update(metadata or {})
     try:
         first = av.open(os.path.join(manifest.folder, segs[0]["file"]))
         template = first.streams.video[0]

@@ -61,7 +61,8 @@ class VideoWriter:
     k / fps. With `audio_path`, the audio (any format `media.audio` reads) is
     re-encoded as AAC starting `audio_offset` seconds into that file (a
     negative offset leads with silence), and cut or padded with silence to
-    the video's duration, or to `duration_s` when given.
+    the video's duration, or to `duration_s` when given. `metadata` goes into the
+    container's tags (e.g. a comment).
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class VideoWriter:
         audio_path: str | os.PathLike | None = None,
         audio_offset: float = 0.0,
         duration_s: float | None = None,
+        metadata: dict | None = None,
     ):
         self.path = os.path.abspath(os.fspath(path))
         if width <= 0 or height <= 0:
@@ -104,6 +106,7 @@ class VideoWriter:
 
         audio_info = probe_audio(audio_path) if audio_path is not None else None
         self._container = av.open(self.temp_path, mode="w", format=_FORMATS[ext])
+        self._container.metadata.update(metadata or {})
         try:
             options = {"crf": str(crf), "preset": preset} if codec in ("libx264", "libx265") else {}
             video = self._container.add_stream(codec, rate=self.rate, options=options)

@@ -2,7 +2,7 @@
 
 `--weights DIR` points at a MuseTalk-style `models/` folder (also searched: the Hugging Face
 hub cache and the torch hub cache). run_graph resolves every stage's files before starting,
-so a user missing several files gets one error that lists them all.
+so a user missing several files gets one error that lists them all (stages/preflight.py).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def resolve(stage, names: list[str]) -> dict:
     return resolve_weights(stage.p.get("weights") or None, names)
 
 
-def preflight(graph) -> None:
+def check_weights(graph) -> None:
     """Resolve every stage's required model files; one MissingWeightsError for all."""
     from models.weights import MissingWeightsError, resolve_weights
     by_dir: dict = {}

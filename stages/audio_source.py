@@ -32,6 +32,18 @@ class AudioSource(Stage):
             problems.append(("chunk_s", "must be > 0"))
         return problems
 
+    @classmethod
+    def check_files(cls, params):
+        from media.audio import probe_audio
+        from media.video import MediaError
+        try:
+            info = probe_audio(params["path"])
+        except MediaError as exc:
+            return [str(exc)]
+        if not info.duration_s > 0:
+            return [f"{params['path']}: the audio is empty (no samples to lip-sync to)"]
+        return []
+
     def generate(self):
         from media.audio import AudioReader, probe_audio
         info = probe_audio(self.p["path"])

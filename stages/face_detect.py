@@ -53,14 +53,14 @@ class FaceDetect(Stage):
         self.keys_per_call = max(1, self.p["batch_size"] // self.every)
         self.held: list = []          # frames not yet emitted, in order
         self.last_key = None          # (item, box) of the last detected keyframe (emitted)
+        self.seen = self.with_face = 0
 
     # ----- stream ----------------------------------------------------------------------
     def process(self, item, port):
         if "box" in item.data:             # known already (prepared cache): nothing to detect
             yield from self._resolve(final=True)
             self.last_key = (item, item.data["box"])
-            self.ctx.count("faces" if item.data["box"] is not None else "cutaways")
-            yield "out", item
+            yield "out", self._counted(item)
             return
         self.held.append(item)
         if self._keys_held() >= self.keys_per_call:
@@ -71,7 +71,17 @@ class FaceDetect(Stage):
         yield from super().on_flush(flush, port)
 
     def finish(self):
-        return self._resolve(final=True)
+        yield from self._resolve(final=True)
+        if self.seen and not self.with_face:
+            self.ctx.warn(f"no face found in any of the {self.seen} frames: the output is the "
+                          "input video with the new audio (check the video, or try "
+                          "detect.detector=s3fd / a lower detect.score_threshold)")
+
+    def _counted(self, item):
+        self.seen += 1
+        self.with_face += item.data["box"] is not None
+        self.ctx.count("faces" if item.data["box"] is not None else "cutaways")
+        return item
 
     def _is_key(self, pos_in_held: int) -> bool:
         # keyframes at absolute indices: a resumed run detects on the same frames
@@ -109,8 +119,7 @@ class FaceDetect(Stage):
         if done:
             self.last_key = (done[-1], prev_box)
         for it in done:
-            self.ctx.count("faces" if it.data["box"] is not None else "cutaways")
-            yield "out", it
+            yield "out", self._counted(it)
 
     def _fill(self, between, box_a, box_b) -> None:
         """Boxes for frames between two detected keyframes."""

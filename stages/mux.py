@@ -23,7 +23,8 @@ class Mux(Stage):
     inputs = ("main", "bypass")
     outputs = ()
     params = {"path": "", "audio": "", "crf": 18, "preset": "medium", "codec": "libx264",
-              "pix_fmt": "yuv420p", "sidecar": "", "segment_s": 10.0, "workdir": "", "join": True}
+              "pix_fmt": "yuv420p", "sidecar": "", "segment_s": 10.0, "workdir": "", "join": True,
+              "comment": ""}
 
     @classmethod
     def validate_params(cls, params):
@@ -35,6 +36,25 @@ class Mux(Stage):
         if params["segment_s"] < 0:
             problems.append(("segment_s", "must be >= 0 (0: no segments, not resumable)"))
         return problems
+
+    @classmethod
+    def check_files(cls, params):
+        import os
+
+        from media.writer import _FORMATS
+        path = os.path.abspath(params["path"])
+        folder, name = os.path.split(path)
+        ext = os.path.splitext(name)[1].lower()
+        if ext not in _FORMATS:
+            return [f"{path}: unsupported output extension {ext!r}, expected one of "
+                    f"{', '.join(sorted(_FORMATS))}"]
+        if os.path.isdir(path):
+            return [f"{path}: the output path is a folder"]
+        if not os.path.isdir(folder):
+            return [f"{path}: the output folder {folder} does not exist"]
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return [f"{path}: cannot write in the output folder {folder} (permission denied)"]
+        return []
 
     def open(self):
         self.merge = OrderedMerge(list(self.in_ports), name=self.name)
@@ -91,7 +111,7 @@ class Mux(Stage):
             return
         from media.writer import VideoWriter
         self.writer = VideoWriter(self.p["path"], w, h, fps, audio_path=self.p["audio"] or None,
-                                  **encoder)
+                                  metadata=self.metadata(self.p), **encoder)
         self.ctx.register_temp(self.writer.temp_path)
 
     def _write(self, msgs) -> None:
@@ -111,6 +131,11 @@ class Mux(Stage):
                         self.sidecar.write(line + "\n")
                 self.written += 1
 
+    @staticmethod
+    def metadata(params: dict) -> dict:
+        """Container tags of the output file."""
+        return {"comment": params["comment"]} if params["comment"] else {}
+
     def _sidecar_line(self, item) -> str:
         import json
         d = item.data
@@ -118,7 +143,8 @@ class Mux(Stage):
         face = None if box is None else [int(round(float(v))) for v in list(box)[:4]]
         return json.dumps({
             "index": item.index, "time": item.time, "src": d.get("src_index"), "face": face,
-            "edit": d.get("edit"), "convention": d.get("convention") if face else None})
+            "edit": d.get("edit"), "convention": d.get("convention") if face else None,
+            **({"restore": d["restore"]} if face and d.get("restore") else {})})
 
     def finish(self):
         import os
@@ -134,7 +160,7 @@ class Mux(Stage):
                 raise RuntimeError(f"{self.p['path']}: no frames to write (empty video, or audio "
                                    "shorter than one frame)")
             join_segments(self.manifest, self.p["path"], self.p["audio"] or None,
-                          self.p["sidecar"] or None)
+                          self.p["sidecar"] or None, self.metadata(self.p))
             remove_work_dir(self.manifest.folder)
             return ()
         if self.writer is None:

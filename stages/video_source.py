@@ -35,6 +35,15 @@ class VideoSource(Stage):
             problems.append(("path", "no input video (params.path / --video)"))
         return problems
 
+    @classmethod
+    def check_files(cls, params):
+        from media.video import MediaError, probe_video
+        try:
+            probe_video(params["path"])
+        except MediaError as exc:
+            return [str(exc)]
+        return []
+
     @staticmethod
     def plan(params: dict):
         """(video info, output frame count, audio duration or None) for these params."""
@@ -53,7 +62,10 @@ class VideoSource(Stage):
     def _frames(self):
         from media.video import PingPongReader, VideoReader
         src_duration = self.vinfo.frame_count / self.fps
-        if self.limit_s is not None and self.vinfo.frame_count_exact and self.limit_s > src_duration + 1e-6:
+        # containers that do not store a frame count (Matroska, WebM) only estimate it:
+        # the ping-pong reader counts the packets, so let it decide whether to turn back
+        if self.limit_s is not None and (not self.vinfo.frame_count_exact
+                                         or self.limit_s > src_duration + 1e-6):
             with PingPongReader(self.p["path"], self.total, chunk=self.p["chunk"],
                                 threads=self.p["threads"], start=self.first) as r:
                 for f in r:
@@ -75,10 +87,21 @@ class VideoSource(Stage):
         eps = 1e-6
         if start >= end:
             return                      # a resumed job whose frames are all done
+        made = self.first
         for index, t, image, src in self._frames():
             # a frame belongs to the output if it is shown entirely within the audio
             if self.limit_s is not None and (index >= self.total or t + 1.0 / self.fps > self.limit_s + eps):
-                break
+                return
             if index >= end:
-                break
-            yield "out", Item(index, {"frame": image, "src_index": src}, time_s=float(t))
+                return
+            made = index + 1
+            data = {"frame": image, "src_index": src}
+            if index < start:
+                data["preroll"] = True      # context only: not output, never sent to a model
+            yield "out", Item(index, data, time_s=float(t))
+        # a count read from the header is exact; one estimated from the duration is not
+        slack = 0 if self.vinfo.frame_count_exact else max(2, end // 50)
+        if made < end - slack:
+            promised = "its header promised" if self.vinfo.frame_count_exact else "its duration suggested"
+            self.ctx.warn(f"{self.p['path']}: the video ended after {made} frames where {promised} "
+                          f"{self.vinfo.frame_count} (truncated or damaged file?); the output stops there")

@@ -14,3 +14,11 @@ SPECS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
 def specs_dir():
     """Folder of the upstream state-dict key lists, configs and the LatentSync mask."""
     return SPECS
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Tiny random MuseTalk models in the real formats (tools.synthetic.tiny_weights), built
+    once per test session."""
+    from tools.synthetic import tiny_weights
+    return tiny_weights(str(tmp_path_factory.mktemp("tiny-models")))

@@ -9,77 +9,17 @@ and its bookkeeping, never the lip-sync quality.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import cv2
 import numpy as np
-import torch
+
+from models.random_weights import (AUDIO_DIM, TINY_UNET, TINY_UNET3D, TINY_VAE,  # noqa: F401
+                                   full_size_weights, randomise_unet3d, tiny_latentsync,
+                                   tiny_weights)
 
 ID_BITS = 10
 CELL = 8
-AUDIO_DIM = 32          # whisper d_model of the tiny models = the UNet's cross-attention dim
-
-TINY_UNET = {
-    "act_fn": "silu", "attention_head_dim": 2, "block_out_channels": [32, 64],
-    "center_input_sample": False, "cross_attention_dim": AUDIO_DIM,
-    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "downsample_padding": 1,
-    "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 8, "layers_per_block": 1,
-    "mid_block_scale_factor": 1, "norm_eps": 1e-5, "norm_num_groups": 8, "out_channels": 4,
-    "sample_size": 32, "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
-}
-TINY_VAE = dict(block_out_channels=[8, 16, 16, 16], down_block_types=["DownEncoderBlock2D"] * 4,
-                up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=1, norm_num_groups=8,
-                latent_channels=4, sample_size=256)
-
-
-def _randomize(module: torch.nn.Module, seed: int, scale: float = 0.05) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-
-
-def tiny_weights(root: str, bisenet: bool = False) -> dict:
-    """A MuseTalk-style `models/` folder with tiny random models; returns explicit paths."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import WhisperConfig, WhisperModel
-    torch.manual_seed(0)
-    mt = os.path.join(root, "musetalkV15")
-    os.makedirs(mt, exist_ok=True)
-    cfg_path = os.path.join(mt, "musetalk.json")
-    with open(cfg_path, "w") as f:
-        json.dump({"_class_name": "UNet2DConditionModel", **TINY_UNET}, f)
-    unet = UNet2DConditionModel(**TINY_UNET)
-    _randomize(unet, 1)
-    unet_path = os.path.join(mt, "unet.pth")
-    torch.save(unet.state_dict(), unet_path)
-
-    vae_dir = os.path.join(root, "sd-vae")
-    AutoencoderKL(**TINY_VAE).save_pretrained(vae_dir)
-
-    whisper_dir = os.path.join(root, "whisper")
-    wcfg = WhisperConfig(d_model=AUDIO_DIM, encoder_layers=1, encoder_attention_heads=2,
-                         encoder_ffn_dim=64, decoder_layers=1, decoder_attention_heads=2,
-                         decoder_ffn_dim=64, vocab_size=100, max_target_positions=32,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=3)
-    whisper = WhisperModel(wcfg)
-    _randomize(whisper.encoder, 2)
-    whisper.save_pretrained(whisper_dir)
-
-    paths = {"root": root, "unet": unet_path, "unet_config": cfg_path, "vae": vae_dir,
-             "whisper": whisper_dir, "parser": ""}
-    if bisenet:
-        from models.bisenet import BiSeNet
-        parse_dir = os.path.join(root, "face-parse-bisent")
-        os.makedirs(parse_dir, exist_ok=True)
-        net = BiSeNet(19)
-        _randomize(net, 3)
-        paths["parser"] = os.path.join(parse_dir, "79999_iter.pth")
-        torch.save(net.state_dict(), paths["parser"])
-    return paths
-
-
 def model_sets(paths: dict, device: str = "cpu", latentsync: dict | None = None,
                steps: int = 2) -> list[str]:
     """--set lines pointing a graph's model stages at the tiny models (musetalk.yaml; with
@@ -115,8 +55,10 @@ def read_id(frame: np.ndarray) -> int:
 
 
 def face_frame(i: int, width: int = 320, height: int = 240, side: int = 200) -> np.ndarray:
-    """The astronaut's face on a plain background, drifting a little from frame to frame."""
+    """The astronaut's face on a plain background, drifting sideways and scaling (between
+    0.86 and 1 of `side`) from frame to frame."""
     from skimage import data
+    side = int(round(side * (0.93 + 0.07 * np.cos(i / 4.0))))
     face = cv2.resize(data.astronaut(), (side, side), interpolation=cv2.INTER_AREA)
     frame = np.full((height, width, 3), 60, np.uint8)
     dx = int(round(6 * np.sin(i / 5.0)))
@@ -173,79 +115,10 @@ def make_clip(folder: str, pattern: str, fps: float = 25.0, audio_s: float | Non
     return video, audio
 
 
-WHISPER_TINY_DIMS = {"n_mels": 80, "n_audio_ctx": 1500, "n_audio_state": 384, "n_audio_head": 6,
-                     "n_audio_layer": 4, "n_vocab": 51865, "n_text_ctx": 448, "n_text_state": 384,
-                     "n_text_head": 6, "n_text_layer": 4}
-
-
-def full_size_weights(root: str) -> dict:
-    """Full-size MuseTalk v1.5 models with random weights (for timing only): the published
-    UNet config, sd-vae-ft-mse's config and whisper-tiny's dimensions."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import WhisperModel
-
-    from models.musetalk_unet import MUSETALK_V15_UNET_CONFIG
-    from models.vae import SD_VAE_FT_MSE_CONFIG
-    from models.whisper import config_from_openai_dims
-    torch.manual_seed(0)
-    mt = os.path.join(root, "musetalkV15")
-    os.makedirs(mt, exist_ok=True)
-    cfg_path = os.path.join(mt, "musetalk.json")
-    with open(cfg_path, "w") as f:
-        json.dump({"_class_name": "UNet2DConditionModel", **MUSETALK_V15_UNET_CONFIG}, f)
-    unet_path = os.path.join(mt, "unet.pth")
-    torch.save(UNet2DConditionModel(**MUSETALK_V15_UNET_CONFIG).state_dict(), unet_path)
-    vae_dir = os.path.join(root, "sd-vae")
-    AutoencoderKL(**SD_VAE_FT_MSE_CONFIG).save_pretrained(vae_dir)
-    whisper_dir = os.path.join(root, "whisper")
-    WhisperModel(config_from_openai_dims(WHISPER_TINY_DIMS)).save_pretrained(whisper_dir)
-    return {"root": root, "unet": unet_path, "unet_config": cfg_path, "vae": vae_dir,
-            "whisper": whisper_dir, "parser": ""}
-
-
 def clip_pattern(frames: int, face_run: int = 40, cutaway_run: int = 10) -> str:
     """Face runs separated by cutaway runs, `frames` letters long."""
     unit = "F" * face_run + "C" * cutaway_run
     return (unit * (frames // len(unit) + 1))[:frames]
-
-
-TINY_UNET3D = {"block_out_channels": [32, 64, 64, 64], "norm_num_groups": 8,
-               "cross_attention_dim": AUDIO_DIM, "layers_per_block": 1}
-
-
-def randomise_unet3d(model: torch.nn.Module, seed: int = 0) -> None:
-    """LatentSync zero-initialises conv_in, conv_out and the motion modules' output
-    projections: give them (and the norms) values so a random model's output is not zero."""
-    import math
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, mod in model.named_modules():
-            if isinstance(mod, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
-                mod.weight.add_(0.1 * torch.randn(mod.weight.shape, generator=g))
-                mod.bias.add_(0.1 * torch.randn(mod.bias.shape, generator=g))
-            if mod is model.conv_in or mod is model.conv_out or name.endswith("temporal_transformer.proj_out"):
-                bound = 1 / math.sqrt(mod.weight[0].numel())
-                mod.weight.uniform_(-bound, bound, generator=g)
-                mod.bias.uniform_(-bound, bound, generator=g)
-
-
-def tiny_latentsync(root: str) -> dict:
-    """A tiny random LatentSync UNet3D as `latentsync_unet.pt` ({"state_dict": ...}) plus
-    the config it was built from (the published one with smaller widths)."""
-    from models.latentsync.config import LATENTSYNC_STAGE2_CONFIG
-    from models.latentsync_unet3d import UNet3DConditionModel
-    cfg = dict(LATENTSYNC_STAGE2_CONFIG, **TINY_UNET3D)
-    torch.manual_seed(0)
-    model = UNet3DConditionModel.from_config(cfg)
-    randomise_unet3d(model, 4)
-    folder = os.path.join(root, "latentsync")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, "latentsync_unet.pt")
-    torch.save({"state_dict": model.state_dict()}, path)
-    cfg_path = os.path.join(folder, "unet_config.json")
-    with open(cfg_path, "w") as f:
-        json.dump(cfg, f)
-    return {"unet3d": path, "unet3d_config": cfg_path}
 
 
 def face_closeup(i: int, width: int = 160, height: int = 120) -> np.ndarray:
