@@ -59,3 +59,6 @@ class Blend(Stage):
         h, w = d["frame"].shape[:2]
         inverse = cv2.invertAffineTransform(np.asarray(d["affine"], np.float64))
         d["edit"] = list(paste_region(inverse, *face_box_size(res), w, h))
+        # what it takes to redraw the mouth region in the frame (the sidecar's `restore`)
+        d["restore"] = {"affine": np.asarray(d["affine"], np.float64).round(6).tolist(), "res": res,
+                        "mask": self.info.get("ls_mask") or ""}

@@ -10,7 +10,7 @@ UNet3D (`version: "1.5"` at 256 px or `"1.6"` at 512 px) with `fallback: musetal
 - a window failing at run time (CUDA out of memory, non-finite output, any error): that
   window is redone with MuseTalk from the same frames, in MuseTalk's conventions, and the run
   goes on. Fallbacks are counted per reason in the profile (`fallback_windows`,
-  `fallback_frames`).
+  `fallback_frames`); `frames_<model>` counts the frames each model made.
 With `fallback: none` a failure stops the run with the stage, window and reason.
 """
 from __future__ import annotations
@@ -106,6 +106,7 @@ class SurgicalUNet(Stage):
         else:
             try:
                 self.backend.run(batch)
+                self.ctx.count(f"frames_{self.backend.name}", len(batch))
             except Exception as exc:
                 if self.fallback is None:
                     raise
@@ -117,6 +118,7 @@ class SurgicalUNet(Stage):
             batch.data.pop(key, None)
         _free_cuda_cache()
         self.fallback.run(batch)
+        self.ctx.count("frames_musetalk", len(batch))
         self.ctx.count("fallback_windows", 1, reason)
         self.ctx.count("fallback_frames", len(batch), reason)
 

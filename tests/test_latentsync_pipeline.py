@@ -67,6 +67,27 @@ def test_short_shot_runs_with_fewer_frames():
     assert [(m.index, len(m), m.data["n_context"]) for m in out if isinstance(m, Batch)] == [(0, 5, 0)]
 
 
+def test_preroll_frames_bypass_so_windows_start_at_the_boundary():
+    """A resumed or split run decodes a few frames before its first output frame (tracking
+    and smoothing warm up on them); they bypass the models, so no window spans the
+    boundary with the previous part."""
+    from stages.batch_builder import BatchBuilder
+    b = BatchBuilder("batch", {"mode": "windows", "window": 16, "batch_size": 8})
+    b.open()
+    out = []
+    for i in range(12, 60):                      # the part starts at 20, pre-roll from 12
+        item = face(i)
+        if i < 20:
+            item.data["preroll"] = True
+        out += list(b.process(item, "in"))
+    out += list(b.finish())
+    wins = [m for p, m in out if isinstance(m, Batch)]
+    assert [(m.index, m.last_index, m.data["n_context"]) for m in wins] == [
+        (20, 35, 0), (36, 51, 0), (52, 59, 8)]
+    assert [m.index for p, m in out if p == "bypass" and isinstance(m, Item)] == list(range(12, 20))
+    assert min(int(a[0, 0, 0]) for m in wins for a in m.data["aligned"]) == 20   # no context before it
+
+
 def test_window_limit_enforced_by_graph(tmp_path):
     from graph.spec import GraphError
     with pytest.raises(GraphError, match="1..24"):
@@ -238,8 +259,61 @@ def test_window_failure_falls_back_to_musetalk(tmp_path, models):
     rows, prof = read_run(video, out, side)
     assert [r["convention"] for r in rows] == ["latentsync"] * 16 + ["musetalk"] * 8
     unet = prof["stages"]["unet"]
-    assert unet["counters"] == {"fallback_windows": 1, "fallback_frames": 8}
+    assert unet["counters"] == {"fallback_windows": 1, "fallback_frames": 8,
+                                "frames_latentsync": 16, "frames_musetalk": 8}
     assert unet["reasons"]["fallback_windows"] == {"CUDA out of memory": 1}
+
+
+class DivergingLatentSync:
+    """The real LatentSync backend whose sampler diverges (NaN) on the window at index 0:
+    the backend's own finiteness check must catch it."""
+    name = "latentsync"
+    convention = "latentsync"
+    required_weights = staticmethod(lambda params: [])
+
+    def __init__(self, stage):
+        from stages.backends.latentsync import LatentSyncBackend
+        self.inner = LatentSyncBackend(stage)
+        sample = self.inner.sampler.sample
+
+        def diverging(noise, *args):
+            out = sample(noise, *args)
+            return out * float("nan") if self.index == 0 else out
+        self.inner.sampler.sample = diverging
+
+    def run(self, batch):
+        self.index = batch.index
+        self.inner.run(batch)
+
+
+def test_non_finite_window_falls_back_and_the_table_says_why(tmp_path, models):
+    from graph.profile import format_table
+    mt, ls = models
+    video, audio = make_clip(str(tmp_path), "F" * 24)
+    out, side = str(tmp_path / "o.mkv"), str(tmp_path / "o.jsonl")
+    run_graph(video, audio, out, model_sets(mt, latentsync=ls) + LOSSLESS + [
+        f"mux.sidecar={side}", "unet.backend=tests.test_latentsync_pipeline:DivergingLatentSync"])
+    rows, prof = read_run(video, out, side)
+    assert [r["convention"] for r in rows] == ["musetalk"] * 16 + ["latentsync"] * 8
+    unet = prof["stages"]["unet"]
+    assert unet["reasons"]["fallback_windows"] == {"non-finite output": 1}
+    assert "unet: fallback_windows: non-finite output x1" in format_table(prof)
+
+
+def test_noise_is_seeded_and_shared_by_every_window():
+    """One noise map for the whole run: the same for every window (and every frame of it),
+    the same on every run with the same seed, another with another seed."""
+    import types
+    from stages.backends.latentsync import LatentSyncBackend
+
+    def backend(seed):
+        return types.SimpleNamespace(noise=None, seed=seed, device="cpu")
+    a, b, c = backend(1247), backend(1247), backend(7)
+    shape = (4, 8, 8)
+    first = LatentSyncBackend._noise(a, shape)
+    assert LatentSyncBackend._noise(a, shape) is first                 # the next window
+    assert torch.equal(LatentSyncBackend._noise(b, shape), first)      # another run
+    assert not torch.equal(LatentSyncBackend._noise(c, shape), first)
 
 
 def test_fallback_none_stops_with_the_reason(tmp_path, models):

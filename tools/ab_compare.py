@@ -13,7 +13,8 @@ lockstep (memory stays flat), and writes:
 - OUT/report.json and OUT/report.md, per graph: per-stage throughput and the bottleneck (from
   the profile); fallbacks with their reasons (any stage's counters); identity outside the
   mouth region (PSNR and SSIM of each face frame against its input frame, only outside the
-  sidecar's edit box); temporal stability of the mouth region (mean absolute change between
+  region the model may redraw: MuseTalk's blend-mask box, LatentSync's mask warped into the
+  frame, from the sidecar; for LatentSync this includes the resampled upper face); temporal stability of the mouth region (mean absolute change between
   consecutive face frames of one shot, inside the edit box resampled to 96 x 96, for the output
   and for the input under the same boxes); cutaway integrity (identical to the input, frame
   count and source order); LSE-C / LSE-D with SyncNet weights. Figures that cannot be computed
@@ -23,7 +24,7 @@ Exit status: 0, or 1 when a run failed (the report then says what it could and w
 
 PSNR is over RGB, capped at 100 dB (identical pixels read 100). SSIM is the Gaussian-window
 SSIM of Wang et al. (sigma 1.5, 11 taps, K1 0.01, K2 0.03) on BT.601 luma, averaged over the
-pixels whose whole window lies inside the frame and outside the edit box.
+pixels whose whole window lies inside the frame and outside that region.
 """
 from __future__ import annotations
 
@@ -127,6 +128,18 @@ def outside_mask(shape: tuple[int, int], box: Sequence[int] | None) -> np.ndarra
     return mask
 
 
+def redrawn_region(side: dict, shape: tuple[int, int]) -> np.ndarray | None:
+    """Frame pixels a LatentSync frame's model output may reach (None without the sidecar's
+    `restore` record: the edit box is used)."""
+    restore = side.get("restore")
+    if not restore:
+        return None
+    from vision.latentsync_align import mouth_region
+    from vision.latentsync_mask import keep_mask
+    keep = keep_mask(int(restore["res"]), restore.get("mask") or "")
+    return mouth_region(np.asarray(restore["affine"]), keep, shape[1], shape[0])
+
+
 def region(frame: np.ndarray, box: Sequence[int], size: int = TEMPORAL_SIZE) -> np.ndarray:
     x1, y1, x2, y2 = box
     return cv2.resize(frame[y1:y2, x1:x2].astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
@@ -220,12 +233,18 @@ class OutputFigures:
             self.temporal.add(k, src, None, None, out, inp)
             return
         edit = clip_box(side.get("edit"), w, h)
-        outside = outside_mask((h, w), edit)
+        redrawn = redrawn_region(side, (h, w))
+        if redrawn is None:
+            outside, valid = outside_mask((h, w), edit), ssim_valid((h, w), edit)
+        else:
+            outside = ~redrawn
+            window = np.ones((2 * SSIM_RADIUS + 1,) * 2, np.uint8)
+            valid = ssim_valid((h, w)) & ~(cv2.dilate(redrawn.astype(np.uint8), window) > 0)
         p = psnr(out, inp, outside)
         if not math.isnan(p):
             self.identical_faces += p == float("inf")
             self.psnr.append(min(PSNR_CAP_DB, p))
-        s = ssim(luma(out), luma(inp), ssim_valid((h, w), edit))
+        s = ssim(luma(out), luma(inp), valid)
         if not math.isnan(s):
             self.ssim.append(s)
         self.temporal.add(k, src, face, edit, out, inp)
@@ -245,7 +264,7 @@ class OutputFigures:
                                                 if a != b), None)
             order["sources_in_range"] = all(0 <= s < n_input for s in self.srcs)
         return {
-            "identity": {"face_frames": faces, "identical_outside_edit": self.identical_faces,
+            "identity": {"face_frames": faces, "identical_outside_mouth": self.identical_faces,
                          "psnr_db": summary(self.psnr), "ssim": summary(self.ssim)},
             "temporal": self.temporal.result(),
             "cutaways": {"frames": self.cutaways, "identical": self.cutaways_identical,
@@ -663,8 +682,8 @@ def write_markdown(report: dict, path: str) -> None:
         return "-" if not b else f"{b['stage']} ({100 * b['utilization']:.0f}%)"
     row("bottleneck", bottleneck)
     row("fallback frames", lambda g: str((g.get("fallbacks") or {}).get("frames", "-")))
-    row("PSNR outside edit, dB", lambda g: _stats(((g.get("identity") or {}).get("psnr_db"))))
-    row("SSIM outside edit", lambda g: _stats(((g.get("identity") or {}).get("ssim")), "{:.4f}"))
+    row("PSNR outside mouth region, dB", lambda g: _stats(((g.get("identity") or {}).get("psnr_db"))))
+    row("SSIM outside mouth region", lambda g: _stats(((g.get("identity") or {}).get("ssim")), "{:.4f}"))
     row("mouth change out / in", lambda g: "-" if not (g.get("temporal") or {}).get("pairs") else
         f"{_f(g['temporal']['output'])} / {_f(g['temporal']['input'])} (x{_f(g['temporal']['ratio'])})")
     row("cutaways identical", lambda g: "-" if not g.get("cutaways") else
@@ -716,7 +735,9 @@ def write_markdown(report: dict, path: str) -> None:
     lines += ["## How the figures are made", "",
               "- PSNR over RGB, capped at 100 dB (identical pixels read 100); SSIM on BT.601 luma, Gaussian "
               "window (sigma 1.5, 11 taps), averaged over pixels whose window lies inside the frame and "
-              "clear of the edit box. Both compare each face frame with the input frame it came from.",
+              "clear of the mouth region (MuseTalk: the blend mask's box; LatentSync: its mask warped into "
+              "the frame, so the resampled upper face counts). Both compare each face frame with the input "
+              "frame it came from.",
               "- Mouth change: mean absolute difference (0..255) between consecutive face frames of one "
               f"shot, inside the edit box resampled to {TEMPORAL_SIZE}x{TEMPORAL_SIZE}; the input figure "
               "uses the same boxes on the input frames.",

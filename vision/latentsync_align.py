@@ -218,3 +218,21 @@ def restore_face(frame: np.ndarray, face_res: np.ndarray, affine: np.ndarray, re
     blended = soft * (box_mask[:, :, None] * warped) + (1.0 - soft) * region
     out[y0:y1, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     return out
+
+
+def mouth_region(affine: np.ndarray, keep: np.ndarray, width: int, height: int,
+                 margin: int = 2) -> np.ndarray:
+    """Frame pixels (bool H x W) the restored face may change beyond a resampling of the
+    original: where the mask `keep` ([res, res], 1 = keep the original) is below 1, warped
+    back into the frame like `restore_face` does, grown by `margin` pixels."""
+    res = keep.shape[0]
+    box_w, box_h = face_box_size(res)
+    inverse = cv2.invertAffineTransform(np.asarray(affine, dtype=np.float64))
+    redraw = cv2.resize((np.asarray(keep, np.float32) < 1).astype(np.float32), (box_w, box_h),
+                        interpolation=cv2.INTER_LINEAR)
+    region = cv2.warpAffine(redraw, inverse, (width, height), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0
+    if margin:
+        kernel = np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)
+        region = cv2.dilate(region.astype(np.uint8), kernel) > 0
+    return region
