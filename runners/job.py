@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 
-from media.identity import file_identity
+from media.identity import file_identity, same_content
 from media.segments import Manifest, remove_work_dir, work_dir
 
 # params that do not change what a run computes (or are set here)
@@ -120,7 +120,7 @@ def _check_same(old: dict, new: dict) -> None:
         before = old.get("inputs", {}).get(name)
         if before is None:
             changed.append(f"input of stage '{name}' is new")
-        elif (before["size"], before["head"], before["tail"]) != (ident["size"], ident["head"], ident["tail"]):
+        elif not same_content(before, ident):
             changed.append(f"input of stage '{name}' changed ({ident['path']}: "
                            f"{before['size']} -> {ident['size']} bytes or different content)")
     if old.get("digest") != new["digest"]:

@@ -103,7 +103,7 @@ class CacheWrite(_CacheStage):
         if self.store is not None:
             from ._prepared import record_of
             for item in msg.members():
-                if not item.data.get("cached"):
+                if not item.data.get("cached") and not item.data.get("preroll"):
                     self.store.put(item.data.get("src_index", item.index), record_of(item.data))
                     self.ctx.count("cache_written")
         yield "out", msg

@@ -84,11 +84,34 @@ def test_changed_video_gets_a_new_entry_and_the_stale_one_goes(setup, tmp_path):
     run(video, dub1, str(tmp_path / "b.mkv"), sets + ["crop.extra_margin=20"], cache)
     new = entries(cache)
     assert len(new) == 1 and new != old                 # other params: a new key, old removed
-    # the video itself changes under the same name: the entry is rebuilt
+    # the video itself changes in place (same path, other content): the entry is rebuilt,
+    # never used for the new content
+    import shutil
     v2 = str(tmp_path / "clip.mp4")
-    make_clip(str(tmp_path), PATTERN[::-1])
-    stages = run(v2, dub1, str(tmp_path / "c.mkv"), sets, cache)
+    shutil.copy(video, v2)
+    run(v2, dub1, str(tmp_path / "c.mkv"), sets, cache)
+    assert run(v2, dub1, str(tmp_path / "d.mkv"), sets, cache)["cache_in"]["counters"] == {
+        "cache_hits": len(PATTERN)}
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(make_clip(str(other), PATTERN[::-1])[0], v2)
+    stages = run(v2, dub1, str(tmp_path / "e.mkv"), sets, cache)
     assert stages["cache_in"]["counters"] == {"cache_misses": len(PATTERN)}
+
+
+def test_identity_sees_a_same_size_edit_anywhere(tmp_path):
+    from media.identity import file_identity, same_content
+    path = tmp_path / "v.bin"
+    data = bytearray(os.urandom(5 << 20))
+    path.write_bytes(bytes(data))
+    a = file_identity(str(path))
+    data[len(data) // 2] ^= 0xFF                    # one byte in the middle, same size
+    path.write_bytes(bytes(data))
+    b = file_identity(str(path))
+    assert a["size"] == b["size"] and not same_content(a, b)
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "w.bin").write_bytes(bytes(data))
+    assert same_content(a, file_identity(str(tmp_path / "w.bin")))      # content, not name
 
 
 def test_damaged_records_are_recomputed_and_counted(setup, tmp_path):
