@@ -299,6 +299,16 @@ class _Source:
                     index = pos
 
 
+def keyframe_indices(path: str | os.PathLike) -> list[int]:
+    """Indices of the keyframes of the first video stream (demuxed, not decoded); empty
+    when the container gives no timestamps."""
+    src = _Source(os.fspath(path), None)
+    try:
+        return list(src.table().keyframes)
+    finally:
+        src.close()
+
+
 class VideoReader:
     """Iterate `VideoFrame`s of a video file, one decoded frame at a time.
 

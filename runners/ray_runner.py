@@ -108,6 +108,26 @@ class _Actor:
 _init_lock = threading.Lock()
 
 
+def actor_options(group, cluster: dict) -> tuple[dict, str | None]:
+    """Ray actor options for a placement group's declared resources, and what the cluster
+    (its total resources) cannot give, if anything. A GPU group on a cluster without GPUs
+    runs on CPU (its stages' `device: auto` picks the CPU)."""
+    opts = {"num_cpus": group.cpus or 0, "max_concurrency": 4,
+            "num_gpus": (group.gpus or 0) if cluster.get("GPU", 0) > 0 else 0}
+    unmet = []
+    if opts["num_gpus"] > cluster.get("GPU", 0):
+        unmet.append(f"{opts['num_gpus']} GPU(s), the cluster has {cluster.get('GPU', 0):g}")
+    if opts["num_cpus"] > cluster.get("CPU", 0):
+        unmet.append(f"{opts['num_cpus']} CPU(s), the cluster has {cluster.get('CPU', 0):g}")
+    if group.resources:
+        opts["resources"] = dict(group.resources)
+        for key, amount in group.resources.items():
+            if amount > cluster.get(key, 0):
+                unmet.append(f"resource '{key}': {amount:g}, the cluster has {cluster.get(key, 0):g} "
+                             f"(start nodes with `ray start --resources '{{\"{key}\": N}}'`)")
+    return opts, ", ".join(unmet) or None
+
+
 def init_ray(address: str | None = None):
     """Connect to the cluster at `address`, or start a local Ray (once per process)."""
     import ray
@@ -116,6 +136,7 @@ def init_ray(address: str | None = None):
 
 
 def _init(ray, address):
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
         kwargs = {"ignore_reinit_error": True, "include_dashboard": False,
                   "log_to_driver": True, "configure_logging": False}
@@ -152,14 +173,20 @@ class RayRunner(ProcessRunner):
                 edge, _, i = key.rpartition("#")
                 queues.setdefault(edge, []).append(HubQueue(hub, key))
         control = HubQueue(hub, "control")
-        has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+        cluster = ray.cluster_resources()
+        options = {gname: actor_options(group, cluster) for gname, group in graph.groups.items()}
+        unmet = [f"group '{g}': {why}" for g, (_, why) in options.items() if why]
+        if unmet:       # Ray would wait forever for resources no node has
+            for handle in self.handles:
+                ray.kill(handle)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            error = {"kind": "resources", "stage": None, "index": None,
+                     "message": "the cluster cannot place this graph: " + "; ".join(unmet)}
+            return RunResult("failed", self.reporter.finish("failed", error), error, 2)
         actor_cls = ray.remote(_Actor)
         actors, futures = {}, {}
         for gname, group in graph.groups.items():
-            opts = {"num_cpus": group.cpus or 0, "max_concurrency": 4,
-                    "num_gpus": (group.gpus or 0) if has_gpus else 0}
-            if group.resources:
-                opts["resources"] = dict(group.resources)
+            opts = options[gname][0]
             for r in range(group.workers):
                 launch = GroupLaunch(graph, gname, r, run_id, queues, control, run_dir,
                                      bool(self.options.trace_path), os.getpid(), codec=RayCodec())
@@ -173,12 +200,14 @@ class RayRunner(ProcessRunner):
         self.go_targets = list(actors.values())
         status, error, exit_code = "ok", None, 0
         done: set = set()
+        old_handlers = self._install_signals()
         try:
             error = self._monitor_ray(futures, control, done)
             if error:
                 status, exit_code = "failed", 1
         except (KeyboardInterrupt, Interrupted) as exc:
             status, error, exit_code = interrupted_error(exc)
+            self._restore_signals(old_handlers, ignore=True)    # cleanup always completes
         finally:
             self._drain(control, done)
             for handle in self.handles:
@@ -190,6 +219,7 @@ class RayRunner(ProcessRunner):
                 self._remove_temps(run_dir)
             profile = self.reporter.finish(status, error)
             shutil.rmtree(run_dir, ignore_errors=True)
+            self._restore_signals(old_handlers)
         return RunResult(status, profile, error, exit_code)
 
     def _on_all_ready(self) -> None:
@@ -218,6 +248,8 @@ class RayRunner(ProcessRunner):
                         return self._drain(control, done) or self._actor_lost(key, None)
             if not pending and len(done) == len(futures):
                 return None
+            if self.cancelled is not None:
+                return self._cancel_error()
             self.reporter.tick()
 
     def _actor_lost(self, key, exc) -> dict:

@@ -2,12 +2,14 @@
 jobs. Both work with any runner: `ray` spreads them over a cluster's GPUs and nodes,
 `process` runs them on this machine.
 
-Split jobs: the output's frames are cut into N contiguous parts; each part is an independent
-pipeline (its own actors or processes) that starts its source at the part's first frame
-(with the usual pre-roll for tracking) and stops before the next part's, writing segments
-into its own folder. Temporal models never see across a part boundary because no pipeline
-does. When every part is done their segments are joined by packet copy into one output,
-with continuous timing and the full audio track encoded once.
+Split jobs: the output's frames are cut into N contiguous parts, each cut moved to a nearby
+keyframe (encoders place keyframes at scene cuts); each part is an independent pipeline (its
+own actors or processes) that starts its source at the part's first frame and stops before
+the next part's, writing segments into its own folder. A part decodes a few frames before
+its start so tracking and smoothing pick up; those pre-roll frames bypass the models, so
+no temporal window (LatentSync) spans a cut. When every part is done their segments are
+joined by packet copy into one output, with continuous timing and the full audio track
+encoded once.
 
 Job batches: a jobs file lists (graph, video, audio, output, params) entries; they run
 `concurrency` at a time, each failed job is retried `retries` times, and a failed job never
@@ -44,11 +46,29 @@ def _stage(graph, type_name: str):
     return specs[0]
 
 
-def part_ranges(total: int, parts: int) -> list[tuple[int, int]]:
-    """Contiguous [start, stop) frame ranges, as equal as can be."""
+def part_ranges(total: int, parts: int, keyframes=()) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) frame ranges, about equal, each cut moved to the nearest
+    keyframe within a quarter of a part's length. Encoders put keyframes at scene cuts, so
+    parts tend to begin at a cut, and a part's decoder starts on a keyframe."""
     parts = max(1, min(parts, total))
     cuts = [round(total * k / parts) for k in range(parts + 1)]
+    slack = total / parts / 4
+    for k in range(1, parts):
+        near = [f for f in keyframes if abs(f - cuts[k]) <= slack and cuts[k - 1] < f < total]
+        if near:
+            cuts[k] = min(near, key=lambda f: (abs(f - cuts[k]), f))
     return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def auto_parts(runner: str, address: str | None) -> int:
+    """`--parallel auto`: one part per GPU (of the Ray cluster, or of this machine)."""
+    if runner == "ray":
+        from .ray_runner import init_ray
+        import ray
+        init_ray(address)
+        return max(1, int(ray.cluster_resources().get("GPU", 0)))
+    import torch
+    return max(1, torch.cuda.device_count() if torch.cuda.is_available() else 1)
 
 
 @dataclasses.dataclass
@@ -70,13 +90,17 @@ def run_split(graph, parts: int, runner: str = "ray", address: str | None = None
         init_ray(address)
     video, mux = _stage(graph, "video_source"), _stage(graph, "mux")
     plan = job.prepare(graph, resume=False)
-    _, total, _ = VideoSource.plan(video.params)
-    ranges = part_ranges(total, parts)
+    vinfo, total, _ = VideoSource.plan(video.params)
+    from media.video import keyframe_indices
+    # output frame i shows source frame i up to the end of the first forward pass
+    keys = [k for k in keyframe_indices(video.params["path"]) if k < vinfo.frame_count]
+    ranges = part_ranges(total, parts, keys)
     record = Manifest.load(plan.workdir).data
     t0 = time.monotonic()
     results: list = [None] * len(ranges)
     manifests = []
     threads = []
+    runners: list = []
     for k, (a, b) in enumerate(ranges):
         part = copy.deepcopy(graph)
         folder = os.path.join(plan.workdir, f"part-{k:03d}")
@@ -89,8 +113,15 @@ def run_split(graph, parts: int, runner: str = "ray", address: str | None = None
                                                  if options.profile_path else None),
                                    trace_path=None)
 
-        def work(k=k, part=part, opts=opts):
-            results[k] = _runner(part, runner, opts, address).run()
+        part_runner = _runner(part, runner, opts, address)
+        runners.append(part_runner)
+
+        def work(k=k, part_runner=part_runner):
+            results[k] = part_runner.run()
+            if not results[k].ok:           # one part failed: the others stop too
+                for other in runners:
+                    if other is not part_runner:
+                        other.cancel(f"stopped: part {k} failed")
         threads.append(threading.Thread(target=work, name=f"part-{k}", daemon=True))
     stream.write(f"{graph.name}: {total} frames in {len(ranges)} parts "
                  f"({', '.join(f'{a}..{b - 1}' for a, b in ranges)}) on the {runner} runner\n")
@@ -102,14 +133,16 @@ def run_split(graph, parts: int, runner: str = "ray", address: str | None = None
         stream.write(f"  part {k}: {r.status} ({r.profile['items_done']} frames, "
                      f"{r.profile['wall_s']:.1f} s)\n")
     wall = time.monotonic() - t0
-    failed = [r for r in results if not r.ok]
+    # the part that failed first, not the parts it stopped
+    failed = sorted((r for r in results if not r.ok),
+                    key=lambda r: (r.error or {}).get("kind") == "cancelled")
     if failed:
         from .report import format_error
         remove_work_dir(plan.workdir)
         return SplitResult(False, results, wall, format_error(failed[0].error))
     done = [Manifest.load(m.folder) for m in manifests]     # as the parts left them
     join_segments(Manifest.combined(done), mux.params["path"], mux.params["audio"] or None,
-                  mux.params["sidecar"] or None)
+                  mux.params["sidecar"] or None, mux.cls.metadata(mux.params))
     remove_work_dir(plan.workdir)
     return SplitResult(True, results, time.monotonic() - t0)
 
@@ -153,7 +186,7 @@ def run_jobs(specs: list[JobSpec], runner: str = "ray", address: str | None = No
              retries: int = 1, concurrency: int = 2, stream=None) -> list[dict]:
     """Run every job (up to `concurrency` at once), retrying failures; one job's failure
     never stops another. Returns one status record per job, in order."""
-    from stages._weights import preflight
+    from stages.preflight import preflight
     from .report import format_error
     stream = stream or sys.stderr
     if runner == "ray":

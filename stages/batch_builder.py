@@ -99,7 +99,9 @@ class BatchBuilder(Stage):
             self.router = BatchRouter(self.p["batch_size"], "main", "bypass", make_batch=stack_batch)
 
     def process(self, item, port):
-        if item.data.get("box") is None:
+        # pre-roll frames (before a resumed or split run's first output frame) only warm up
+        # tracking and smoothing: they bypass the models, so a window starts at the boundary
+        if item.data.get("box") is None or item.data.get("preroll"):
             yield from self.router.divert(item)
         else:
             yield from self.router.add(item)

@@ -74,6 +74,14 @@ def clip(tmp_path_factory):
     return folder, video, audio, pattern, model_sets(weights) + ["mux.codec=ffv1", "mux.pix_fmt=bgr0"]
 
 
+def test_part_ranges_cut_on_nearby_keyframes():
+    from runners.scaleout import part_ranges
+    assert part_ranges(100, 4) == [(0, 25), (25, 50), (50, 75), (75, 100)]
+    # keyframes within a quarter part (6.25 frames) of a cut move it; the nearest wins
+    assert part_ranges(100, 4, [0, 20, 28, 48, 53, 90]) == [(0, 28), (28, 48), (48, 75), (75, 100)]
+    assert part_ranges(3, 8) == [(0, 1), (1, 2), (2, 3)]
+
+
 @pytest.mark.parametrize("runner", ["ray", "process"])
 def test_split_job_equals_one_pipeline(local_ray, clip, runner):
     folder, video, audio, pattern, sets = clip
@@ -84,7 +92,11 @@ def test_split_job_equals_one_pipeline(local_ray, clip, runner):
                                             "--quiet", "--no-trace", *extra),
                               cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 parts" in proc.stderr
+    from media.video import keyframe_indices
+    from runners.scaleout import part_ranges
+    (a0, b0), (a1, b1) = part_ranges(len(pattern), 2, keyframe_indices(video))
+    assert f"2 parts ({a0}..{b0 - 1}, {a1}..{b1 - 1})" in proc.stderr
+    assert a1 in keyframe_indices(video)                  # cut on a keyframe (here: a scene cut)
     a, b = list(VideoReader(one)), list(VideoReader(split))
     assert len(a) == len(b) == len(pattern)
     assert [f.time for f in a] == [f.time for f in b]
@@ -96,6 +108,35 @@ def test_split_job_equals_one_pipeline(local_ray, clip, runner):
             assert np.array_equal(fb.image, src[i]) and np.array_equal(fa.image, fb.image)
     assert [json.loads(x)["src"] for x in open(side2)] == list(range(len(pattern)))
     assert not os.path.exists(os.path.join(folder, f".split-{runner}.mkv.lipgraph"))
+    # the whole audio track, encoded once: the same as the single pipeline's
+    from media.audio import read_audio
+    pcm1, pcm2 = read_audio(one), read_audio(split)
+    assert abs(len(pcm1) - len(pcm2)) <= 16000 // 25 and abs(len(pcm2) / 16000 - len(pattern) / 25) <= 1 / 25
+    n = min(len(pcm1), len(pcm2))
+    assert np.abs(pcm1[:n] - pcm2[:n]).max() < 1e-3
+
+
+def test_split_latentsync_windows_stay_inside_their_part(local_ray, clip):
+    """A LatentSync graph split in two: the second part's pre-roll frames never reach the
+    UNet (no window spans the cut), and every face frame is made by LatentSync once."""
+    from tools.synthetic import tiny_latentsync
+    folder, _, _, _, sets = clip
+    pattern = "F" * 40
+    video, audio = make_clip(str(folder), pattern, name="shot")
+    ls = tiny_latentsync(str(folder / "ls"))
+    out = str(folder / "ls-split.mkv")
+    surgical = os.path.join(ROOT, "configs", "graphs", "surgical.yaml")
+    ls_sets = [s for s in sets] + [f"unet.unet3d={ls['unet3d']}", f"unet.unet3d_config={ls['unet3d_config']}",
+                                   "unet.steps=1", "unet.backend=latentsync", "batch.window=8"]
+    proc = subprocess.run(graph_command(surgical, video, audio, out, ls_sets, "--quiet", "--no-trace",
+                                        "--runner", "process", "--parallel", "2"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 parts (0..19, 20..39)" in proc.stderr
+    parts = [json.load(open(f"{out}.profile.json.part-{k}.json"))["stages"]["unet"] for k in (0, 1)]
+    assert [p["items_in"] for p in parts] == [20, 20]          # not 28: the pre-roll bypassed
+    assert sum(p["counters"].get("frames_latentsync", 0) for p in parts) == 40
+    assert [read_id(f.image) for f in VideoReader(out)] == list(range(40))
 
 
 def test_job_batch_failure_is_isolated(local_ray, clip, tmp_path):
@@ -118,3 +159,100 @@ def test_job_batch_failure_is_isolated(local_ray, clip, tmp_path):
     assert os.path.exists(tmp_path / "a.mkv") and os.path.exists(tmp_path / "c.mkv")
     assert not os.path.exists(tmp_path / "b.mkv")
     assert "2/3 jobs ok" in proc.stderr
+
+
+def test_job_that_fails_once_is_retried_and_succeeds(local_ray, tmp_path):
+    import yaml
+    graph = {"name": "flaky", "args": {"output": "sink.path", "flag": "work.fail_once"},
+             "stages": {"src": {"type": "synthetic_source", "group": "a", "params": {"count": 20}},
+                        "work": {"type": "synthetic_map", "group": "b"},
+                        "sink": {"type": "synthetic_sink", "group": "a"}},
+             "edges": ["src.out -> work.in", "work.out -> sink.in"]}
+    gpath = write_graph(tmp_path, graph)
+    jobs = {"defaults": {"graph": gpath},
+            "jobs": [{"output": str(tmp_path / "steady.jsonl")},
+                     {"output": str(tmp_path / "flaky.jsonl"), "flag": str(tmp_path / "tried")}]}
+    path = tmp_path / "jobs.yaml"
+    path.write_text(yaml.safe_dump(jobs))
+    proc = subprocess.run([sys.executable, "run_graph.py", "--jobs", str(path), "--runner", "ray",
+                           "--retries", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.load(open(tmp_path / "jobs.report.json"))
+    assert [(r["status"], r["attempts"]) for r in report] == [("ok", 1), ("ok", 2)]
+    assert "first attempt only" in proc.stderr                 # the failure was reported
+    assert [r["index"] for r in rows(str(tmp_path / "flaky.jsonl"))] == list(range(20))
+
+
+def test_sigterm_stops_a_ray_run_cleanly(tmp_path):
+    """SIGTERM to the driver: exit 143, the interruption named, no output or temporary file."""
+    import signal
+    import time
+    from tests.test_engine_failure import slow_graph
+    out = str(tmp_path / "out.jsonl")
+    proc = subprocess.Popen([sys.executable, "run_graph.py", slow_graph(tmp_path, out), "--quiet",
+                             "--runner", "ray"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not [f for f in os.listdir(tmp_path) if ".partial" in f]:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-3000:]
+    assert "interrupted by SIGTERM" in err
+    assert not os.path.exists(out) and not [f for f in os.listdir(tmp_path) if ".partial" in f]
+
+
+class SlowThenFailingMuseTalk:
+    """MuseTalk, slow on frames before 28 and failing on the first batch from 28 on."""
+    name = "musetalk"
+    convention = "musetalk"
+    required_weights = staticmethod(lambda params: [])
+
+    def __init__(self, stage):
+        from stages.backends.musetalk import MuseTalkBackend
+        self.inner = MuseTalkBackend(stage)
+
+    def run(self, batch):
+        import time
+        if batch.index >= 28:
+            raise RuntimeError(f"synthetic failure in the window at {batch.index}")
+        time.sleep(1.0)
+        self.inner.run(batch)
+
+
+@pytest.mark.parametrize("runner", ["process", "ray"])
+def test_a_failing_part_stops_the_others(local_ray, clip, runner):
+    folder, video, audio, pattern, sets = clip
+    out = str(folder / f"fail-{runner}.mkv")
+    proc = subprocess.run(graph_command(GRAPH, video, audio, out, sets + [
+        "unet.backend=tests.test_ray_runner:SlowThenFailingMuseTalk", "unet.fallback=none"], "--no-trace", "--quiet",
+        "--runner", runner, "--parallel", "2"), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1
+    assert "stage 'unet'" in proc.stderr and "synthetic failure in the window at 28" in proc.stderr
+    first = json.load(open(f"{out}.profile.json.part-0.json"))
+    assert first["status"] == "failed" and first["error"]["kind"] == "cancelled"
+    assert first["stages"]["unet"]["items_in"] < pattern[:28].count("F")     # stopped early
+    assert not os.path.exists(out) and not os.path.exists(os.path.join(folder, f".fail-{runner}.mkv.lipgraph"))
+
+
+def test_actor_options_follow_the_group_declaration():
+    from graph.spec import GroupSpec
+    from runners.ray_runner import actor_options
+    gpu = GroupSpec("gpu", ["unet"], gpus=1, cpus=2, resources={"a100": 1})
+    opts, unmet = actor_options(gpu, {"CPU": 16, "GPU": 4, "a100": 2})
+    assert (opts["num_gpus"], opts["num_cpus"], opts["resources"], unmet) == (1, 2, {"a100": 1}, None)
+    opts, unmet = actor_options(gpu, {"CPU": 16})              # no GPUs: runs on CPU, a100 missing
+    assert opts["num_gpus"] == 0 and "resource 'a100'" in unmet and "GPU" not in unmet
+    opts, unmet = actor_options(GroupSpec("io", ["mux"], cpus=64), {"CPU": 16})
+    assert "64 CPU(s), the cluster has 16" in unmet
+
+
+def test_a_graph_the_cluster_cannot_place_is_refused(local_ray, tmp_path):
+    out = str(tmp_path / "o.jsonl")
+    doc = bypass_graph(out, 10, "alternate")
+    doc["groups"] = {"gpu": {"resources": {"unobtainium": 1}}}
+    res = RayRunner(load_graph(write_graph(tmp_path, doc), []), RunOptions(progress=False, table=False)).run()
+    assert res.exit_code == 2 and "resource 'unobtainium'" in res.error["message"]
+    assert not os.path.exists(out)
