@@ -253,6 +253,11 @@ class TraceWriter:
         self._emit({"ph": "C", "name": name, "pid": self.pid, "tid": 0,
                     "ts": round(t * 1e6, 1), "args": values})
 
+    def flush(self) -> None:
+        """Write what is buffered (someone wants the file now: a run that is being stopped)."""
+        with self.lock:
+            self._flush_locked()
+
     def close(self) -> None:
         with self.lock:
             self._flush_locked()

@@ -230,17 +230,7 @@ class ProcessRunner:
                     pass
 
     def _remove_temps(self, run_dir: str) -> None:
-        path = os.path.join(run_dir, "temps.txt")
-        if not os.path.exists(path):
-            return
-        with open(path) as f:
-            for line in f:
-                p = line.strip()
-                if p and os.path.exists(p):
-                    try:
-                        os.unlink(p)
-                    except OSError:
-                        pass
+        remove_registered_temps(run_dir)
 
     def _warn(self, stage: str, message: str) -> None:
         if (stage, message) in self.warned:
@@ -265,6 +255,22 @@ class ProcessRunner:
             return
         for s, h in old.items():
             signal.signal(s, signal.SIG_IGN if ignore else h)
+
+
+def remove_registered_temps(run_dir: str) -> None:
+    """Delete the temporary files stages registered in the run's scratch folder (the
+    unfinished outputs of a failed run)."""
+    path = os.path.join(run_dir, "temps.txt")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        for line in f:
+            p = line.strip()
+            if p and os.path.exists(p):
+                try:
+                    os.unlink(p)
+                except OSError:
+                    pass
 
 
 def _sweep_stale_run_dirs() -> None:

@@ -31,6 +31,7 @@ from .report import Interrupted, RunOptions, RunResult, interrupted_error
 from .transport import edge_queue_count
 
 POLL_S = 0.1
+COLLECT_TIMEOUT_S = 15.0    # for each actor to hand back its trace at the end
 
 
 class RayCodec:
@@ -91,18 +92,54 @@ class HubQueue:
         return ray.get(self.hub.qsize.remote(self.key))
 
 
+def _node_id() -> str:
+    import ray
+    return ray.get_runtime_context().get_node_id()
+
+
 class _Actor:
-    """A placement group's process on the cluster (threaded, so `go` reaches it while it runs)."""
+    """A placement group's process on the cluster (threaded, so `go` and `collect` reach it
+    while it runs). On a node other than the driver's, the run's scratch folder exists only
+    here: the actor makes it, hands its trace back and removes it."""
 
     def __init__(self):
         self.go = threading.Event()
+        self.launch: GroupLaunch | None = None
+        self.group: GroupProcess | None = None
+        self.remote = False
 
     def start(self) -> None:
         self.go.set()
 
-    def run(self, launch: GroupLaunch) -> int:
+    def run(self, launch: GroupLaunch, driver_node: str) -> int:
+        self.launch, self.remote = launch, _node_id() != driver_node
+        os.makedirs(launch.run_dir, exist_ok=True)
         launch.go = self.go
-        return GroupProcess(launch).run()
+        self.group = GroupProcess(launch)
+        return self.group.run()
+
+    def collect(self, failed: bool) -> str | None:
+        """After the run: this group's trace (text); a failed run's temporary files removed."""
+        if self.launch is None:
+            return None
+        run_dir = self.launch.run_dir
+        if failed:
+            from .process import remove_registered_temps
+            remove_registered_temps(run_dir)
+        trace = getattr(self.group, "trace", None)
+        if trace is not None:           # a stopped run's groups may still hold spans
+            trace.flush()
+        part = os.path.join(run_dir, f"trace-{self.launch.group}-{self.launch.replica}.jsonl")
+        text = None
+        if os.path.exists(part):
+            with open(part) as f:
+                text = f.read()
+        return text
+
+    def clean(self) -> None:
+        """Once every actor's trace is collected: the scratch folder on a remote node goes."""
+        if self.launch is not None and self.remote:
+            shutil.rmtree(self.launch.run_dir, ignore_errors=True)
 
 
 _init_lock = threading.Lock()
@@ -150,6 +187,7 @@ def _init(ray, address):
 
 class RayRunner(ProcessRunner):
     name = "ray"
+    driver_node: str | None = None      # this process's Ray node (found at run time)
 
     def __init__(self, graph, options: RunOptions | None = None, address: str | None = None):
         super().__init__(graph, options)
@@ -159,7 +197,7 @@ class RayRunner(ProcessRunner):
         ray = init_ray(self.address)
         graph = self.graph
         run_id = shm.new_run_id()
-        run_dir = tempfile.mkdtemp(prefix=f"lipgraph-run-{run_id}-")
+        run_dir = self.run_dir = tempfile.mkdtemp(prefix=f"lipgraph-run-{run_id}-")
         sizes = {"control": 0}           # 0: unbounded
         for e in graph.edges:
             if graph.is_cross_group(e):
@@ -184,6 +222,7 @@ class RayRunner(ProcessRunner):
                      "message": "the cluster cannot place this graph: " + "; ".join(unmet)}
             return RunResult("failed", self.reporter.finish("failed", error), error, 2)
         actor_cls = ray.remote(_Actor)
+        self.driver_node = self.driver_node or _node_id()
         actors, futures = {}, {}
         for gname, group in graph.groups.items():
             opts = options[gname][0]
@@ -193,7 +232,7 @@ class RayRunner(ProcessRunner):
                 actor = actor_cls.options(**opts).remote()
                 actors[(gname, r)] = actor
                 self.handles.append(actor)
-                futures[(gname, r)] = actor.run.remote(launch)
+                futures[(gname, r)] = actor.run.remote(launch, self.driver_node)
         if self.options.trace_path:
             self.reporter.trace_parts = [os.path.join(run_dir, f"trace-{g}-{r}.jsonl") for g, r in actors]
         self.ready, self.n_procs = set(), len(actors)
@@ -210,6 +249,7 @@ class RayRunner(ProcessRunner):
             self._restore_signals(old_handlers, ignore=True)    # cleanup always completes
         finally:
             self._drain(control, done)
+            self._collect(actors, status != "ok")
             for handle in self.handles:
                 try:
                     ray.kill(handle)
@@ -221,6 +261,27 @@ class RayRunner(ProcessRunner):
             shutil.rmtree(run_dir, ignore_errors=True)
             self._restore_signals(old_handlers)
         return RunResult(status, profile, error, exit_code)
+
+    def _collect(self, actors: dict, failed: bool) -> None:
+        """Traces of every group into the driver's scratch folder (from whichever node ran
+        it), and a failed run's temporary files removed where they were written."""
+        import ray
+        refs = {key: actor.collect.remote(failed) for key, actor in actors.items()}
+        texts = {}
+        for key, ref in refs.items():
+            try:
+                texts[key] = ray.get(ref, timeout=COLLECT_TIMEOUT_S)
+            except Exception:           # the actor died with its node or was killed
+                pass
+        try:                            # remote scratch folders go once all is collected
+            ray.get([actor.clean.remote() for actor in actors.values()], timeout=COLLECT_TIMEOUT_S)
+        except Exception:
+            pass
+        os.makedirs(self.run_dir, exist_ok=True)
+        for (gname, r), text in texts.items():
+            if text:
+                with open(os.path.join(self.run_dir, f"trace-{gname}-{r}.jsonl"), "w") as f:
+                    f.write(text)
 
     def _on_all_ready(self) -> None:
         for actor in self.go_targets:

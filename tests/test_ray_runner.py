@@ -52,6 +52,34 @@ def test_same_output_as_process_runner(local_ray, tmp_path):
     assert len(runner.handles) == 5 and not alive(runner.handles)   # io, gpu, post x2, the hub
 
 
+class FarRayRunner(RayRunner):
+    """Every actor believes it runs on another node than the driver (a cluster in one box)."""
+    driver_node = "a-node-elsewhere"
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_actors_on_other_nodes_hand_back_traces_and_clean_up(local_ray, tmp_path, fail):
+    """On another node the run's scratch folder exists only there: actors make it, return
+    their trace for the driver's merged trace, remove a failed run's temporary files and
+    their folder."""
+    out = str(tmp_path / "o.jsonl")
+    doc = bypass_graph(out, 60, "runs:7:5", workers=2)
+    if fail:
+        doc["stages"]["sink"]["params"]["fail_at"] = 50
+    trace = str(tmp_path / "t.json")
+    runner = FarRayRunner(load_graph(write_graph(tmp_path, doc)),
+                          RunOptions(progress=False, table=False, trace_path=trace))
+    res = runner.run()
+    assert res.ok is not fail
+    spans = [e for e in json.load(open(trace))["traceEvents"] if e["ph"] == "X"]
+    # every group's spans (a failed run's are cut where it stopped)
+    assert {e["name"] for e in spans} >= ({"src", "model"} if fail else {"src", "route", "model", "unb"})
+    assert len({e["pid"] for e in spans}) >= (2 if fail else 4)
+    assert not os.path.exists(runner.run_dir)
+    assert not [f for f in os.listdir(tmp_path) if ".partial" in f]
+    assert os.path.exists(out) is not fail
+
+
 def test_stage_failure_stops_the_job_and_kills_its_actors(local_ray, tmp_path):
     out = str(tmp_path / "o.jsonl")
     doc = bypass_graph(out, 300, "none", workers=2)
