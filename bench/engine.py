@@ -12,7 +12,7 @@ one process (the GIL). The script prints, per case and queue size:
 and whether the profile's busy/wait split names the slowest stage as the bottleneck.
 All cases run in one invocation, so the figures compare like with like.
 
-    python bench/engine.py [--items 300] [--queues 1,2,4,8] [--cases all|NAME,...]
+    python bench/engine.py [--items 300] [--queues 1,2,4,8] [--cases all|NAME,...] [--runner ray]
 """
 from __future__ import annotations
 
@@ -90,7 +90,8 @@ def ideal_ips(cost: dict, kind: str, placement: str, cores: int) -> float:
     return min(slowest, cores / sum(cost.values()))
 
 
-def run_case(folder: str, name: str, build, items: int, queue: int, cores: int) -> dict:
+def run_case(folder: str, name: str, build, items: int, queue: int, cores: int,
+             runner: str = "process") -> dict:
     stages, edges, cost = build()
     kind = "spin" if "spin" in name else "sleep"
     placement = "threads" if "threads" in name else "processes"
@@ -99,8 +100,8 @@ def run_case(folder: str, name: str, build, items: int, queue: int, cores: int) 
     with open(path, "w") as f:
         yaml.safe_dump({"name": name, "queue_size": queue, "stages": stages, "edges": edges}, f,
                        sort_keys=False)
-    res = get_runner("process")(load_graph(path, []), RunOptions(
-        progress=False, table=False, profile_path=path + ".profile.json", trace_path=None)).run()
+    opts = RunOptions(progress=False, table=False, profile_path=path + ".profile.json", trace_path=None)
+    res = get_runner(runner)(load_graph(path, []), opts).run()
     if not res.ok:
         raise SystemExit(f"{name} q={queue} failed: {res.error}")
     prof = res.profile
@@ -117,18 +118,24 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=300)
     ap.add_argument("--queues", default="1,2,4,8")
     ap.add_argument("--cases", default="all")
+    ap.add_argument("--runner", choices=("process", "ray"), default="process",
+                    help="ray: the same graphs as Ray actors on a local Ray (its per-message cost)")
     a = ap.parse_args()
+    if a.runner == "ray":
+        from runners.ray_runner import init_ray
+        init_ray()
     table = cases()
     names = list(table) if a.cases == "all" else a.cases.split(",")
     queues = [int(q) for q in a.queues.split(",")]
     cores = os.cpu_count() or 1
     folder = tempfile.mkdtemp(prefix="lipgraph-bench-engine-")
-    print(f"{a.items} items per run, {cores} cores; efficiency = measured / ideal throughput\n")
+    print(f"{a.items} items per run, {cores} cores, {a.runner} runner; "
+          "efficiency = measured / ideal throughput\n")
     print(f"{'case':<24}{'queue':>6}{'items/s':>10}{'ideal':>9}{'efficiency':>12}  bottleneck named")
     rows = []
     for name in names:
         for q in queues:
-            r = run_case(folder, name, table[name], a.items, q, cores)
+            r = run_case(folder, name, table[name], a.items, q, cores, a.runner)
             rows.append(r)
             ok = "yes" if r["named"] == r["slowest"] else f"NO ({r['named']})"
             print(f"{name:<24}{q:>6}{r['ips']:>10.1f}{r['ideal']:>9.1f}{r['eff']:>12.3f}  "

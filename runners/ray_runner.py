@@ -32,6 +32,8 @@ from .transport import edge_queue_count
 
 POLL_S = 0.1
 COLLECT_TIMEOUT_S = 15.0    # for each actor to hand back its trace at the end
+PUT_AHEAD = 4               # puts in flight per sender and edge
+CONTROL_BATCH = 128         # the driver takes up to half this many control messages a call
 
 
 class RayCodec:
@@ -54,9 +56,22 @@ class EdgeHub:
     def __init__(self, sizes: dict):
         import asyncio
         self.queues = {key: asyncio.Queue(maxsize=size) for key, size in sizes.items()}
+        # an async actor may run one caller's calls out of order: puts carry their number
+        # and wait for their turn (each edge queue has one sender)
+        self.turn = {key: 0 for key in sizes}
+        self.turns = {key: asyncio.Condition() for key in sizes}
 
-    async def put(self, key: str, item) -> None:
+    async def put(self, key: str, item, seq: int | None = None) -> None:
+        if seq is None:
+            await self.queues[key].put(item)
+            return
+        cond = self.turns[key]
+        async with cond:
+            await cond.wait_for(lambda: self.turn[key] == seq)
         await self.queues[key].put(item)
+        async with cond:
+            self.turn[key] += 1
+            cond.notify_all()
 
     async def get(self, key: str, timeout: float | None):
         import asyncio
@@ -66,23 +81,52 @@ class EdgeHub:
         except asyncio.TimeoutError:
             raise Empty() from None
 
+    async def get_many(self, key: str, most: int, timeout: float | None) -> list:
+        """One message (waiting up to `timeout`), then whatever else is already queued, up
+        to `most`: one call instead of one per message when a backlog has built up."""
+        q = self.queues[key]
+        out = [await self.get(key, timeout)]
+        while len(out) < most and not q.empty():
+            out.append(q.get_nowait())
+        return out
+
     async def qsize(self, key: str) -> int:
         return self.queues[key].qsize()
 
 
 class HubQueue:
-    """One of the hub's queues, with the blocking put/get/qsize of a multiprocessing queue."""
+    """One of the hub's queues, with the blocking put/get/qsize of a multiprocessing queue.
 
-    def __init__(self, hub, key: str):
+    Each call to the hub is a round trip, so both ends pipeline: a put returns once the
+    put `PUT_AHEAD` calls earlier has landed (the hub runs one caller's calls in order, so
+    order is kept and the edge holds at most that many messages more than its size), and a
+    get takes what is already queued, up to half the queue's size, in one call."""
+
+    def __init__(self, hub, key: str, size: int = 0, ordered: bool = True):
         self.hub, self.key = hub, key
+        self.most = max(1, size // 2)
+        self.seq = 0 if ordered else None
+        self.pending: list = []         # puts sent, not yet known to have landed
+        self.got: list = []             # messages taken from the hub, not yet handed out
 
     def put(self, item) -> None:
         import ray
-        ray.get(self.hub.put.remote(self.key, item))
+        self.pending.append(self.hub.put.remote(self.key, item, self.seq))
+        if self.seq is not None:
+            self.seq += 1
+        if len(self.pending) > PUT_AHEAD:
+            ray.get(self.pending.pop(0))
+
+    def flush(self) -> None:
+        import ray
+        ray.get(self.pending)
+        self.pending.clear()
 
     def get(self, timeout: float | None = None):
         import ray
-        return ray.get(self.hub.get.remote(self.key, timeout))
+        if not self.got:
+            self.got = ray.get(self.hub.get_many.remote(self.key, self.most, timeout))
+        return self.got.pop(0)
 
     def get_nowait(self):
         return self.get(0.0)
@@ -116,7 +160,13 @@ class _Actor:
         os.makedirs(launch.run_dir, exist_ok=True)
         launch.go = self.go
         self.group = GroupProcess(launch)
-        return self.group.run()
+        code = self.group.run()
+        for q in [q for qs in launch.queues.values() for q in qs] + [launch.control]:
+            try:
+                q.flush()               # everything sent has landed before we report back
+            except Exception:           # the hub is gone: the run is being torn down
+                pass
+        return code
 
     def collect(self, failed: bool) -> str | None:
         """After the run: this group's trace (text); a failed run's temporary files removed."""
@@ -209,8 +259,8 @@ class RayRunner(ProcessRunner):
         for key in sizes:
             if key != "control":
                 edge, _, i = key.rpartition("#")
-                queues.setdefault(edge, []).append(HubQueue(hub, key))
-        control = HubQueue(hub, "control")
+                queues.setdefault(edge, []).append(HubQueue(hub, key, sizes[key]))
+        control = HubQueue(hub, "control", CONTROL_BATCH, ordered=False)   # many senders
         cluster = ray.cluster_resources()
         options = {gname: actor_options(group, cluster) for gname, group in graph.groups.items()}
         unmet = [f"group '{g}': {why}" for g, (_, why) in options.items() if why]
