@@ -6,14 +6,17 @@ is asked for only where the cluster has GPUs). Inside, the group runs exactly as
 process of the process runner (`runners.group.GroupProcess`: stages as threads). Edges
 between groups are bounded queues carrying object references, so frames move through Ray's
 object store (zero-copy on one node); all the queues of a run live in one asyncio actor
-(`EdgeHub`) rather than one actor process per edge. Stats, progress, the profile,
+(`EdgeHub`) rather than one actor process per edge; senders keep a few puts in flight and
+receivers take several queued messages per call, since every call is a round trip. Stats,
+progress, the profile,
 the trace and failure handling are the process runner's: a stage error or a dead actor
 stops the job with the stage, the item and the traceback, and every actor and queue of the
 run is killed, so nothing is left running on the cluster.
 
-Per-process trace parts and temporary-file records are written to a folder on the driver's
-machine: on a multi-node cluster, place sinks that write files where the driver can reach
-their output (e.g. shared storage).
+Each actor keeps its trace part and temporary-file records in a scratch folder on its own
+node and hands the trace back to the driver at the end (removing a failed run's temporary
+files itself). Inputs and outputs are paths: on a multi-node cluster they must be on
+storage every node sees.
 """
 from __future__ import annotations
 
