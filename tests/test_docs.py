@@ -53,3 +53,13 @@ def test_readme_commands_exist():
         assert os.path.isfile(os.path.join(ROOT, *mod.split(".")) + ".py"), mod
     for graph in set(re.findall(r"configs/graphs/[a-z_]+\.yaml", text)):
         assert os.path.isfile(os.path.join(ROOT, graph)), graph
+
+
+def test_help_lists_the_graph_shortcuts():
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "run_graph.py", "configs/graphs/surgical.yaml", "--help"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    for opt in ("--video", "--audio", "--output", "--weights", "--steps", "--random-weights"):
+        assert opt in proc.stdout, opt
