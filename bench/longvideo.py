@@ -13,10 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -25,7 +22,7 @@ GRAPH = os.path.join(ROOT, "configs", "graphs", "musetalk.yaml")
 
 def run_length(folder: str, minutes: float, size: tuple[int, int], weights: dict,
                extra: list[str]) -> dict:
-    from tools.synthetic import graph_command, make_long_clip, model_sets
+    from tools.synthetic import graph_command, make_long_clip, model_sets, timed_graph_run
     tag = f"{minutes:g}min"
     video, audio = os.path.join(folder, f"{tag}.mp4"), os.path.join(folder, f"{tag}.wav")
     if not (os.path.exists(video) and os.path.exists(audio)):
@@ -34,11 +31,7 @@ def run_length(folder: str, minutes: float, size: tuple[int, int], weights: dict
     cmd = graph_command(GRAPH, video, audio, out,
                         model_sets(weights) + ["mux.preset=ultrafast", "batch.batch_size=16"] + extra,
                         "--no-trace")
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    if proc.returncode:
-        raise SystemExit(f"{tag} run failed:\n{proc.stderr[-3000:]}")
+    wall = timed_graph_run(cmd, f"{tag} run")
     prof = json.load(open(out + ".profile.json"))
     return {"minutes": minutes, "frames": prof["items_done"], "wall_s": wall,
             "peak_rss_bytes": prof["peak_rss_total_bytes"],
@@ -47,7 +40,7 @@ def run_length(folder: str, minutes: float, size: tuple[int, int], weights: dict
 
 
 def main() -> None:
-    from tools.synthetic import tiny_weights
+    from tools.synthetic import bench_folder, bench_models
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60])
     ap.add_argument("--size", default="160x120")
@@ -55,9 +48,8 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[])
     a = ap.parse_args()
     size = tuple(int(v) for v in a.size.split("x"))
-    folder = a.keep or tempfile.mkdtemp(prefix="lipgraph-long-")
-    os.makedirs(folder, exist_ok=True)
-    weights = tiny_weights(os.path.join(folder, "models"))
+    folder = bench_folder(a.keep, "lipgraph-long-")
+    weights = bench_models(folder)
     rows = []
     for m in a.minutes:
         r = run_length(folder, m, size, weights, a.sets)

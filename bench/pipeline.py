@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -24,8 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from graph.profile import format_table  # noqa: E402
 from graph.spec import load_graph  # noqa: E402
 from runners import RunOptions, get_runner  # noqa: E402
-from tools.synthetic import (clip_pattern, full_size_weights, make_clip, model_sets,  # noqa: E402
-                             tiny_weights)
+from tools.synthetic import bench_folder, bench_models, clip_pattern, make_clip, model_sets  # noqa: E402
 
 GRAPH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                      "configs", "graphs", "musetalk.yaml")
@@ -55,10 +53,9 @@ def main() -> None:
     ap.add_argument("--keep", default=None, help="folder to keep inputs and outputs in")
     a = ap.parse_args()
     w, h = (int(v) for v in a.size.split("x"))
-    folder = a.keep or tempfile.mkdtemp(prefix="lipgraph-bench-")
-    os.makedirs(folder, exist_ok=True)
+    folder = bench_folder(a.keep, "lipgraph-bench-")
     print(f"preparing {a.frames} frames at {w}x{h} and {a.models} random models in {folder} ...")
-    weights = (full_size_weights if a.models == "full" else tiny_weights)(os.path.join(folder, "models"))
+    weights = bench_models(folder, a.models)
     pattern = clip_pattern(a.frames)
     video, audio = make_clip(folder, pattern, width=w, height=h)
     faces = pattern.count("F")

@@ -13,10 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -28,8 +25,8 @@ def dir_size(path: str) -> int:
 
 
 def main() -> None:
-    from tools.synthetic import (clip_pattern, full_size_weights, graph_command, make_clip,
-                                 model_sets, speech_like, tiny_weights, write_wav)
+    from tools.synthetic import (bench_folder, bench_models, clip_pattern, graph_command, make_clip,
+                                 model_sets, speech_like, timed_graph_run, write_wav)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--size", default="640x360")
@@ -38,9 +35,8 @@ def main() -> None:
     ap.add_argument("--keep", default=None)
     a = ap.parse_args()
     w, h = (int(v) for v in a.size.split("x"))
-    folder = a.keep or tempfile.mkdtemp(prefix="lipgraph-redub-")
-    os.makedirs(folder, exist_ok=True)
-    weights = (full_size_weights if a.models == "full" else tiny_weights)(os.path.join(folder, "models"))
+    folder = bench_folder(a.keep, "lipgraph-redub-")
+    weights = bench_models(folder, a.models)
     video, dub_a = make_clip(folder, clip_pattern(a.frames), width=w, height=h)
     dub_b = os.path.join(folder, "dub_b.wav")
     write_wav(dub_b, 0.8 * speech_like(a.frames / 25.0)[::-1].copy())
@@ -53,11 +49,7 @@ def main() -> None:
         out = os.path.join(folder, f"out-{len(results)}.mp4")
         cmd = graph_command(GRAPH, video, audio, out, sets, "--quiet", "--no-trace",
                             *(["--cache", cache] if use_cache else []))
-        t = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wall = time.perf_counter() - t
-        if proc.returncode:
-            raise SystemExit(f"{label} failed:\n{proc.stderr[-3000:]}")
+        wall = timed_graph_run(cmd, label)
         prof = json.load(open(out + ".profile.json"))
         results.append((label, wall, prof["stream_wall_s"], prof))
         print(f"  {label:<26} {wall:7.2f} s wall, {prof['stream_wall_s']:7.2f} s streaming, "

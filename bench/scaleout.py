@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -22,8 +19,8 @@ GRAPH = os.path.join(ROOT, "configs", "graphs", "musetalk.yaml")
 
 
 def main() -> None:
-    from tools.synthetic import (full_size_weights, graph_command, make_long_clip, model_sets,
-                                 tiny_weights)
+    from tools.synthetic import (bench_folder, bench_models, graph_command, make_long_clip,
+                                 model_sets, timed_graph_run)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=2.0)
     ap.add_argument("--parts", type=int, default=2)
@@ -34,9 +31,8 @@ def main() -> None:
     ap.add_argument("--keep", default=None)
     a = ap.parse_args()
     w, h = (int(v) for v in a.size.split("x"))
-    folder = a.keep or tempfile.mkdtemp(prefix="lipgraph-scaleout-")
-    os.makedirs(folder, exist_ok=True)
-    weights = (full_size_weights if a.models == "full" else tiny_weights)(os.path.join(folder, "models"))
+    folder = bench_folder(a.keep, "lipgraph-scaleout-")
+    weights = bench_models(folder, a.models)
     video, audio = make_long_clip(folder, a.minutes, width=w, height=h, face_run=100, period=200)
     frames = int(round(a.minutes * 60 * 25))
     sets = model_sets(weights, a.device) + ["mux.preset=ultrafast", "batch.batch_size=16"]
@@ -46,12 +42,7 @@ def main() -> None:
         out = os.path.join(folder, f"out-{parts}.mp4")
         cmd = graph_command(GRAPH, video, audio, out, sets, "--quiet", "--no-trace", *extra,
                             "--parallel", str(parts))
-        t = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wall = time.perf_counter() - t
-        if proc.returncode:
-            raise SystemExit(f"{parts} part(s) failed:\n{proc.stderr[-3000:]}")
-        results[parts] = wall
+        wall = results[parts] = timed_graph_run(cmd, f"{parts} part(s)")
         print(f"  {parts} part(s): {wall:7.1f} s, {frames / wall:6.1f} frames/s (setup included)",
               flush=True)
     print(f"\n{frames} frames ({a.minutes:g} min, half with a face) at {w}x{h}, {a.models} models, "

@@ -48,7 +48,7 @@ def build(size: str, device: str, dtype):
     from models.latentsync.config import LATENTSYNC_STAGE2_CONFIG
     from models.latentsync_unet3d import UNet3DConditionModel
     from models.musetalk_unet import MUSETALK_V15_UNET_CONFIG, MuseTalkUNet
-    from tools.synthetic import TINY_UNET, TINY_UNET3D, randomise_unet3d
+    from models.random_weights import TINY_UNET, TINY_UNET3D, randomise_unet3d
     torch.manual_seed(0)
     ls_cfg = dict(LATENTSYNC_STAGE2_CONFIG, **(TINY_UNET3D if size == "tiny" else {}))
     mt_cfg = TINY_UNET if size == "tiny" else MUSETALK_V15_UNET_CONFIG

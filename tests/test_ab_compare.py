@@ -310,7 +310,7 @@ def test_compare_musetalk_with_latentsync_counts_fallbacks_and_upper_face(tmp_pa
     resamples the whole face box, so its identity figure (measured outside the mouth region
     it may redraw) is high but not exact, where MuseTalk's is exact; a window that fails is
     redone with MuseTalk and counted."""
-    from tools.synthetic import tiny_latentsync
+    from models.random_weights import tiny_latentsync
     video, audio = make_clip(str(tmp_path), "F" * 24 + "CCCC")
     ls = tiny_latentsync(str(tmp_path / "ls"))
     surgical = os.path.join(ROOT, "configs", "graphs", "surgical.yaml")

@@ -12,7 +12,8 @@ from graph.items import Batch, Flush, Item
 from graph.spec import load_graph
 from models.latentsync_sampler import LatentSyncSampler, guided, make_scheduler
 from stages.batch_builder import WindowRouter
-from tools.synthetic import graph_command, make_clip, model_sets, read_id, tiny_latentsync, tiny_weights
+from models.random_weights import tiny_latentsync
+from tools.synthetic import graph_command, make_clip, model_sets, read_id, tiny_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SURGICAL = os.path.join(ROOT, "configs", "graphs", "surgical.yaml")

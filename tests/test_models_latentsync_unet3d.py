@@ -16,7 +16,7 @@ from models.latentsync_unet3d import (
     sinusoid_table,
 )
 from tests.spec_keys import read_keys_tsv, state_dict_keys
-from tools.synthetic import randomise_unet3d
+from models.random_weights import randomise_unet3d
 
 torch.set_num_threads(2)
 

@@ -147,7 +147,7 @@ def test_split_job_equals_one_pipeline(local_ray, clip, runner):
 def test_split_latentsync_windows_stay_inside_their_part(local_ray, clip):
     """A LatentSync graph split in two: the second part's pre-roll frames never reach the
     UNet (no window spans the cut), and every face frame is made by LatentSync once."""
-    from tools.synthetic import tiny_latentsync
+    from models.random_weights import tiny_latentsync
     folder, _, _, _, sets = clip
     pattern = "F" * 40
     video, audio = make_clip(str(folder), pattern, name="shot")

@@ -157,7 +157,7 @@ def test_blend_mask_cut_and_feather(frame):
     assert mask.min() >= 0.0 and mask.max() <= 1.0
     k = blur_kernel_size(xe - xs)
     top = (ye - ys) // 2
-    x1, y1, x2, y2 = (box[0] - xs, box[1] - ys, box[2] - xs, box[3] - ys)
+    x1, x2, y2 = box[0] - xs, box[2] - xs, box[3] - ys
     # Nothing above the cut line or outside the face box, beyond the blur's reach.
     assert not mask[: top - k // 2].any()
     assert not mask[:, : x1 - k // 2].any() and not mask[:, x2 + k // 2 + 1:].any()

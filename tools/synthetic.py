@@ -14,9 +14,7 @@ import os
 import cv2
 import numpy as np
 
-from models.random_weights import (AUDIO_DIM, TINY_UNET, TINY_UNET3D, TINY_VAE,  # noqa: F401
-                                   full_size_weights, randomise_unet3d, tiny_latentsync,
-                                   tiny_weights)
+from models.random_weights import full_size_weights, tiny_weights
 
 ID_BITS = 10
 CELL = 8
@@ -194,3 +192,29 @@ def graph_command(graph: str, video: str, audio: str, output: str, sets=(), *ext
     for s in sets:
         cmd += ["--set", s]
     return cmd
+
+
+# ----- benchmarks -------------------------------------------------------------------------
+def bench_folder(keep: str | None, prefix: str) -> str:
+    """The benchmark's working folder: `keep` (reused between runs) or a new temporary one."""
+    import tempfile
+    folder = keep or tempfile.mkdtemp(prefix=prefix)
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def bench_models(folder: str, size: str = "tiny") -> dict:
+    """Random MuseTalk models of `size` (tiny or full) under `folder`/models."""
+    return (full_size_weights if size == "full" else tiny_weights)(os.path.join(folder, "models"))
+
+
+def timed_graph_run(cmd: list[str], label: str) -> float:
+    """Run a run_graph.py command line; its wall time, or exit with its error."""
+    import subprocess
+    import time
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode:
+        raise SystemExit(f"{label} failed:\n{proc.stderr[-3000:]}")
+    return wall
