@@ -325,7 +325,6 @@ class VideoReader:
         start_index: int = 0,
     ):
         self.path = os.fspath(path)
-        self.info = probe_video(self.path)
         self._src = _Source(self.path, threads)
         start = max(0, int(start_index))
         if start > 0 or start_time > 0:
@@ -350,6 +349,14 @@ class VideoReader:
                 raise StopIteration
             self._frames = self._generate()
         return next(self._frames)
+
+    def seek(self, index: int) -> None:
+        """Go on from frame `index` (a keyframe seek; the file's frame table, read once,
+        is kept, so walking backward does not re-read the file each time)."""
+        if self._frames is not None:
+            self._frames.close()
+            self._frames = None
+        self.start_index = max(0, int(index))
 
     def _generate(self) -> Iterator[VideoFrame]:
         for index, frame in self._src.frames_from(self.start_index):
@@ -408,7 +415,6 @@ class PingPongReader:
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
         self.path = os.fspath(path)
-        self.info = probe_video(self.path)
         self.n_out = int(n_out)
         self.chunk = int(chunk)
         self.start = max(0, int(start))   # first output index (resuming a run)

@@ -29,7 +29,7 @@ class PreparedStore:
     def __init__(self, root: str, video_id: str, key: str, frames: int, meta: dict):
         self.folder = os.path.join(root, video_id, key)
         self.lock = threading.Lock()
-        self.stats = {"hits": 0, "misses": 0, "written": 0, "damaged": 0}
+        self.damaged = 0                # records that failed their CRC (recomputed)
         parent = os.path.dirname(self.folder)
         if os.path.isdir(parent):
             for other in os.listdir(parent):          # stale: same video, other key
@@ -67,21 +67,16 @@ class PreparedStore:
             return None
         slot = self.index[src]
         if slot["length"] == 0:
-            self.stats["misses"] += 1
             return None
         with self.lock:
             self.data.seek(int(slot["offset"]))
             blob = self.data.read(int(slot["length"]))
             self.data.seek(0, os.SEEK_END)
         if zlib.crc32(blob) != int(slot["crc"]):
-            self.stats["damaged"] += 1
+            self.damaged += 1
             self.index[src]["length"] = 0
             return None
-        self.stats["hits"] += 1
         return pickle.loads(zlib.decompress(blob))
-
-    def has(self, src: int) -> bool:
-        return 0 <= src < len(self.index) and self.index[src]["length"] > 0
 
     def put(self, src: int, record: dict) -> None:
         if not 0 <= src < len(self.index):
@@ -92,7 +87,6 @@ class PreparedStore:
             self.data.write(blob)
             self.data.flush()
             self.index[src] = (offset, len(blob), zlib.crc32(blob))
-        self.stats["written"] += 1
 
     def size_bytes(self) -> int:
         return os.path.getsize(os.path.join(self.folder, "data.bin")) + self.index.nbytes

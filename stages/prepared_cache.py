@@ -24,8 +24,9 @@ _NOT_SHAPING = {"batch_size"}
 _MODEL_PARAMS = ("weights", "vae", "parser", "landmarks", "mask")
 
 
-def cache_key(graph: dict) -> tuple[str, str, dict]:
-    """(video id, params key, what went into it) for the graph being bound."""
+def cache_key(graph: dict) -> tuple[str, str]:
+    """(video id, params key) for the graph being bound: the key digests the video's
+    identity and every param and model file that shapes the video-side work."""
     from media.identity import file_identity
     video = next(s.params["path"] for s in graph.values() if s.type == "video_source")
     ident = file_identity(video)
@@ -42,7 +43,7 @@ def cache_key(graph: dict) -> tuple[str, str, dict]:
     meta = {"video": ident, "stages": shaping}
     video_id = hashlib.sha256(ident["path"].encode()).hexdigest()[:16]
     key = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    return video_id, key, meta
+    return video_id, key
 
 
 class _CacheStage(Stage):
@@ -52,7 +53,7 @@ class _CacheStage(Stage):
     @classmethod
     def bind(cls, params, graph, notes):
         if params["dir"] and not params["key"]:
-            params["video_id"], params["key"], _ = cache_key(graph)
+            params["video_id"], params["key"] = cache_key(graph)
             params["video"] = next(s.params["path"] for s in graph.values()
                                    if s.type == "video_source")
         return params
@@ -65,13 +66,14 @@ class _CacheStage(Stage):
 
         from ._prepared import PreparedStore
         from ._torch import shared_model
-        info = probe_video(self.p["video"])
-        # one slot per source frame (room to spare where the count is an estimate)
-        frames = info.frame_count if info.frame_count_exact else int(info.frame_count * 1.2) + 100
-        meta = {"video": os.path.abspath(self.p["video"])}
-        self.store = shared_model(
-            ("prepared", os.path.abspath(self.p["dir"]), self.p["key"]),
-            lambda: PreparedStore(self.p["dir"], self.p["video_id"], self.p["key"], frames, meta))
+
+        def make():         # once per process: the stages of one store share it
+            info = probe_video(self.p["video"])
+            # one slot per source frame (room to spare where the count is an estimate)
+            frames = info.frame_count if info.frame_count_exact else int(info.frame_count * 1.2) + 100
+            meta = {"video": os.path.abspath(self.p["video"])}
+            return PreparedStore(self.p["dir"], self.p["video_id"], self.p["key"], frames, meta)
+        self.store = shared_model(("prepared", os.path.abspath(self.p["dir"]), self.p["key"]), make)
 
 
 class CacheRead(_CacheStage):
@@ -88,8 +90,8 @@ class CacheRead(_CacheStage):
         yield "out", item
 
     def finish(self):
-        if self.store is not None and self.store.stats["damaged"]:
-            self.ctx.count("cache_damaged", self.store.stats["damaged"],
+        if self.store is not None and self.store.damaged:
+            self.ctx.count("cache_damaged", self.store.damaged,
                            "record failed its check: recomputed")
         return ()
 

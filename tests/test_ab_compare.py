@@ -114,7 +114,12 @@ def test_temporal_stability_on_a_hand_made_sequence():
     assert r["pairs"] == 2 and r["output"] == pytest.approx(18.0) and r["input"] == pytest.approx(3.0)
 
 
-def test_source_frames_serve_ping_pong_with_bounded_decoding(tmp_path):
+def test_source_frames_serve_ping_pong_with_bounded_decoding(tmp_path, monkeypatch):
+    import media.video
+    opened = []
+    init = media.video.VideoReader.__init__
+    monkeypatch.setattr(media.video.VideoReader, "__init__",
+                        lambda self, *a, **k: (opened.append(1), init(self, *a, **k))[1])
     frames = clip_frames("C" * 30, 96, 64)
     path = str(tmp_path / "in.mkv")
     with VideoWriter(path, 96, 64, 25, codec="ffv1", pix_fmt="bgr0") as w:
@@ -126,6 +131,7 @@ def test_source_frames_serve_ping_pong_with_bounded_decoding(tmp_path):
         assert np.array_equal(src.get(i), frames[i])
     src.close()
     assert src.decoded <= 30 + 2 * 30 + 8       # one forward pass, backward in chunks
+    assert len(opened) == 1                     # one reader, repositioned (the file read once)
 
 
 # ----------------------------------------------------------------------------- analysis

@@ -147,3 +147,28 @@ def test_damaged_records_are_recomputed_and_counted(setup, tmp_path):
         f.truncate(os.path.getsize(data) // 2)
     stages = run(video, dub1, str(tmp_path / "c.mkv"), sets, cache)
     assert stages["cache_in"]["counters"] == {"cache_misses": len(PATTERN)}
+
+
+def test_identity_is_hashed_once_for_a_settled_file(tmp_path, monkeypatch):
+    """Several stages and the job ask for the video's identity: a file left alone is read
+    once; a just-written one, or one changed since, is read again."""
+    import time
+    import media.identity as identity
+    reads = []
+    sha = identity.hashlib.sha256
+    monkeypatch.setattr(identity.hashlib, "sha256", lambda: (reads.append(1), sha())[1])
+    path = tmp_path / "v.bin"
+    path.write_bytes(os.urandom(1 << 20))
+    identity.file_identity(str(path))
+    identity.file_identity(str(path))
+    assert len(reads) == 2                          # just written: not trusted yet
+    old = time.time() - 60
+    os.utime(path, (old, old))
+    a = identity.file_identity(str(path))
+    b = identity.file_identity(str(path))
+    assert len(reads) == 3 and a == b                # settled: read once
+    data = bytearray(path.read_bytes())
+    data[0] ^= 1
+    path.write_bytes(bytes(data))
+    os.utime(path, (old, old))                       # same size, same mtime: ctime moved
+    assert not identity.same_content(a, identity.file_identity(str(path))) and len(reads) == 4

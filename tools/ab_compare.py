@@ -307,9 +307,11 @@ class SourceFrames:
         self.decoded = 0
 
     def _open(self, start: int) -> None:
-        from media.video import VideoReader
-        self.close()
-        self.reader = VideoReader(self.path, start_index=start)
+        if self.reader is None:
+            from media.video import VideoReader
+            self.reader = VideoReader(self.path, start_index=start)
+        else:
+            self.reader.seek(start)
         self.next = start
 
     def get(self, index: int) -> np.ndarray:

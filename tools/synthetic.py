@@ -9,6 +9,7 @@ and its bookkeeping, never the lip-sync quality.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import cv2
@@ -52,12 +53,20 @@ def read_id(frame: np.ndarray) -> int:
     return value
 
 
+@functools.lru_cache(maxsize=None)
+def photo(name: str) -> np.ndarray:
+    """One of scikit-image's bundled photographs, read once (read-only)."""
+    from skimage import data
+    image = getattr(data, name)()
+    image.setflags(write=False)
+    return image
+
+
 def face_frame(i: int, width: int = 320, height: int = 240, side: int = 200) -> np.ndarray:
     """The astronaut's face on a plain background, drifting sideways and scaling (between
     0.86 and 1 of `side`) from frame to frame."""
-    from skimage import data
     side = int(round(side * (0.93 + 0.07 * np.cos(i / 4.0))))
-    face = cv2.resize(data.astronaut(), (side, side), interpolation=cv2.INTER_AREA)
+    face = cv2.resize(photo("astronaut"), (side, side), interpolation=cv2.INTER_AREA)
     frame = np.full((height, width, 3), 60, np.uint8)
     dx = int(round(6 * np.sin(i / 5.0)))
     x0, y0 = (width - side) // 2 + dx, (height - side) // 2 + 10
@@ -66,8 +75,7 @@ def face_frame(i: int, width: int = 320, height: int = 240, side: int = 200) -> 
 
 
 def cutaway_frame(i: int, width: int = 320, height: int = 240) -> np.ndarray:
-    from skimage import data
-    pic = data.coffee() if (i // 7) % 2 == 0 else data.rocket()
+    pic = photo("coffee" if (i // 7) % 2 == 0 else "rocket")
     return stamp_id(cv2.resize(pic, (width, height), interpolation=cv2.INTER_AREA), i)
 
 
@@ -77,24 +85,31 @@ def clip_frames(pattern: str, width: int = 320, height: int = 240) -> list[np.nd
             for i, c in enumerate(pattern)]
 
 
-def write_wav(path: str, signal: np.ndarray, sr: int = 16000) -> None:
+def write_wav(path: str, signal, sr: int = 16000) -> None:
+    """A 16-bit mono wav of `signal`: an array, or an iterable of arrays (written chunk by
+    chunk, so a long track never sits in memory whole)."""
     import av
+    chunks = [signal] if isinstance(signal, np.ndarray) else signal
     with av.open(path, mode="w") as c:
         stream = c.add_stream("pcm_s16le", rate=sr, layout="mono")
-        pcm = (np.clip(signal, -1, 1) * 32767).astype(np.int16)[None]
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-        frame.sample_rate = sr
-        for packet in stream.encode(frame):
-            c.mux(packet)
+        for chunk in chunks:
+            pcm = (np.clip(chunk, -1, 1) * 32767).astype(np.int16)[None]
+            frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+            frame.sample_rate = sr
+            for packet in stream.encode(frame):
+                c.mux(packet)
         for packet in stream.encode(None):
             c.mux(packet)
 
 
-def speech_like(seconds: float, sr: int = 16000) -> np.ndarray:
-    """Syllable-like bursts of a voiced tone, so frames differ in their audio."""
-    t = np.arange(int(round(seconds * sr))) / sr
+def speech_at(t: np.ndarray) -> np.ndarray:
+    """Syllable-like bursts of a voiced tone at times `t` (s), so frames differ in their audio."""
     env = 0.5 * (1 + np.sin(2 * np.pi * 4.0 * t)) ** 2 / 4
     return (env * np.sin(2 * np.pi * (180 + 60 * np.sin(2 * np.pi * 0.7 * t)) * t)).astype(np.float32)
+
+
+def speech_like(seconds: float, sr: int = 16000) -> np.ndarray:
+    return speech_at(np.arange(int(round(seconds * sr))) / sr)
 
 
 def make_clip(folder: str, pattern: str, fps: float = 25.0, audio_s: float | None = None,
@@ -121,8 +136,7 @@ def clip_pattern(frames: int, face_run: int = 40, cutaway_run: int = 10) -> str:
 
 def face_closeup(i: int, width: int = 160, height: int = 120) -> np.ndarray:
     """The astronaut's head filling most of a small frame (a face Haar finds at 160x120)."""
-    from skimage import data
-    head = data.astronaut()[10:250, 110:350]           # 240 x 240 around the face
+    head = photo("astronaut")[10:250, 110:350]           # 240 x 240 around the face
     side = min(height, width) - 8
     face = cv2.resize(head, (side, side), interpolation=cv2.INTER_AREA)
     frame = np.full((height, width, 3), 60, np.uint8)
@@ -141,13 +155,11 @@ def make_long_clip(folder: str, minutes: float, fps: float = 25.0, width: int = 
                    height: int = 120, face_run: int = 50, period: int = 500,
                    name: str = "long") -> tuple[str, str]:
     """A long clip written frame by frame and an audio track written in chunks (memory flat)."""
-    import av
-
     from media.writer import VideoWriter
     n = int(round(minutes * 60 * fps))
     video = os.path.join(folder, f"{name}.mp4")
-    cut_a, cut_b = (cv2.resize(p(), (width, height), interpolation=cv2.INTER_AREA)
-                    for p in (_coffee, _rocket))
+    cut_a, cut_b = (cv2.resize(photo(p), (width, height), interpolation=cv2.INTER_AREA)
+                    for p in ("coffee", "rocket"))
     with VideoWriter(video, width, height, fps, crf=20, preset="ultrafast") as w:
         for i in range(n):
             if i % period < face_run:
@@ -155,32 +167,12 @@ def make_long_clip(folder: str, minutes: float, fps: float = 25.0, width: int = 
             else:
                 w.write(stamp_id((cut_a if (i // period) % 2 else cut_b).copy(), i % (1 << ID_BITS)))
     audio = os.path.join(folder, f"{name}.wav")
-    sr, seconds = 16000, n / fps
-    with av.open(audio, mode="w") as c:
-        stream = c.add_stream("pcm_s16le", rate=sr, layout="mono")
-        step = 10 * sr
-        for start in range(0, int(seconds * sr), step):
-            t = (np.arange(start, min(start + step, int(seconds * sr))) / sr)
-            env = 0.5 * (1 + np.sin(2 * np.pi * 4.0 * t)) ** 2 / 4
-            sig = env * np.sin(2 * np.pi * (180 + 60 * np.sin(2 * np.pi * 0.7 * t)) * t)
-            frame = av.AudioFrame.from_ndarray((np.clip(sig, -1, 1) * 32767).astype(np.int16)[None],
-                                               format="s16", layout="mono")
-            frame.sample_rate = sr
-            for packet in stream.encode(frame):
-                c.mux(packet)
-        for packet in stream.encode(None):
-            c.mux(packet)
+    sr, total = 16000, int(n / fps * 16000)
+    step = 10 * sr
+    write_wav(audio, (speech_at(np.arange(a, min(a + step, total)) / sr) for a in range(0, total, step)))
     return video, audio
 
 
-def _coffee():
-    from skimage import data
-    return data.coffee()
-
-
-def _rocket():
-    from skimage import data
-    return data.rocket()
 
 
 def graph_command(graph: str, video: str, audio: str, output: str, sets=(), *extra: str) -> list[str]:
