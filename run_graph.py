@@ -97,16 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         print("lipgraph: a graph file is needed (or --jobs FILE)", file=sys.stderr)
         return 2
 
-    sets = []
+    from_shortcuts = []
     for name, targets in shortcuts.items():
         value = getattr(args, f"arg_{name}")
         if value is not None:
-            sets += [f"{target}={value}" for target in targets]
-    sets += args.sets      # explicit --set wins over shortcuts
+            from_shortcuts += [f"{target}={value}" for target in targets]
     try:
-        graph = load_graph(args.graph, sets)
+        graph = load_graph(args.graph, from_shortcuts + args.sets)   # explicit --set wins
         if args.random_weights:
-            graph = with_random_weights(graph, args, sets)
+            graph = with_random_weights(graph, args, from_shortcuts)
     except GraphError as exc:
         print(f"lipgraph: {exc}", file=sys.stderr)
         return 2
@@ -165,7 +164,7 @@ RANDOM_BANNER = ("*** RANDOM WEIGHTS: the models are randomly initialised; this 
                  "lip-synced (it exercises the pipeline and its profile only) ***")
 
 
-def with_random_weights(graph, args, sets: list[str]):
+def with_random_weights(graph, args, from_shortcuts: list[str]):
     """Point every model stage at random models of the chosen size (built on first use)."""
     from graph.spec import load_graph
     from models.random_weights import ensure_random_weights, random_weight_sets, uses_latentsync
@@ -183,7 +182,7 @@ def with_random_weights(graph, args, sets: list[str]):
         if "comment" in graph.stages[mux].cls.params:
             extra.append(f"{mux}.comment=lipgraph random weights: not lip-synced")
     # the user's own --set lines still win
-    return load_graph(args.graph, sets[:len(sets) - len(args.sets)] + extra + args.sets)
+    return load_graph(args.graph, from_shortcuts + extra + args.sets)
 
 
 def parallel_parts(args) -> int | None:

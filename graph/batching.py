@@ -53,6 +53,10 @@ class BatchRouter(Rebatcher):
         self.main_open = True
         yield from super().add(item)
 
+    def end_shot(self) -> Iterator[Emit]:
+        """A break in the stream (a Flush from upstream): release what is held."""
+        yield from self.flush()
+
     def divert(self, item: Item) -> Iterator[Emit]:
         """A bypass item: release what is held, mark the gap on the long path, then bypass."""
         yield from self.flush()

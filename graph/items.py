@@ -129,13 +129,6 @@ class _EndOfStream:
 
 EOS = _EndOfStream()
 
-Message = Any  # Item | Batch | Info | Flush | EOS
-
-
-def is_data(msg: Any) -> bool:
-    return isinstance(msg, (Item, Batch))
-
-
 def count_items(msg: Any) -> int:
     """Frames carried by a message (a Batch counts its members)."""
     return len(msg) if isinstance(msg, (Item, Batch)) else 0

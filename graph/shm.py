@@ -29,10 +29,6 @@ _SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
-def shm_dir() -> str:
-    return _SHM_DIR
-
-
 class _Arena:
     """Names segments for one process of one run."""
 

@@ -137,9 +137,6 @@ class GraphSpec:
     queue_size: int = DEFAULT_QUEUE_SIZE
     notes: list[str] = dataclasses.field(default_factory=list)   # choices made while binding
 
-    def edges_into(self, stage: str) -> list[EdgeSpec]:
-        return [e for e in self.edges if e.dst == stage]
-
     def edges_from(self, stage: str) -> list[EdgeSpec]:
         return [e for e in self.edges if e.src == stage]
 
@@ -152,9 +149,6 @@ class GraphSpec:
 
     def sinks(self) -> list[str]:
         return [n for n, s in self.stages.items() if not s.ports[1]]
-
-    def group_of(self, stage: str) -> GroupSpec:
-        return self.groups[self.stages[stage].group]
 
     def is_cross_group(self, edge: EdgeSpec) -> bool:
         return self.stages[edge.src].group != self.stages[edge.dst].group

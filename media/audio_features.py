@@ -311,10 +311,6 @@ class AudioFeatureStream:
         """floor(seconds * fps) once closed, else None."""
         return frame_count(self._pcm.end, self.fps) if self._closed else None
 
-    @property
-    def tokens_per_frame(self) -> int:
-        return STEPS_PER_FRAME * (self.encoder.num_layers + 1)
-
     def start_step(self, frame_index: int) -> int:
         return frame_start_step(frame_index, self.fps)
 

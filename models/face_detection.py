@@ -93,6 +93,11 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
+def iou(a, b) -> float:
+    """IoU of two boxes (x1, y1, x2, y2, ...)."""
+    return float(box_iou(a, np.asarray(b, dtype=np.float64)[None])[0])
+
+
 def pick_face(boxes: np.ndarray, previous: np.ndarray | None,
               min_iou: float = 0.3) -> np.ndarray | None:
     """One face out of ``boxes [K, 5]``: the one continuing the track (highest IoU with

@@ -8,14 +8,13 @@ so it is not part of `unet.pth`).
 
 from __future__ import annotations
 
-import json
-import math
 import os
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from diffusers import UNet2DConditionModel
+
+from .positional import sinusoid_table
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
@@ -68,18 +67,8 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
 
 def unet_config(config_path_or_dict: str | os.PathLike | Mapping[str, Any]) -> dict:
     """The UNet2DConditionModel keyword arguments from `musetalk.json` (path or parsed dict)."""
-    if isinstance(config_path_or_dict, Mapping):
-        raw = dict(config_path_or_dict)
-    else:
-        path = Path(config_path_or_dict)
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"MuseTalk UNet config not found: {path}") from None
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON (expected musetalk.json): {err}") from err
-    # "_class_name", "_diffusers_version" are diffusers bookkeeping, not constructor arguments.
-    return {k: v for k, v in raw.items() if not k.startswith("_")}
+    from .weights import read_diffusers_config
+    return read_diffusers_config(config_path_or_dict, "MuseTalk UNet config (musetalk.json)")
 
 
 def build_musetalk_unet(config_path_or_dict: str | os.PathLike | Mapping[str, Any],
@@ -103,15 +92,9 @@ def audio_positional_encoding(seq_len: int, d_model: int = 384, max_len: int = P
     pe[p, 2i] = sin(p / 10000^(2i/d)), pe[p, 2i+1] = cos(p / 10000^(2i/d)). Upstream adds
     rows 0..seq_len-1 of a max_len table, so positions beyond max_len are an error.
     """
-    if d_model % 2:
-        raise ValueError(f"positional encoding needs an even width, got {d_model}")
     if seq_len > max_len:
         raise ValueError(f"{seq_len} audio tokens exceed the positional encoding length {max_len}")
-    # Computed in fp32 the way the model was trained with (an fp64 table differs by ~3e-6).
-    freq = torch.exp(torch.arange(0, d_model, 2).float() * (-math.log(10000.0) / d_model))
-    angle = torch.arange(seq_len).float().unsqueeze(1) * freq
-    pe = torch.stack([torch.sin(angle), torch.cos(angle)], dim=2).reshape(seq_len, d_model)
-    return pe.to(device)
+    return sinusoid_table(seq_len, d_model).to(device)
 
 
 class MuseTalkUNet(nn.Module):

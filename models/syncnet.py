@@ -40,6 +40,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .face_detection import iou
+
 WEIGHTS_FILENAME = "syncnet_v2.model"
 SYNCNET_V2_CONFIG = {"embedding_dim": 1024}
 
@@ -229,14 +231,6 @@ def syncnet_mfcc(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, n_cepstra: i
 # ----------------------------------------------------------------------------- faces
 
 
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 @dataclass
 class FaceTrack:
     """Consecutive face frames of one shot, in 25 fps frame numbers."""
@@ -269,7 +263,7 @@ def face_tracks(boxes: Sequence[Sequence[float] | None], min_track: int = MIN_TR
         if box is None:
             continue
         box = [float(v) for v in box]
-        if runs and runs[-1][0] + len(runs[-1][1]) == i and _iou(runs[-1][1][-1], box) > iou_threshold:
+        if runs and runs[-1][0] + len(runs[-1][1]) == i and iou(runs[-1][1][-1], box) > iou_threshold:
             runs[-1][1].append(box)
         else:
             runs.append((i, [box]))

@@ -7,7 +7,6 @@ reference), and feeds the UNet the two latents stacked on channels, masked first
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -43,17 +42,8 @@ _LEGACY_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "pro
 
 def vae_config(config: str | os.PathLike | Mapping[str, Any]) -> dict:
     """AutoencoderKL arguments from a config.json path or dict (diffusers '_' keys dropped)."""
-    if isinstance(config, Mapping):
-        raw = dict(config)
-    else:
-        path = Path(config)
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"VAE config not found: {path} (expected config.json)") from None
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON (expected a VAE config.json): {err}") from err
-    return {k: v for k, v in raw.items() if not k.startswith("_")}
+    from .weights import read_diffusers_config
+    return read_diffusers_config(config, "VAE config (config.json)")
 
 
 def build_vae(config: str | os.PathLike | Mapping[str, Any] = SD_VAE_FT_MSE_CONFIG,

@@ -547,3 +547,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
         raise ValueError(f"could not read {path} as a tensor checkpoint: {err}") from err
+
+
+def read_diffusers_config(source, what: str) -> dict:
+    """Constructor arguments from a diffusers config (a .json path or a parsed dict), without
+    the '_class_name' / '_diffusers_version' bookkeeping keys; `what` names the file in errors."""
+    import json
+    from collections.abc import Mapping
+    if isinstance(source, Mapping):
+        raw = dict(source)
+    else:
+        path = Path(source)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{what} not found: {path}") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON (expected {what}): {err}") from err
+    return {k: v for k, v in raw.items() if not k.startswith("_")}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import re
 from typing import Callable, Mapping
@@ -365,23 +364,3 @@ def load_whisper_encoder(
     model.eval()
     model.requires_grad_(False)
     return model
-
-
-# ----------------------------------------------------------------------------- MuseTalk audio positions
-
-
-def sinusoidal_positional_encoding(length: int = 50, d_model: int = 384) -> torch.Tensor:
-    """MuseTalk's fixed table [length, d_model] added to the audio tokens before its UNet.
-
-    sin on even channels, cos on odd ones, frequencies 10000^(-2k/d), computed in float32
-    the same way MuseTalk's ``PositionalEncoding`` builds its buffer.
-    """
-    if d_model % 2:
-        raise ValueError(f"d_model must be even, got {d_model}")
-    positions = torch.arange(length, dtype=torch.float32)[:, None]
-    inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
-    angles = positions * inv_freq
-    table = torch.zeros(length, d_model)
-    table[:, 0::2] = torch.sin(angles)
-    table[:, 1::2] = torch.cos(angles)
-    return table

@@ -1,7 +1,7 @@
 """Runners execute a validated graph: `process` (default), `inline`, and `ray`."""
 from __future__ import annotations
 
-from .report import RunFailed, RunOptions, RunResult, format_error
+from .report import RunOptions, RunResult, format_error
 
 RUNNERS = ("process", "inline", "ray")
 
@@ -24,4 +24,4 @@ def run_graph(graph, runner: str = "process", options: RunOptions | None = None)
     return get_runner(runner)(graph, options or RunOptions(progress=False, table=False)).run()
 
 
-__all__ = ["RunOptions", "RunResult", "RunFailed", "format_error", "get_runner", "run_graph", "RUNNERS"]
+__all__ = ["RunOptions", "RunResult", "format_error", "get_runner", "run_graph", "RUNNERS"]

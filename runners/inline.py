@@ -13,7 +13,6 @@ import collections
 import os
 import signal
 import tempfile
-import sys
 import time
 
 from graph.items import EOS
@@ -49,7 +48,7 @@ class _InlineContext(StageContext):
         self.runner.temps.append(path)
 
     def warn(self, message):
-        self.runner.warn(self.stage, message)
+        self.runner.reporter.warn(self.stage, message)
 
     def count(self, key, amount=1, reason=None):
         self.stats.count(key, amount, reason)
@@ -67,7 +66,6 @@ class InlineRunner:
         self.options = options or RunOptions()
         self.reporter = Reporter(graph, self.name, self.options)
         self.temps: list[str] = []
-        self.warned: set[str] = set()
         self.cancelled: str | None = None
 
     def cancel(self, reason: str) -> None:
@@ -192,13 +190,6 @@ class InlineRunner:
         self._snapshot(runtimes)
         profile = self.reporter.finish(status, error)
         return RunResult(status, profile, error, exit_code)
-
-    def warn(self, stage: str, message: str) -> None:
-        if (stage, message) not in self.warned:
-            self.warned.add((stage, message))
-            stream = self.options.stream or sys.stderr
-            stream.write(f"warning: {stage}: {message}\n")
-            stream.flush()
 
     def _snapshot(self, runtimes) -> None:
         self.reporter.update(("inline", 0), {

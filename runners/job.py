@@ -30,6 +30,7 @@ class JobPlan:
     workdir: str
     start: int
     notes: list[str]
+    manifest: Manifest          # the job's record, as saved in workdir
 
 
 def graph_params(graph) -> dict:
@@ -72,11 +73,12 @@ def prepare(graph, resume: bool) -> JobPlan:
     make the sources start at the first unfinished frame and the sink write segments."""
     sink = _sink(graph)
     folder = work_dir(sink.params["path"])
+    paths = _inputs(graph)
     missing = [f"stage '{name}': input file not found: {path}"
-               for name, path in _inputs(graph).items() if not os.path.isfile(path)]
+               for name, path in paths.items() if not os.path.isfile(path)]
     if missing:
         raise ResumeRefused("\n".join(missing))
-    inputs = {name: file_identity(path) for name, path in _inputs(graph).items()}
+    inputs = {name: file_identity(path) for name, path in paths.items()}
     params = graph_params(graph)
     job = {"output": os.path.abspath(sink.params["path"]), "inputs": inputs,
            "graph": graph.name, "digest": digest(params), "params": params}
@@ -111,7 +113,7 @@ def prepare(graph, resume: bool) -> JobPlan:
         if spec.type == "video_source":
             spec.params["start"] = start
     sink.params["workdir"] = folder
-    return JobPlan(folder, start, notes)
+    return JobPlan(folder, start, notes, manifest)
 
 
 def _check_same(old: dict, new: dict) -> None:

@@ -14,7 +14,6 @@ import os
 import queue
 import shutil
 import signal
-import sys
 import tempfile
 import time
 
@@ -37,7 +36,6 @@ class ProcessRunner:
         self.graph = graph
         self.options = options or RunOptions()
         self.reporter = Reporter(graph, self.name, self.options)
-        self.warned: set[str] = set()
         self.cancelled: str | None = None
 
     def cancel(self, reason: str) -> None:
@@ -109,7 +107,7 @@ class ProcessRunner:
                 self._drain(control, done)
                 left = shm.sweep(run_id)
                 if left and status == "ok":
-                    self._warn("runner", f"{left} shared-memory segment(s) were left and removed")
+                    self.reporter.warn("runner", f"{left} shared-memory segment(s) were left and removed")
                 if status != "ok":
                     self._remove_temps(run_dir)
                 for qs in queues.values():
@@ -171,7 +169,7 @@ class ProcessRunner:
             elif kind == "total":
                 self.reporter.total = msg[1]
             elif kind == "warn":
-                self._warn(msg[1], msg[2])
+                self.reporter.warn(msg[1], msg[2])
             elif kind == "error":
                 return msg[1]
 
@@ -231,14 +229,6 @@ class ProcessRunner:
 
     def _remove_temps(self, run_dir: str) -> None:
         remove_registered_temps(run_dir)
-
-    def _warn(self, stage: str, message: str) -> None:
-        if (stage, message) in self.warned:
-            return
-        self.warned.add((stage, message))
-        stream = self.options.stream or sys.stderr
-        stream.write(f"warning: {stage}: {message}\n")
-        stream.flush()
 
     @staticmethod
     def _install_signals() -> dict | None:

@@ -302,7 +302,10 @@ class RayRunner(ProcessRunner):
             self._restore_signals(old_handlers, ignore=True)    # cleanup always completes
         finally:
             self._drain(control, done)
-            self._collect(actors, status != "ok")
+            try:
+                self._collect(actors, status != "ok")
+            except Exception as exc:        # never in the way of removing the actors
+                self.reporter.warn("runner", f"could not collect the groups' traces: {exc}")
             for handle in self.handles:
                 try:
                     ray.kill(handle)

@@ -5,6 +5,7 @@ import dataclasses
 import os
 import sys
 import time
+from typing import Any
 
 from graph.profile import build_profile, format_table, merge_traces, write_json_atomic
 
@@ -16,7 +17,7 @@ class RunOptions:
     progress: bool = True                # live progress on stderr
     table: bool = True                   # per-stage table on stderr at the end
     profile_every_s: float = 5.0         # rewrite the profile JSON while running
-    stream = None                        # where progress and the table go (default stderr)
+    stream: Any = None                   # where progress, warnings and the table go (default stderr)
     extra: dict = dataclasses.field(default_factory=dict)   # added to the profile JSON
 
 
@@ -52,11 +53,6 @@ def interrupted_error(exc: BaseException) -> tuple[str, dict, int]:
              "message": f"interrupted by {signal.Signals(signum).name}: run stopped"},
             128 + signum)
 
-
-class RunFailed(Exception):
-    def __init__(self, result: RunResult):
-        self.result = result
-        super().__init__(format_error(result.error) if result.error else result.status)
 
 
 def format_error(error: dict) -> str:
@@ -139,6 +135,16 @@ class Reporter:
         self.progress = Progress(graph.name, options.stream, options.progress)
         self.last_write = time.monotonic()
         self.trace_parts: list[str] = []
+        self.warned: set[tuple[str, str]] = set()
+
+    def warn(self, stage: str, message: str) -> None:
+        """A stage's warning on stderr, once per run (replicas and repeats say it once)."""
+        if (stage, message) in self.warned:
+            return
+        self.warned.add((stage, message))
+        stream = self.options.stream or sys.stderr
+        stream.write(f"warning: {stage}: {message}\n")
+        stream.flush()
 
     def update(self, key: tuple, snapshot: dict) -> None:
         self.processes[key] = snapshot

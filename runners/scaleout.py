@@ -95,7 +95,7 @@ def run_split(graph, parts: int, runner: str = "ray", address: str | None = None
     # output frame i shows source frame i up to the end of the first forward pass
     keys = [k for k in keyframe_indices(video.params["path"]) if k < vinfo.frame_count]
     ranges = part_ranges(total, parts, keys)
-    record = Manifest.load(plan.workdir).data
+    record = plan.manifest.data
     t0 = time.monotonic()
     results: list = [None] * len(ranges)
     manifests = []

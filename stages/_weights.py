@@ -39,10 +39,18 @@ def check_weights(graph) -> None:
                                   {k: v for e in errors for k, v in e.looked.items()})
 
 
+VAE_FILES = ["sd_vae_config", "sd_vae_weights"]
+
+
+def vae_required_weights(params) -> list[str]:
+    """What a stage with a `vae` param needs from the weights folder."""
+    return [] if params["vae"] else list(VAE_FILES)
+
+
 def vae_folder(stage) -> str:
     if stage.p["vae"]:
         return stage.p["vae"]
-    found = resolve(stage, ["sd_vae_config", "sd_vae_weights"])
+    found = resolve(stage, VAE_FILES)
     return os.fspath(found["sd_vae_config"].parent)
 
 

@@ -57,7 +57,7 @@ class WindowRouter(BatchRouter):
 
     def end_shot(self):
         """Release the shot's tail (with context) and forget the shot."""
-        yield from self.flush()
+        yield from super().end_shot()
         self.history = []
 
     def add(self, item):
@@ -107,8 +107,7 @@ class BatchBuilder(Stage):
             yield from self.router.add(item)
 
     def on_flush(self, flush, port):
-        yield from (self.router.end_shot() if isinstance(self.router, WindowRouter)
-                    else self.router.flush())
+        yield from self.router.end_shot()
         yield from super().on_flush(flush, port)
 
     def finish(self):

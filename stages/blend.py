@@ -51,10 +51,11 @@ class Blend(Stage):
         import cv2
 
         from vision.latentsync_align import face_box_size, paste_region, restore_face
-        from vision.latentsync_mask import keep_mask
+        from vision.latentsync_mask import keep_mask, keep_surroundings
         res = d["aligned"].shape[0]
-        keep = keep_mask(res, self.info.get("ls_mask") or "")[:, :, None]
-        face = d["face"].astype(np.float32) * (1 - keep) + d["aligned"].astype(np.float32) * keep
+        keep = keep_mask(res, self.info.get("ls_mask") or "")
+        # in 0..255 floats (both are, so no range conversion happens)
+        face = keep_surroundings(d["face"].astype(np.float32), d["aligned"].astype(np.float32), keep)
         d["frame"] = restore_face(d["frame"], face, d["affine"], res)
         h, w = d["frame"].shape[:2]
         inverse = cv2.invertAffineTransform(np.asarray(d["affine"], np.float64))

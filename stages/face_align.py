@@ -6,7 +6,7 @@ smoothed across consecutive frames of a shot (reset at every cutaway or gap), an
 warped into its box (gray fill) and resized to a square of `resolution` (256 for v1.5, 512
 for v1.6). Adds `aligned` (the square face) and `affine` (frame -> box) to each face frame.
 
-It also tells the stages after it which mask to use (`Info`: `ls_resolution`, `ls_mask`).
+It also tells the stages after it which mask to use (`Info`: `ls_mask`).
 With `enabled: false` (the graph's UNet is MuseTalk only) frames pass through untouched.
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ class FaceAlign(Stage):
 
     def on_info(self, info, port):
         if self.on:
-            info.data.update(ls_resolution=self.p["resolution"] or 256, ls_mask=self.p["mask"])
+            info.data.update(ls_mask=self.p["mask"])
         return super().on_info(info, port)
 
     def process(self, item, port):

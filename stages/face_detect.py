@@ -125,8 +125,9 @@ class FaceDetect(Stage):
         """Boxes for frames between two detected keyframes."""
         if not between:
             return
+        from models.face_detection import iou
         same = (box_a is not None and box_b is not None
-                and _iou(box_a, box_b) >= TRACK_IOU)
+                and iou(box_a, box_b) >= TRACK_IOU)
         if same:
             n = len(between) + 1
             for j, it in enumerate(between, start=1):
@@ -152,6 +153,3 @@ def _pick(boxes, previous):
     return None if box is None else np.asarray(box, np.float32)
 
 
-def _iou(a, b) -> float:
-    from models.face_detection import box_iou
-    return float(box_iou(a, np.asarray(b)[None])[0])

@@ -59,7 +59,6 @@ class Mux(Stage):
     def open(self):
         self.merge = OrderedMerge(list(self.in_ports), name=self.name)
         self.writer = None
-        self.written = 0
         self.manifest = None
         self.sidecar = None
         self.have_below = 0         # frames below this index are in completed segments
@@ -129,7 +128,6 @@ class Mux(Stage):
                     self.writer.write(frame, item.time)
                     if line is not None:
                         self.sidecar.write(line + "\n")
-                self.written += 1
 
     @staticmethod
     def metadata(params: dict) -> dict:

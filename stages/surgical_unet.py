@@ -96,13 +96,14 @@ class SurgicalUNet(Stage):
             if self.fallback is None:
                 raise
             self.backend = None
-            self.load_failure = f"{name} failed to load: {type(exc).__name__}: {exc}"
-            DISABLED[name] = self.load_failure
-            self.ctx.warn(f"{self.load_failure}; the whole run uses MuseTalk")
+            self.load_reason = f"{name} failed to load"          # the profile's reason
+            failure = f"{self.load_reason}: {type(exc).__name__}: {exc}"
+            DISABLED[name] = failure
+            self.ctx.warn(f"{failure}; the whole run uses MuseTalk")
 
     def process(self, batch, port):
         if self.backend is None:
-            self._fall_back(batch, self.load_failure.split(":")[0])
+            self._fall_back(batch, self.load_reason)
         else:
             try:
                 self.backend.run(batch)

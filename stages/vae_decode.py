@@ -4,7 +4,7 @@ from __future__ import annotations
 from graph.stage import Stage
 
 from ._torch import DEVICE_PARAMS, check_device_params, inference
-from ._weights import load_shared_vae
+from ._weights import load_shared_vae, vae_required_weights
 
 
 class VAEDecode(Stage):
@@ -16,7 +16,7 @@ class VAEDecode(Stage):
 
     @classmethod
     def required_weights(cls, params):
-        return [] if params["vae"] else ["sd_vae_config", "sd_vae_weights"]
+        return vae_required_weights(params)
 
     def open(self):
         self.vae = load_shared_vae(self)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from graph.stage import Stage
 
 from ._torch import DEVICE_PARAMS, check_device_params, inference
-from ._weights import load_shared_vae
+from ._weights import load_shared_vae, vae_required_weights
 
 
 class VAEEncode(Stage):
@@ -41,7 +41,7 @@ class VAEEncode(Stage):
 
     @classmethod
     def required_weights(cls, params):
-        return [] if params["vae"] else ["sd_vae_config", "sd_vae_weights"]
+        return vae_required_weights(params)
 
     def open(self):
         import torch
@@ -77,7 +77,7 @@ class VAEEncode(Stage):
     def _encode_latentsync(self, batch) -> None:
         import torch
 
-        from vision.latentsync_mask import keep_mask, latent_mask
+        from vision.latentsync_mask import keep_mask, latent_mask, masked_image
         d = batch.data
         mask = keep_mask(d["aligned"].shape[1], self.info.get("ls_mask") or "")
         n = d["aligned"].shape[0]
@@ -87,8 +87,7 @@ class VAEEncode(Stage):
             z = torch.cat([z[:, :4], z[:, 4:]])
         else:
             pixels = self.vae.to_pixels(d["aligned"])                 # [F, 3, H, W] in [-1, 1]
-            keep = torch.tensor(mask, device=pixels.device, dtype=pixels.dtype)
-            z = self.vae.encode_pixels(torch.cat([pixels * keep, pixels]), self.p["sample"],
+            z = self.vae.encode_pixels(torch.cat([masked_image(pixels, mask), pixels]), self.p["sample"],
                                        self.generator)
             if self.p["keep"] == "yes":
                 pairs = torch.cat([z[:n], z[n:]], dim=1).cpu().numpy()

@@ -48,14 +48,15 @@ class WhisperFeatures(Stage):
             else ["whisper_tiny_openai"]
 
     def open(self):
-        from models.weights import resolve_weights
         from models.whisper import load_whisper_encoder
+
+        from ._weights import resolve
         self.device = resolve_device(self.p["device"])
         dtype = resolve_dtype(self.p["dtype"], self.device)
         path = self.p["model"]
         if not path:
             names = self.required_weights(self.p)
-            found = resolve_weights(self.p["weights"] or None, names)
+            found = resolve(self, names)
             path = str(found[names[-1]] if len(names) == 1 else found["whisper_weights"].parent)
         quiet_model_libraries()
         self.encoder = load_whisper_encoder(path, device=self.device, dtype=dtype)

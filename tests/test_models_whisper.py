@@ -17,7 +17,6 @@ from models.whisper import (
     load_whisper_encoder,
     log_mel,
     openai_key_to_hf,
-    sinusoidal_positional_encoding,
 )
 
 # Small random whisper: d 64, 2 encoder layers (3 hidden states), heads of 32.
@@ -354,21 +353,6 @@ def test_log_mel_rejects_bad_input():
         log_mel(np.zeros(WINDOW_SAMPLES + 1, np.float32))
     with pytest.raises(ValueError, match="mono"):
         log_mel(np.zeros((2, 1000), np.float32))
-
-
-# ----------------------------------------------------------------------------- positions
-
-
-def test_sinusoidal_positional_encoding():
-    pe = sinusoidal_positional_encoding(50, 384)
-    assert pe.shape == (50, 384) and pe.dtype == torch.float32
-    pos = np.arange(50)[:, None]
-    freq = 10000.0 ** (-np.arange(0, 384, 2) / 384)
-    np.testing.assert_allclose(pe[:, 0::2].numpy(), np.sin(pos * freq), atol=2e-5)
-    np.testing.assert_allclose(pe[:, 1::2].numpy(), np.cos(pos * freq), atol=2e-5)
-    assert torch.equal(pe[0, 0::2], torch.zeros(192)) and torch.equal(pe[0, 1::2], torch.ones(192))
-    # a longer table starts with the same rows (MuseTalk slices a 5000-row buffer)
-    assert torch.equal(sinusoidal_positional_encoding(5000, 384)[:50], pe)
 
 
 def test_unreadable_checkpoint_named(tmp_path):

@@ -145,13 +145,6 @@ def region(frame: np.ndarray, box: Sequence[int], size: int = TEMPORAL_SIZE) -> 
     return cv2.resize(frame[y1:y2, x1:x2].astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
 
 
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return w * h / union if union > 0 else 0.0
-
-
 def summary(values: Sequence[float]) -> dict | None:
     """mean, min and 5th percentile (None for no values)."""
     if not len(values):
@@ -179,11 +172,12 @@ class TemporalStability:
         if face is None or edit is None:
             self._prev = None
             return
+        from models.face_detection import iou
         cur = (index, src, face, region(out, edit, self.size), region(inp, edit, self.size))
         prev = self._prev
         # same shot: next output frame, the source moved at most one frame, the face stayed
         if (prev is not None and prev[0] == index - 1 and abs(prev[1] - src) <= 1
-                and _iou(prev[2], face) > 0.5):
+                and iou(prev[2], face) > 0.5):
             self.out_sum += float(np.abs(cur[3] - prev[3]).mean())
             self.in_sum += float(np.abs(cur[4] - prev[4]).mean())
             self.pairs += 1

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..positional import sinusoid_table
 from .config import MotionModuleConfig
 
 # The fused CUDA attention kernels put the batch in a grid dimension capped at 65535;
@@ -20,16 +21,6 @@ _SDPA_MAX_BATCH = 32768
 
 
 # --------------------------------------------------------------------------- embeddings
-
-def sinusoid_table(length: int, dim: int) -> torch.Tensor:
-    """``[length, dim]`` table: sin on even channels, cos on odd, base 10000 (float32)."""
-    position = torch.arange(length, dtype=torch.float32)[:, None]
-    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    table = torch.zeros(length, dim, dtype=torch.float32)
-    table[:, 0::2] = torch.sin(position * freq)
-    table[:, 1::2] = torch.cos(position * freq)
-    return table
-
 
 def timestep_sinusoid(timesteps: torch.Tensor, dim: int, flip_sin_to_cos: bool, freq_shift: float) -> torch.Tensor:
     """DDPM timestep features ``[N, dim]`` in float32 (diffusers' ``Timesteps`` convention)."""
