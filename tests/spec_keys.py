@@ -29,3 +29,16 @@ def state_dict_keys(model: torch.nn.Module) -> list[KeyRow]:
     params = {id(p) for p in model.parameters()}
     return [(name, tuple(t.shape), "param" if id(t) in params else "buffer")
             for name, t in model.state_dict(keep_vars=True).items()]
+
+
+def check_rejects_bad_files(loader, error, folder, not_a_state_dict, name: str, match: str) -> None:
+    """A loader refuses a file holding something other than a state dict (raising `error`
+    matching `match`) and names a missing file."""
+    import pytest
+    path = folder / name
+    torch.save(not_a_state_dict, path)
+    with pytest.raises(error, match=match):
+        loader(path)
+    missing = folder / f"missing-{name}"
+    with pytest.raises(FileNotFoundError, match=missing.name):
+        loader(missing)

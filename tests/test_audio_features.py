@@ -91,6 +91,8 @@ def _stream(encoder, flavour, fps, pcm, frames, seed=0, mel_peak=None, at_time=N
             except NeedMoreAudio as need:
                 assert need.samples_needed > stream.samples_received
                 if pos >= len(pcm):
+                    if stream.closed:
+                        pytest.fail(f"frame {i}: still asks for audio after the end")
                     stream.close()
                     continue
                 size = int(rng.integers(1, max_chunk))
@@ -163,6 +165,7 @@ def test_latentsync_without_peak_matches_short_clips(encoder):
 
 def test_latentsync_mel_peak_is_whole_clip_peak():
     pcm = _speechlike(35.0, 5)
+    pcm[WINDOW_SAMPLES:] *= 2                       # the loudest part is after the first window
     x = torch.from_numpy(pcm)
     spec = torch.stft(x, 400, 160, window=torch.hann_window(400), center=True, return_complex=True)[:, :-1]
     expected = torch.clamp(mel_filters("openai") @ spec.abs() ** 2, min=1e-10).log10().max().item()
@@ -171,7 +174,7 @@ def test_latentsync_mel_peak_is_whole_clip_peak():
         assert latentsync_mel_peak(chunks) == pytest.approx(expected, abs=1e-6)
     # the peak is not at the start: a per-window peak would differ in the first window
     first = torch.stft(x[:WINDOW_SAMPLES], 400, 160, window=torch.hann_window(400), return_complex=True)
-    assert torch.clamp(mel_filters("openai") @ first.abs() ** 2, min=1e-10).log10().max().item() <= expected
+    assert torch.clamp(mel_filters("openai") @ first.abs() ** 2, min=1e-10).log10().max().item() < expected - 0.1
 
 
 # ----------------------------------------------------------------------------- index rules

@@ -96,9 +96,24 @@ def test_unwritable_output(tmp_path, weights, clip, case):
         ro.mkdir()
         ro.chmod(0o555)
         out = str(ro / "o.mp4")
+    before = sorted(os.listdir(tmp_path))
     proc = run(clip[0], clip[1], out, weights, expect=2)
     refused(proc, "stage 'mux'", "o.mp4")
-    assert not os.path.isfile(out)
+    assert sorted(os.listdir(tmp_path)) == before             # nothing written anywhere
+    if case == "is-a-folder":
+        assert os.listdir(out) == []
+
+
+def test_read_only_output_folder_is_refused(tmp_path, monkeypatch):
+    """What the run above checks for a read-only folder, here even when run as root (root
+    may write anywhere, so the permission answer is simulated)."""
+    from stages.mux import Mux
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(tmp_path) else real(p, mode))
+    problems = Mux.check_files({"path": str(tmp_path / "o.mp4")})
+    assert problems and "cannot write in the output folder" in problems[0] and "o.mp4" in problems[0]
+    monkeypatch.setattr(os, "access", real)
+    assert Mux.check_files({"path": str(tmp_path / "o.mp4")}) == []
 
 
 def test_truncated_video_keeps_what_decodes_and_warns(tmp_path, weights):

@@ -68,23 +68,33 @@ def finish(proc, timeout=30):
     return proc.returncode, err
 
 
-@pytest.mark.parametrize("where", ["model__fail_at", "src__fail_at", "sink__fail_at", "route__fail_at"])
-def test_stage_exception_stops_run_fast(tmp_path, where):
+# the failing item arrives ~1.4 s after start; stopping everything takes well under 5 s more
+STOP_DEADLINE_S = 1.5 + 5.0
+
+
+def run_to_failure(tmp_path, where: str, at: int):
+    """Run the slow graph with `stage__param: at` (a failure or a kill) to its end:
+    (stderr, failing stage, seconds from the start of the stages, their processes, runner pid,
+    output path)."""
     out = str(tmp_path / "out.jsonl")
-    proc = start(slow_graph(tmp_path, out, **{where: 27}))
+    proc = start(slow_graph(tmp_path, out, **{where: at}))
     kids = wait_for_children(proc, 4)
     t0 = time.monotonic()
     code, err = finish(proc)
-    assert code == 1
-    stage = where.split("__")[0]
+    assert code == 1, err
+    return err, where.split("__")[0], time.monotonic() - t0, kids, proc.pid, out
+
+
+@pytest.mark.parametrize("where", ["model__fail_at", "src__fail_at", "sink__fail_at", "route__fail_at"])
+def test_stage_exception_stops_run_fast(tmp_path, where):
+    err, stage, elapsed, kids, pid, out = run_to_failure(tmp_path, where, 27)
     where_txt = {"src": "failed after item 26 (producing the next one)",
                  "model": "failed at items 27..30 (one batch)"}.get(stage, "failed at item 27")
     assert f"stage '{stage}'" in err and where_txt in err, err
     assert "SyntheticFailure: synthetic failure at index 27" in err
     assert "Traceback (most recent call last)" in err
-    # item 27 arrives ~1.4 s after start; stopping everything takes well under 5 s more
-    assert time.monotonic() - t0 < 6.5
-    assert_clean(kids, proc.pid, out)
+    assert elapsed < STOP_DEADLINE_S
+    assert_clean(kids, pid, out)
 
 
 def test_replica_exception_names_the_stage(tmp_path):
@@ -103,19 +113,13 @@ def test_replica_exception_names_the_stage(tmp_path):
 
 @pytest.mark.parametrize("where,group", [("model__kill_at", "gpu"), ("src__kill_at", "io")])
 def test_killed_process_detected(tmp_path, where, group):
-    out = str(tmp_path / "out.jsonl")
-    proc = start(slow_graph(tmp_path, out, **{where: 30}))
-    kids = wait_for_children(proc, 4)
-    t0 = time.monotonic()
-    code, err = finish(proc)
-    assert code == 1
-    stage = where.split("__")[0]
+    err, stage, elapsed, kids, pid, out = run_to_failure(tmp_path, where, 30)
     assert f"process of group '{group}'" in err and "killed by signal SIGKILL" in err, err
     expect = ("processing items 27..30" if stage == "model"      # the model takes batches
               else "producing the item after 29")
     assert f"stage '{stage}' was {expect}" in err, err
-    assert time.monotonic() - t0 < 1.5 + 5.0
-    assert_clean(kids, proc.pid, out)
+    assert elapsed < STOP_DEADLINE_S
+    assert_clean(kids, pid, out)
 
 
 def test_killed_from_outside(tmp_path):

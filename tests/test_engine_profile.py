@@ -105,7 +105,10 @@ def test_progress_on_terminal_and_in_logs():
     p = Progress("job", log, plain_every_s=30)
     for i in range(1000):          # many updates in a short time: no flood in a log
         p.update(i, 1000)
-    assert log.getvalue().count("\n") <= 1
+    assert log.getvalue() == ""
+    p.update(1000, 1000, force=True)                 # a due line is a plain line
+    assert log.getvalue().count("\n") == 1 and "\r" not in log.getvalue()
+    assert "1000/1000" in log.getvalue()
 
 
 def test_latency_histogram_quantiles():

@@ -187,6 +187,8 @@ def test_deepcache_on_a_real_unet3d_is_close_but_not_equal(tmp_path):
     cached = LatentSyncSampler(unet, steps=6, guidance=1.5, cache_interval=3).sample(
         noise, mask, masked, ref, audio)
     assert torch.isfinite(cached).all() and not torch.equal(full, cached)
+    # close: the reused deep features change the result a little (another noise: ~1.3)
+    assert ((full - cached).norm() / full.norm()).item() < 0.15
 
 
 # ----- the surgical graph ---------------------------------------------------------------------

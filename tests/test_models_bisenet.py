@@ -12,7 +12,7 @@ from models.bisenet import (
     find_bisenet_weights,
     load_bisenet,
 )
-from tests.spec_keys import read_keys_tsv, state_dict_keys
+from tests.spec_keys import check_rejects_bad_files, read_keys_tsv, state_dict_keys
 
 N_BN_COUNTERS = 31
 
@@ -110,12 +110,8 @@ def test_rejects_bad_checkpoint(tmp_path, weights, case):
 
 
 def test_rejects_non_state_dict(tmp_path):
-    path = tmp_path / "list.pth"
-    torch.save([torch.zeros(1)], path)
-    with pytest.raises(BiSeNetWeightsError, match="state dict"):
-        load_bisenet(path)
-    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
-        load_bisenet(tmp_path / "nowhere.pth")
+    check_rejects_bad_files(load_bisenet, BiSeNetWeightsError, tmp_path, [torch.zeros(1)], "list.pth",
+                            "state dict")
 
 
 def torchvision_resnet18_dict(sd, scale=3.0):

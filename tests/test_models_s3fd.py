@@ -17,7 +17,7 @@ from models.s3fd import (
     nms,
     s3fd_search_paths,
 )
-from tests.spec_keys import read_keys_tsv, state_dict_keys
+from tests.spec_keys import check_rejects_bad_files, read_keys_tsv, state_dict_keys
 
 
 @pytest.fixture(scope="module")
@@ -123,12 +123,7 @@ def test_load_reports_wrong_shape(tmp_path, random_state):
 
 
 def test_load_rejects_non_state_dict_and_missing_file(tmp_path):
-    path = tmp_path / "list.pth"
-    torch.save([torch.zeros(1)], path)
-    with pytest.raises(S3FDWeightsError, match="list.pth"):
-        load_s3fd(path)
-    with pytest.raises(FileNotFoundError, match="nothere.pth"):
-        load_s3fd(tmp_path / "nothere.pth")
+    check_rejects_bad_files(load_s3fd, S3FDWeightsError, tmp_path, [torch.zeros(1)], "list.pth", "list.pth")
 
 
 # ----------------------------------------------------------------------------- weights lookup

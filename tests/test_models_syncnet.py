@@ -23,6 +23,7 @@ from models.syncnet import (
     syncnet_mfcc,
 )
 from models.weights import StateDictMismatchError
+from tests.spec_keys import check_rejects_bad_files
 
 # state_dict() of joonson/syncnet_python SyncNetModel.S(num_layers_in_fc_layers=1024), in order:
 # name and shape ("" = scalar). 102 entries: 88 tensors of weights and statistics (13,631,616
@@ -214,12 +215,7 @@ def test_strict_load_rejects_bad_files(net, tmp_path, damage, words):
 
 
 def test_load_rejects_non_state_dicts_and_missing_files(tmp_path):
-    path = tmp_path / "tensor.model"
-    torch.save(torch.zeros(3), path)
-    with pytest.raises(ValueError, match="state dict"):
-        load_syncnet(path)
-    with pytest.raises(FileNotFoundError, match="nope.model"):
-        load_syncnet(tmp_path / "nope.model")
+    check_rejects_bad_files(load_syncnet, ValueError, tmp_path, torch.zeros(3), "tensor.model", "state dict")
 
 
 # ----------------------------------------------------------------------------- MFCC

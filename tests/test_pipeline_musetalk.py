@@ -14,6 +14,7 @@ import pytest
 
 from media.audio import probe_audio, read_audio
 from media.video import VideoReader, pingpong_indices, probe_video
+from media_fixtures import psnr
 from tools.synthetic import clip_frames, graph_command, make_clip, model_sets, read_id, tiny_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -181,11 +182,6 @@ def test_rotated_input_comes_out_upright(tmp_path, weights):
     assert prof["stages"]["detect"]["counters"]["faces"] == 6   # the face was found upright
 
 
-def _psnr(a, b):
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
-
-
 def _audio_lag_s(ref, out, sr=16000, max_lag_s=0.2):
     """Lag of `out` behind `ref` by cross-correlating their envelopes (10 ms hops)."""
     hop = sr // 100
@@ -229,7 +225,7 @@ def test_face_and_cutaway_clip_h264_end_to_end(tmp_path, weights):
     for i, ((frame, _), d) in enumerate(zip(got, lines)):
         if pattern[i] == "C":
             assert d["face"] is None and d["edit"] is None
-            assert _psnr(frame, ref[i]) >= 40, i
+            assert psnr(frame, ref[i]) >= 40, i
             continue
         # outside the mask's box (and the 16-px macroblocks straddling its edge, which the
         # encoder codes together with the new mouth) the frame is the input, within the
@@ -237,9 +233,9 @@ def test_face_and_cutaway_clip_h264_end_to_end(tmp_path, weights):
         x1, y1, x2, y2 = d["edit"]
         outside = np.ones(frame.shape[:2], bool)
         outside[max(0, y1 - 16):y2 + 16, max(0, x1 - 16):x2 + 16] = False
-        codec_error = _psnr(ref[i][outside], src[i][outside])
-        assert _psnr(frame[outside], src[i][outside]) >= codec_error - 1.0, i
-        edited += _psnr(frame[y1:y2, x1:x2], src[i][y1:y2, x1:x2]) < 30     # the mouth changed
+        codec_error = psnr(ref[i][outside], src[i][outside])
+        assert psnr(frame[outside], src[i][outside]) >= codec_error - 1.0, i
+        edited += psnr(frame[y1:y2, x1:x2], src[i][y1:y2, x1:x2]) < 30     # the mouth changed
     assert edited >= 40
     prof = json.load(open(out + ".profile.json"))
     import yaml

@@ -89,7 +89,10 @@ def test_changed_video_gets_a_new_entry_and_the_stale_one_goes(setup, tmp_path):
     import shutil
     v2 = str(tmp_path / "clip.mp4")
     shutil.copy(video, v2)
-    run(v2, dub1, str(tmp_path / "c.mkv"), sets, cache)
+    assert run(v2, dub1, str(tmp_path / "c.mkv"), sets, cache)["cache_in"]["counters"] == {
+        "cache_misses": len(PATTERN)}
+    v2_entries = [e for e in entries(cache) if e not in new]
+    assert len(v2_entries) == 1
     assert run(v2, dub1, str(tmp_path / "d.mkv"), sets, cache)["cache_in"]["counters"] == {
         "cache_hits": len(PATTERN)}
     other = tmp_path / "other"
@@ -97,7 +100,9 @@ def test_changed_video_gets_a_new_entry_and_the_stale_one_goes(setup, tmp_path):
     shutil.copy(make_clip(str(other), PATTERN[::-1])[0], v2)
     stages = run(v2, dub1, str(tmp_path / "e.mkv"), sets, cache)
     assert stages["cache_in"]["counters"] == {"cache_misses": len(PATTERN)}
-
+    # the entry made from the old content is gone; the video keeps exactly one
+    now = [e for e in entries(cache) if e not in new]
+    assert len(now) == 1 and now != v2_entries
 
 def test_identity_sees_a_same_size_edit_anywhere(tmp_path):
     from media.identity import file_identity, same_content
