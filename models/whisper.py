@@ -193,39 +193,46 @@ _OPENAI_BLOCK_PARTS = {
     "mlp_ln": "final_layer_norm",
 }
 _OPENAI_TOP_PARTS = {"conv1": "conv1", "conv2": "conv2", "ln_post": "layer_norm"}
-_HF_BLOCK_PARTS = {v: k for k, v in _OPENAI_BLOCK_PARTS.items()}
-_HF_TOP_PARTS = {v: k for k, v in _OPENAI_TOP_PARTS.items()}
 
-_OPENAI_BLOCK_RE = re.compile(r"^encoder\.blocks\.(\d+)\.(.+)\.(weight|bias)$")
-_OPENAI_TOP_RE = re.compile(r"^encoder\.([a-z_0-9]+)\.(weight|bias)$")
-_HF_BLOCK_RE = re.compile(r"^layers\.(\d+)\.(.+)\.(weight|bias)$")
-_HF_TOP_RE = re.compile(r"^([a-z_0-9]+)\.(weight|bias)$")
+# The two namings: positional table, per-block keys, top-level keys.
+_NAMING = {
+    "openai": ("encoder.positional_embedding",
+               re.compile(r"^encoder\.blocks\.(\d+)\.(.+)\.(weight|bias)$"), "encoder.blocks.{}.{}.{}",
+               re.compile(r"^encoder\.([a-z_0-9]+)\.(weight|bias)$"), "encoder.{}.{}"),
+    "hf": ("embed_positions.weight",
+           re.compile(r"^layers\.(\d+)\.(.+)\.(weight|bias)$"), "layers.{}.{}.{}",
+           re.compile(r"^([a-z_0-9]+)\.(weight|bias)$"), "{}.{}"),
+}
+_PARTS = {
+    ("openai", "hf"): (_OPENAI_BLOCK_PARTS, _OPENAI_TOP_PARTS),
+    ("hf", "openai"): ({v: k for k, v in _OPENAI_BLOCK_PARTS.items()},
+                       {v: k for k, v in _OPENAI_TOP_PARTS.items()}),
+}
+
+
+def _rename(key: str, src: str, dst: str) -> str | None:
+    pos, block_re, _, top_re, _ = _NAMING[src]
+    to_pos, _, block_fmt, _, top_fmt = _NAMING[dst]
+    block_parts, top_parts = _PARTS[(src, dst)]
+    if key == pos:
+        return to_pos
+    m = block_re.match(key)
+    if m and m.group(2) in block_parts:
+        return block_fmt.format(m.group(1), block_parts[m.group(2)], m.group(3))
+    m = top_re.match(key)
+    if m and m.group(1) in top_parts:
+        return top_fmt.format(top_parts[m.group(1)], m.group(2))
+    return None
 
 
 def openai_key_to_hf(key: str) -> str | None:
     """``encoder.blocks.0.attn.query.weight`` -> ``layers.0.self_attn.q_proj.weight``; None if unknown."""
-    if key == "encoder.positional_embedding":
-        return "embed_positions.weight"
-    m = _OPENAI_BLOCK_RE.match(key)
-    if m and m.group(2) in _OPENAI_BLOCK_PARTS:
-        return f"layers.{m.group(1)}.{_OPENAI_BLOCK_PARTS[m.group(2)]}.{m.group(3)}"
-    m = _OPENAI_TOP_RE.match(key)
-    if m and m.group(1) in _OPENAI_TOP_PARTS:
-        return f"{_OPENAI_TOP_PARTS[m.group(1)]}.{m.group(2)}"
-    return None
+    return _rename(key, "openai", "hf")
 
 
 def hf_key_to_openai(key: str) -> str | None:
     """Inverse of :func:`openai_key_to_hf`."""
-    if key == "embed_positions.weight":
-        return "encoder.positional_embedding"
-    m = _HF_BLOCK_RE.match(key)
-    if m and m.group(2) in _HF_BLOCK_PARTS:
-        return f"encoder.blocks.{m.group(1)}.{_HF_BLOCK_PARTS[m.group(2)]}.{m.group(3)}"
-    m = _HF_TOP_RE.match(key)
-    if m and m.group(1) in _HF_TOP_PARTS:
-        return f"encoder.{_HF_TOP_PARTS[m.group(1)]}.{m.group(2)}"
-    return None
+    return _rename(key, "hf", "openai")
 
 
 # ----------------------------------------------------------------------------- loading
