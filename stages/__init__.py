@@ -13,6 +13,7 @@ STAGE_TYPES = {
     "cache_write": "stages.prepared_cache:CacheWrite",
     "audio_source": "stages.audio_source:AudioSource",
     "face_detect": "stages.face_detect:FaceDetect",
+    "face_landmarks": "stages.face_landmarks:FaceLandmarks",
     "face_crop": "stages.face_crop:FaceCrop",
     "face_align": "stages.face_align:FaceAlign",
     "whisper_features": "stages.whisper_features:WhisperFeatures",

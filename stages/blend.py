@@ -17,7 +17,7 @@ from graph.stage import Stage
 
 # per-frame working data not needed after blending (lighter messages downstream)
 _DROP = ("crop", "face", "mask", "audio", "audio_ls", "crop_box", "aligned", "affine", "latents",
-         "ls_latents", "cached")
+         "ls_latents", "cached", "lm68", "lm106", "align")
 
 
 class Blend(Stage):
@@ -56,7 +56,9 @@ class Blend(Stage):
         keep = keep_mask(res, self.info.get("ls_mask") or "")
         # in 0..255 floats (both are, so no range conversion happens)
         face = keep_surroundings(d["face"].astype(np.float32), d["aligned"].astype(np.float32), keep)
-        d["frame"] = restore_face(d["frame"], face, d["affine"], res)
+        # 1.6 (InsightFace) warps bilinearly both ways, 1.5 with Lanczos
+        interp = cv2.INTER_LINEAR if d.get("align") == "insightface" else cv2.INTER_LANCZOS4
+        d["frame"] = restore_face(d["frame"], face, d["affine"], res, interpolation=interp)
         h, w = d["frame"].shape[:2]
         inverse = cv2.invertAffineTransform(np.asarray(d["affine"], np.float64))
         d["edit"] = list(paste_region(inverse, *face_box_size(res), w, h))

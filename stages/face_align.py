@@ -1,13 +1,19 @@
 """face_align: LatentSync's face convention for each face frame.
 
-68-point landmarks (FAN, batched; without its weights, an estimate from the detection box,
-with a warning), a similarity transform of three landmark points onto LatentSync's template,
-smoothed across consecutive frames of a shot (reset at every cutaway or gap), and the face
-warped into its box (gray fill) and resized to a square of `resolution` (256 for v1.5, 512
-for v1.6). Adds `aligned` (the square face) and `affine` (frame -> box) to each face frame.
+Three points from the landmarks `face_landmarks` computed are mapped by a similarity
+transform onto LatentSync's template, and the face is warped into its 3:4 box (gray fill)
+and resized to a square of `resolution` (256 for v1.5, 512 for v1.6):
+- InsightFace's 106 points (`lm106`, 1.6): brow and nose means, a bilinear warp, no landmark
+  smoothing, the translation bias smoothed across frames (upstream since April 2025);
+- 68 points (`lm68`, FAN, 1.5): brow and nose means, landmark and translation smoothing, a
+  Lanczos warp (the 1.5 release); without any landmarks, points estimated from the box.
+Smoothing restarts at every cutaway or gap. Adds `aligned` (the square face), `affine`
+(frame -> box) and `align` (which convention, for the paste-back) to each face frame.
 
-It also tells the stages after it which mask to use (`Info`: `ls_mask`).
-With `enabled: false` (the graph's UNet is MuseTalk only) frames pass through untouched.
+The mask: `mask: PATH`, else the official `latentsync/utils/mask.png` when `weights` is a
+LatentSync checkout (or its `checkpoints/` folder), else the same mask drawn by code. It is
+passed on to the stages after it (`Info`: `ls_mask`).
+With `enabled: no` (the graph's UNet is MuseTalk only) frames pass through untouched.
 """
 from __future__ import annotations
 
@@ -15,12 +21,9 @@ import numpy as np
 
 from graph.stage import Stage
 
-from ._torch import DEVICE_PARAMS, check_device_params, inference, resolve_device, resolve_dtype
-
 
 class FaceAlign(Stage):
-    params = {"enabled": "auto", "weights": "", "landmarks": "", "resolution": 0, "mask": "",
-              "batch_size": 8, "smooth": True, **DEVICE_PARAMS}
+    params = {"enabled": "auto", "weights": "", "resolution": 0, "mask": "", "smooth": True}
 
     @classmethod
     def bind(cls, params, graph, notes):
@@ -30,11 +33,14 @@ class FaceAlign(Stage):
             params["enabled"] = "yes" if "latentsync" in conv else "no"
         if not params["resolution"]:
             params["resolution"] = unet_resolution(graph)
+        if not params["mask"] and params["enabled"] == "yes":
+            from vision.latentsync_mask import find_official_mask
+            params["mask"] = find_official_mask(params["weights"])
         return params
 
     @classmethod
     def validate_params(cls, params):
-        problems = check_device_params(params)
+        problems = []
         if params["enabled"] not in ("auto", "yes", "no"):
             problems.append(("enabled", "expected auto, yes or no"))
         if params["resolution"] not in (0, 256, 512):
@@ -43,18 +49,9 @@ class FaceAlign(Stage):
 
     def open(self):
         self.on = self.p["enabled"] == "yes"
-        self.held: list = []
-        if not self.on:
-            return
-        from models.landmarks import build_landmarker
-        from vision.latentsync_align import AlignmentSmoother
-        device = resolve_device(self.p["device"])
-        self.landmarker, warning = build_landmarker(
-            self.p["weights"] or None, device, resolve_dtype(self.p["dtype"], device),
-            fan_path=self.p["landmarks"] or None)
-        if warning:
-            self.ctx.warn(warning)
-        self.smoother = AlignmentSmoother() if self.p["smooth"] else None
+        if self.on:
+            from vision.latentsync_align import AlignmentSmoother
+            self.smoother = AlignmentSmoother() if self.p["smooth"] else None
         self.prev_index = None
 
     def on_info(self, info, port):
@@ -63,49 +60,39 @@ class FaceAlign(Stage):
         return super().on_info(info, port)
 
     def process(self, item, port):
-        if not self.on:
-            yield "out", item
-            return
-        if item.data.get("box") is None:          # a cutaway: release the shot so far
-            yield from self._release()
-            self._cut()
-            yield "out", item
-            return
-        if "aligned" in item.data:                # aligned already (prepared cache)
-            yield from self._release()
-            yield "out", item
-            return
-        self.held.append(item)
-        if len(self.held) >= self.p["batch_size"]:
-            yield from self._release()
+        if self.on:
+            if item.data.get("box") is None:          # a cutaway: the shot ends
+                self._cut()
+            elif "aligned" not in item.data:          # else aligned already (prepared cache)
+                if self.prev_index is not None and item.index != self.prev_index + 1:
+                    self._cut()                        # a gap in the shot: do not smooth across it
+                self.prev_index = item.index
+                self._align(item.data)
+        yield "out", item
 
     def on_flush(self, flush, port):
-        yield from self._release()
         self._cut()
         yield from super().on_flush(flush, port)
-
-    def finish(self):
-        return self._release()
 
     def _cut(self) -> None:
         if self.on and self.smoother is not None:
             self.smoother.reset()
         self.prev_index = None
 
-    def _release(self):
-        if not self.held:
-            return
-        from vision.latentsync_align import align_face, estimate_affine
-        items, self.held = self.held, []
-        with inference():
-            marks = self.landmarker.landmarks([it.data["frame"] for it in items],
-                                              [tuple(float(v) for v in it.data["box"][:4]) for it in items])
-        res = self.p["resolution"] or 256
-        for it, lm in zip(items, marks):
-            if self.prev_index is not None and it.index != self.prev_index + 1:
-                self._cut()                        # a gap in the shot: do not smooth across it
-            self.prev_index = it.index
+    def _align(self, d: dict) -> None:
+        import cv2
+
+        from models.landmarks import box_landmarks
+        from vision.latentsync_align import align_face, estimate_affine, estimate_affine_106
+        res = self.p["resolution"]
+        if d.get("lm106") is not None:
+            affine = estimate_affine_106(d["lm106"], res, self.smoother)
+            d["align"], interp = "insightface", cv2.INTER_LINEAR
+        else:
+            lm = d.get("lm68")
+            if lm is None:
+                lm = box_landmarks(tuple(float(v) for v in d["box"][:4]))
             affine = estimate_affine(lm, res, self.smoother)
-            it.data["affine"] = np.asarray(affine, np.float64)
-            it.data["aligned"] = align_face(it.data["frame"], affine, res)
-            yield "out", it
+            d["align"], interp = "fan", cv2.INTER_LANCZOS4
+        d["affine"] = np.asarray(affine, np.float64)
+        d["aligned"] = align_face(d["frame"], affine, res, interpolation=interp)

@@ -1,5 +1,11 @@
-"""face_crop: MuseTalk v1.5's face box (extra margin below the chin, clamped) and the
-256x256 crop the VAE encodes. Cutaways pass through."""
+"""face_crop: MuseTalk v1.5's face box and the 256x256 crop the VAE encodes.
+
+The box is upstream's: built from the 68 landmarks (`lm68`, from `face_landmarks`) so that
+the nose point sits on the crop's middle row, where the VAE mask cuts; the detector box
+where that box is invalid or no landmarks were computed (`box: detector` always uses it).
+Then `extra_margin` px are added below the chin and the box is clamped to the frame.
+Cutaways pass through.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +16,7 @@ from graph.stage import Stage
 class FaceCrop(Stage):
     stateless = True
     # enabled auto: when the graph's UNet (or its fallback) is MuseTalk
-    params = {"enabled": "auto", "extra_margin": 10, "size": 256}
+    params = {"enabled": "auto", "box": "landmarks", "extra_margin": 10, "size": 256}
 
     @classmethod
     def bind(cls, params, graph, notes):
@@ -21,10 +27,15 @@ class FaceCrop(Stage):
 
     @classmethod
     def validate_params(cls, params):
-        return [] if params["enabled"] in ("auto", "yes", "no") else [("enabled", "expected auto, yes or no")]
+        problems = []
+        if params["enabled"] not in ("auto", "yes", "no"):
+            problems.append(("enabled", "expected auto, yes or no"))
+        if params["box"] not in ("landmarks", "detector"):
+            problems.append(("box", "expected landmarks or detector"))
+        return problems
 
     def process(self, item, port):
-        from vision.musetalk_face import crop_face, face_box
+        from vision.musetalk_face import crop_face, face_box, landmark_box
         if self.p["enabled"] == "no":
             yield "out", item
             return
@@ -33,7 +44,15 @@ class FaceCrop(Stage):
             if det is None:
                 continue
             frame = m.data["frame"]
-            box = face_box(det[:4], frame.shape, self.p["extra_margin"])
-            m.data["face_box"] = np.asarray(box, np.int32)
+            if "face_box" in m.data:           # from the prepared cache
+                box = tuple(int(v) for v in m.data["face_box"])
+            else:
+                source = det[:4]
+                lm = m.data.get("lm68") if self.p["box"] == "landmarks" else None
+                if lm is not None:
+                    source, from_landmarks = landmark_box(lm, det[:4])
+                    self.ctx.count("box_from_landmarks" if from_landmarks else "box_from_detector")
+                box = face_box(source, frame.shape, self.p["extra_margin"])
+                m.data["face_box"] = np.asarray(box, np.int32)
             m.data["crop"] = crop_face(frame, box, self.p["size"])
         yield "out", item

@@ -19,9 +19,9 @@ import os
 from graph.stage import Stage
 
 # stage types whose params shape the stored work
-_VIDEO_SIDE = ("face_detect", "face_crop", "face_align", "vae_encode", "face_parse")
+_VIDEO_SIDE = ("face_detect", "face_landmarks", "face_crop", "face_align", "vae_encode", "face_parse")
 _NOT_SHAPING = {"batch_size"}
-_MODEL_PARAMS = ("weights", "vae", "parser", "landmarks", "mask")
+_MODEL_PARAMS = ("weights", "vae", "parser", "fan", "insightface", "mask")
 
 
 def cache_key(graph: dict) -> tuple[str, str]:

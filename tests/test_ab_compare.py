@@ -326,7 +326,7 @@ def test_compare_musetalk_with_latentsync_counts_fallbacks_and_upper_face(tmp_pa
     for s in model_sets(weights):
         args += ["--set", s]
     for s in [f"unet.unet3d={ls['unet3d']}", f"unet.unet3d_config={ls['unet3d_config']}", "unet.steps=1",
-              "align.device=cpu", "unet.backend=tests.test_latentsync_pipeline:FlakyLatentSync"]:
+              "landmarks.device=cpu", "unet.backend=tests.test_latentsync_pipeline:FlakyLatentSync"]:
         args += ["--set-b", s]
     proc = compare_cli(args)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -365,6 +365,14 @@ def test_binding_follows_backend_and_version(tmp_path, models):
     assert p["batch"]["mode"] == "windows" and p["encode"]["convention"] == "latentsync"
     assert p["whisper"]["flavour"] == "latentsync,musetalk" and p["audio"]["peak"] == "yes"
     assert p["crop"]["enabled"] == "yes"          # the MuseTalk fallback needs its crops
+    # 1.6: InsightFace's 106 points for the alignment, 68 for the fallback's crop box; the
+    # detector fed BGR as face_alignment feeds it
+    assert p["landmarks"]["alignment"] == "insightface" and p["landmarks"]["sets"] == "106,68"
+    assert p["detect"]["channel_order"] == "bgr"
+    g = load_graph(SURGICAL, ["video.path=a", "video.audio=b", "audio.path=b", "mux.path=c.mp4",
+                              f"unet.unet3d={ls['unet3d']}", "unet.version=1.5"])
+    assert g.stages["landmarks"].params["alignment"] == "fan"
+    assert g.stages["landmarks"].params["sets"] == "68"
     g = load_graph(SURGICAL, ["video.path=a", "video.audio=b", "audio.path=b", "mux.path=c.mp4",
                               f"unet.unet3d={ls['unet3d']}", "unet.fallback=none"])
     assert g.stages["crop"].params["enabled"] == "no"

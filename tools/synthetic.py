@@ -28,11 +28,10 @@ def model_sets(paths: dict, device: str = "cpu", latentsync: dict | None = None,
             f"whisper.model={paths['whisper']}"]
     if paths.get("parser"):
         sets.append(f"parse.parser={paths['parser']}")
-    stages = ["detect", "whisper", "encode", "unet", "decode", "parse"]
+    stages = ["detect", "landmarks", "whisper", "encode", "unet", "decode", "parse"]
     if latentsync:
         sets += [f"unet.unet3d={latentsync['unet3d']}",
                  f"unet.unet3d_config={latentsync['unet3d_config']}", f"unet.steps={steps}"]
-        stages.append("align")
     sets += [f"{stage}.device={device}" for stage in stages]
     return sets
 

@@ -1,9 +1,14 @@
-"""LatentSync face alignment and paste-back (the v1.5 conventions with 68-point landmarks).
+"""LatentSync face alignment and paste-back (the v1.5 conventions with 68-point landmarks, and
+the 1.6 variant with InsightFace's 106-point landmarks).
 
 Three points (brow centres and nose centre) are mapped by a similarity transform onto a fixed
 template inside a 3:4 face box (210 x 280 px wide x high at 256, 420 x 560 at 512). The box is
 then resized to a square, which stretches the face horizontally by 4/3; the models were trained
 on faces prepared this way.
+
+LatentSync 1.6 (InsightFace since April 2025) keeps the template and the box, and changes how the
+three points are found (``three_points_106``), the normalisation behind the translation bias
+(``estimate_affine_106``) and the warp (bilinear: ``align_face(interpolation=cv2.INTER_LINEAR)``).
 
 Coordinates follow the pixel-index convention of ``cv2.warpAffine`` (pixel (i, j) has its centre at
 x = j, y = i). An affine is a float64 [2, 3] matrix mapping frame coordinates into the face box.
@@ -46,7 +51,24 @@ def three_points(landmarks: np.ndarray) -> np.ndarray:
     return np.stack([pts[17:22].mean(0), pts[22:27].mean(0), pts[27:36].mean(0)])
 
 
-def similarity_transform(src: np.ndarray, dst: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def three_points_106(landmarks106: np.ndarray, round_like_upstream: bool = True) -> np.ndarray:
+    """[3, 2] from InsightFace's 106 landmarks: mean of brow points 43, 48, 49, 50, 51, mean of
+    brow points 101..105 and mean of nose points 74, 77, 83, 86.
+
+    Upstream rounds the landmarks to integers first and the three means again afterwards
+    (``round_like_upstream``). The points go onto the same template, in the same 3:4 box, as the
+    68-point path's (``template_points``, ``face_box_size``).
+    """
+    pts = np.asarray(landmarks106, dtype=np.float64)
+    if pts.shape != (106, 2):
+        raise ValueError(f"expected 106 landmarks of shape (106, 2), got {pts.shape}")
+    if round_like_upstream:
+        pts = np.round(pts)
+    points = np.stack([pts[[43, 48, 49, 51, 50]].mean(0), pts[101:106].mean(0), pts[[74, 77, 83, 86]].mean(0)])
+    return np.round(points) if round_like_upstream else points
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray, ddof: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """Rotation + uniform scale + translation taking ``src`` points onto ``dst`` points.
 
     Upstream's convention (kept because the training data was aligned with it): both point sets
@@ -54,13 +76,15 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> Tuple[np.ndarray, 
     the orthogonal Procrustes solution of the normalised sets (a reflection is never chosen); the
     scale is the ratio of the two standard deviations. Returns the [2, 3] matrix and the third
     point's residual in the normalised frame (dst - src, before rotation), which upstream adds to
-    the translation (see ``AlignmentSmoother``).
+    the translation (see ``AlignmentSmoother``). ``ddof`` is the standard deviation's delta
+    degrees of freedom: 0 in v1.5 (numpy), 1 in 1.6 (torch), which shrinks the residual by
+    sqrt(5 / 6) and leaves the matrix unchanged.
     """
     src = np.asarray(src, dtype=np.float64)
     dst = np.asarray(dst, dtype=np.float64)
     src_mean, dst_mean = src.mean(0), dst.mean(0)
     src_c, dst_c = src - src_mean, dst - dst_mean
-    src_std, dst_std = src_c.std(), dst_c.std()
+    src_std, dst_std = src_c.std(ddof=ddof), dst_c.std(ddof=ddof)
     if src_std < 1e-9 or dst_std < 1e-9:
         raise ValueError("degenerate points for a similarity transform: all points coincide")
     src_n, dst_n = src_c / src_std, dst_c / dst_std
@@ -138,17 +162,34 @@ def estimate_affine(
     return matrix
 
 
+def estimate_affine_106(
+    landmarks106: np.ndarray, resolution: int = 256, smoother: Optional[AlignmentSmoother] = None
+) -> np.ndarray:
+    """[2, 3] affine into the face box from InsightFace's 106 landmarks, as LatentSync 1.6 does.
+
+    Upstream does not smooth these landmarks; only the smoother's translation stage is used.
+    Upstream also warps with this matrix cast to float16 (about 0.25 px steps in the
+    translation); that rounding is not reproduced.
+    """
+    matrix, bias = similarity_transform(three_points_106(landmarks106), template_points(resolution), ddof=1)
+    if smoother is not None:
+        bias = smoother.bias(bias)
+    matrix[:, 2] += bias
+    return matrix
+
+
 def _check_frame(frame: np.ndarray) -> None:
     if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3:
         shape = getattr(frame, "shape", None)
         raise ValueError(f"expected an H x W x 3 image array, got shape {shape}")
 
 
-def align_face(frame: np.ndarray, affine: np.ndarray, resolution: int = 256) -> np.ndarray:
+def align_face(frame: np.ndarray, affine: np.ndarray, resolution: int = 256,
+               interpolation: int = cv2.INTER_LANCZOS4) -> np.ndarray:
     """The aligned face, resolution x resolution x 3 uint8.
 
-    Lanczos warp into the face box (gray 127 outside the frame), then Lanczos resize of the 3:4
-    box to a square, as upstream v1.5 does.
+    Warp into the face box (gray 127 outside the frame), then Lanczos resize of the 3:4 box to a
+    square. The warp is Lanczos in v1.5; 1.6 warps bilinearly (``cv2.INTER_LINEAR``).
     """
     _check_frame(frame)
     box_w, box_h = face_box_size(resolution)
@@ -156,7 +197,7 @@ def align_face(frame: np.ndarray, affine: np.ndarray, resolution: int = 256) -> 
         np.ascontiguousarray(frame),
         np.asarray(affine, dtype=np.float64),
         (box_w, box_h),
-        flags=cv2.INTER_LANCZOS4,
+        flags=interpolation,
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=(FILL_VALUE, FILL_VALUE, FILL_VALUE),
     )
@@ -179,11 +220,13 @@ def paste_region(inverse: np.ndarray, box_w: int, box_h: int, width: int, height
     return x0, y0, x1, y1
 
 
-def restore_face(frame: np.ndarray, face_res: np.ndarray, affine: np.ndarray, resolution: int = 256) -> np.ndarray:
+def restore_face(frame: np.ndarray, face_res: np.ndarray, affine: np.ndarray, resolution: int = 256,
+                 interpolation: int = cv2.INTER_LANCZOS4) -> np.ndarray:
     """Paste a (processed) aligned face back into a copy of ``frame``.
 
     The face is resized back to the 3:4 box, inverse-warped into the frame, and blended with
-    upstream's soft edge: the warped box mask is eroded by 2 px, then eroded again by 2 * w and
+    upstream's soft edge (the inverse warp is Lanczos in v1.5, bilinear in 1.6: ``interpolation``):
+    the warped box mask is eroded by 2 px, then eroded again by 2 * w and
     Gaussian-blurred with a (2w + 1) kernel, w = sqrt(face area in pixels) // 20. Pixels the box
     does not reach keep their exact values. Blending is rounded (upstream truncates).
     """
@@ -205,7 +248,7 @@ def restore_face(frame: np.ndarray, face_res: np.ndarray, affine: np.ndarray, re
     size = (x1 - x0, y1 - y0)
 
     face_box = cv2.resize(face_res.astype(np.float32), (box_w, box_h), interpolation=cv2.INTER_LANCZOS4)
-    warped = cv2.warpAffine(face_box, inverse_roi, size, flags=cv2.INTER_LANCZOS4)
+    warped = cv2.warpAffine(face_box, inverse_roi, size, flags=interpolation)
     box_mask = cv2.warpAffine(np.ones((box_h, box_w), np.float32), inverse_roi, size)
 
     box_mask = cv2.erode(box_mask, np.ones((2, 2), np.uint8))

@@ -5,6 +5,7 @@ Boxes are ``(x1, y1, x2, y2)`` integer pixel edges, ``x2``/``y2`` exclusive, as 
 
 Per frame the flow is::
 
+    det_box, _ = landmark_box(lm68, det_box)          # v1.5: the box from 68 landmarks
     box = face_box(det_box, frame.shape)              # v1.5: 10 px added below
     face = crop_face(frame, box)                      # 256 x 256 model input
     crop_box = expanded_crop_box(box, frame.shape)    # square, 1.5 x the larger side
@@ -120,6 +121,33 @@ def face_box(det_box: Sequence[float], frame_shape: Sequence[int], extra_margin:
     x1, y1 = max(0, x1), max(0, y1)
     x2, y2 = min(w, x2), min(h, y2)
     return x1, y1, x2, y2
+
+
+NOSE_POINT = 29   # 68-point index of the nose point that upstream puts on the crop's middle row
+
+
+def landmark_box(landmarks: np.ndarray, det_box: Sequence[float]) -> tuple[tuple[float, ...], bool]:
+    """MuseTalk v1.5's face box from 68 landmarks, before ``extra_margin``.
+
+    Upstream casts the points to integers (truncation), then: x from the points' min and max
+    x, bottom = the lowest point (the chin), top = point 29's y minus (bottom - point 29's y),
+    so the nose point lands on the crop's middle row, where the VAE mask cuts. An empty box
+    or one with x1 < 0 is invalid: the detector box is used instead. Returns
+    ``(box, from_landmarks)``; feed ``box`` to ``face_box``.
+    """
+    pts = np.asarray(landmarks, dtype=np.float64)
+    if pts.shape != (68, 2):
+        raise ValueError(f"expected 68 landmarks of shape (68, 2), got {pts.shape}")
+    if not np.all(np.isfinite(pts)):
+        return tuple(float(v) for v in np.asarray(det_box, np.float64)[:4]), False
+    pts = pts.astype(np.int64)          # upstream: landmarks.astype(np.int32), i.e. truncation
+    nose_y = int(pts[NOSE_POINT, 1])
+    x1, x2 = int(pts[:, 0].min()), int(pts[:, 0].max())
+    y2 = int(pts[:, 1].max())
+    y1 = nose_y - (y2 - nose_y)
+    if y2 - y1 <= 0 or x2 - x1 <= 0 or x1 < 0:
+        return tuple(float(v) for v in np.asarray(det_box, np.float64)[:4]), False
+    return (float(x1), float(y1), float(x2), float(y2)), True
 
 
 def _check_box(box: Sequence[int], frame_shape: Sequence[int]) -> Box:

@@ -1,0 +1,137 @@
+"""face_landmarks: face landmarks for each face frame, computed once for the stages after it.
+
+- `lm68` (iBUG 68-point order, FAN `2DFAN4`): MuseTalk v1.5's crop box (`face_crop`) and
+  LatentSync 1.5's alignment (`face_align`).
+- `lm106` (InsightFace `2d106det` of the `buffalo_l` pack, with its detector `det_10g`):
+  LatentSync 1.6's alignment, as upstream aligns since April 2025.
+
+`sets: auto` computes what the graph needs: 68 points when it has a MuseTalk crop or a
+LatentSync alignment by FAN (`alignment: fan`, the default for 1.5), 106 points for
+`alignment: insightface` (the default for 1.6). Files not found: one warning naming them and
+where they come from; the crop then uses the detector box, the 1.6 alignment falls back to
+FAN, and an alignment without any landmark model estimates points from the box. Frames whose
+crop and alignment came from the prepared cache are not looked at again.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graph.stage import Stage
+
+from ._torch import DEVICE_PARAMS, check_device_params, inference, resolve_device, resolve_dtype
+
+FAN_SOURCE = ("2DFAN4 of the face_alignment project (2DFAN4-cd938726ad.zip; LatentSync's "
+              "Hugging Face repo ships it as auxiliary/2DFAN4-cd938726ad.zip)")
+INSIGHTFACE_SOURCE = ("InsightFace's buffalo_l pack (det_10g.onnx and 2d106det.onnx; "
+                      "`insightface` downloads it to ~/.insightface/models/buffalo_l/)")
+
+
+class FaceLandmarks(Stage):
+    params = {"sets": "auto", "alignment": "auto", "weights": "", "fan": "", "insightface": "",
+              "batch_size": 8, **DEVICE_PARAMS}
+
+    @classmethod
+    def bind(cls, params, graph, notes):
+        from .conventions import graph_conventions, unet_resolution
+        conv = graph_conventions(graph)
+        if params["alignment"] == "auto":
+            params["alignment"] = "insightface" if unet_resolution(graph) == 512 else "fan"
+        if params["sets"] == "auto":
+            sets = []
+            crop = [s for s in graph.values() if s.type == "face_crop"]
+            if "musetalk" in conv and any(s.params.get("box", "landmarks") == "landmarks" for s in crop):
+                sets.append("68")
+            if "latentsync" in conv:
+                sets.append("106" if params["alignment"] == "insightface" else "68")
+            params["sets"] = ",".join(sorted(set(sets))) or "none"
+        return params
+
+    @classmethod
+    def validate_params(cls, params):
+        problems = check_device_params(params)
+        if params["alignment"] not in ("auto", "fan", "insightface"):
+            problems.append(("alignment", "expected auto, fan or insightface"))
+        sets = params["sets"]
+        if sets not in ("auto", "none") and not set(sets.split(",")) <= {"68", "106"}:
+            problems.append(("sets", f"expected auto, none, 68, 106 or 68,106, got {sets!r}"))
+        if params["batch_size"] < 1:
+            problems.append(("batch_size", "must be >= 1"))
+        return problems
+
+    def open(self):
+        sets = set() if self.p["sets"] in ("none", "auto") else set(self.p["sets"].split(","))
+        self.held: list = []
+        self.fan = self.lm106 = None
+        weights = self.p["weights"] or None
+        if "106" in sets:
+            from models.insightface import (InsightFaceLandmarker, find_insightface_models,
+                                            insightface_search_folders)
+            folder = self.p["insightface"] or weights
+            found = find_insightface_models(folder)
+            if all(found.values()):
+                # upstream hands InsightFace its RGB frames where BGR is expected: the same here
+                providers = None if self.p["device"] == "auto" else self.p["device"]
+                self.lm106 = InsightFaceLandmarker.from_weights(folder, providers=providers,
+                                                                rgb_as_bgr=True)
+            else:
+                missing = [k for k, v in found.items() if v is None]
+                self.ctx.warn(f"InsightFace {' and '.join(missing)} model not found (looked in "
+                              f"{', '.join(insightface_search_folders(folder))}): LatentSync 1.6 faces "
+                              f"are aligned with 68 FAN points instead. Get {INSIGHTFACE_SOURCE}")
+                sets.add("68")
+        if "68" in sets:
+            from models.landmarks import FANLandmarks, fan_search_folders, find_fan_weights, load_fan
+            path = self.p["fan"] or find_fan_weights(weights)
+            if path is None:
+                self.ctx.warn(f"FAN landmark weights not found (looked in "
+                              f"{', '.join(fan_search_folders(weights))}): MuseTalk's face box is the "
+                              f"detector's box, not upstream's box from 68 landmarks, and LatentSync's "
+                              f"alignment estimates points from the box. Get {FAN_SOURCE}")
+            else:
+                device = resolve_device(self.p["device"])
+                dtype = resolve_dtype(self.p["dtype"], device)
+                self.fan = FANLandmarks(load_fan(path, device, dtype), device, dtype,
+                                        batch_size=self.p["batch_size"], source=path)
+        self.on = self.fan is not None or self.lm106 is not None
+
+    def process(self, item, port):
+        if not self.on:
+            yield "out", item
+            return
+        if item.data.get("box") is None:          # a cutaway: release what is held first
+            yield from self._release()
+            yield "out", item
+            return
+        self.held.append(item)
+        if len(self.held) >= self.p["batch_size"]:
+            yield from self._release()
+
+    def on_flush(self, flush, port):
+        yield from self._release()
+        yield from super().on_flush(flush, port)
+
+    def finish(self):
+        return self._release()
+
+    def _release(self):
+        if not self.held:
+            return
+        items, self.held = self.held, []
+        todo = [it for it in items if not _prepared(it)]
+        if todo:
+            frames = [it.data["frame"] for it in todo]
+            boxes = [tuple(float(v) for v in it.data["box"][:4]) for it in todo]
+            with inference():
+                if self.fan is not None:
+                    for it, lm in zip(todo, self.fan.landmarks(frames, boxes)):
+                        it.data["lm68"] = np.asarray(lm, np.float32)
+                if self.lm106 is not None:
+                    for it, lm in zip(todo, self.lm106.landmarks(frames, boxes)):
+                        it.data["lm106"] = np.asarray(lm, np.float32)
+        for it in items:
+            yield "out", it
+
+
+def _prepared(item) -> bool:
+    """The prepared cache already holds what the landmarks would be used for."""
+    return "face_box" in item.data or "aligned" in item.data
