@@ -68,6 +68,8 @@ def build_face_detector(kind: str = "auto", weights_dir: str | os.PathLike | Non
         return S3FDDetector(load_s3fd(path, device=device, dtype=dtype), device=device,
                             dtype=dtype, **options)
 
+    if thresholds.get("max_side", 0) is None:       # full resolution means S3FD's; the
+        thresholds = {k: v for k, v in thresholds.items() if k != "max_side"}  # cascade keeps 640
     if kind == "auto":
         warnings.warn(
             f"S3FD weights {WEIGHTS_FILENAME} not found (looked for "

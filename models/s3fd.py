@@ -4,7 +4,10 @@ The module layout mirrors the face_alignment project's ``s3fd-619a316812.pth`` c
 (65 tensors, 22.5 M parameters), which MuseTalk uses as-is, so it loads strictly.
 
 Conventions of the checkpoint:
-- input is BGR in 0..255 with the per-channel mean (104, 117, 123) subtracted, no scaling;
+- input in 0..255 with the per-channel mean (104, 117, 123) subtracted, no scaling. The
+  network was trained on BGR, and face_alignment (LatentSync 1.5's detector) feeds BGR; MuseTalk
+  flips cv2's BGR frames to RGB before its copy of the detector, so its network sees RGB minus
+  that mean. ``S3FDDetector(channel_order=...)`` does either;
 - head ``i`` (i = 0..5) has stride ``4 * 2**i`` and one square anchor of side ``4 * stride``
   centred at ``stride / 2 + index * stride``; offsets decode SSD-style with variances (0.1, 0.2);
 - the first head predicts 3 background logits and 1 face logit; the backgrounds are max-ed
@@ -295,12 +298,15 @@ class S3FDDetector:
 
     def __init__(self, model: S3FD, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, score_threshold: float = 0.5,
-                 nms_threshold: float = 0.3, max_side: int | None = 640,
-                 batch_size: int = 8) -> None:
+                 nms_threshold: float = 0.3, max_side: int | None = None,
+                 batch_size: int = 8, channel_order: str = "bgr") -> None:
         if max_side is not None and max_side < MIN_INPUT_SIDE:
             raise ValueError(f"max_side must be >= {MIN_INPUT_SIDE}, got {max_side}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"channel_order must be rgb or bgr, got {channel_order!r}")
+        self.flip = channel_order == "bgr"      # frames arrive RGB
         self.device = torch.device(device)
         self.dtype = dtype
         self.model = model.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
@@ -339,7 +345,10 @@ class S3FDDetector:
             frames = [cv2.resize(f, (net_w, net_h), interpolation=cv2.INTER_AREA) for f in frames]
         # Ship uint8 to the device; convert there (4x less transfer than float).
         batch = torch.from_numpy(np.stack(frames)).to(self.device, non_blocking=True)
-        x = batch.permute(0, 3, 1, 2).flip(1).float() - self._mean  # RGB -> BGR, mean-free
+        x = batch.permute(0, 3, 1, 2)
+        if self.flip:
+            x = x.flip(1)
+        x = x.float() - self._mean
         outputs = self.model(x.to(self.dtype))
         # Filtering at the final threshold before NMS keeps the same boxes as the reference
         # (NMS at 0.05, then > 0.5): a box can only be suppressed by a higher-scoring one.

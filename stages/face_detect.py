@@ -1,8 +1,11 @@
 """face_detect: one face box per frame, or None for a cutaway.
 
 S3FD (`s3fd-619a316812.pth`, looked up under --weights and the torch hub cache), batched,
-on frames downscaled to `max_side`; without its weights, OpenCV's Haar cascade, with a
-warning. Detection dominates upstream's run time, so `detect_every: N` detects every Nth
+at full resolution as upstream runs it (`max_side: N` downscales to N px for speed; see
+docs/fidelity.md for what that changes), fed RGB or BGR as the graph's model was prepared
+(`channel_order: auto`: RGB for MuseTalk, whose copy of the detector gets RGB frames, BGR for
+LatentSync, whose face_alignment detector gets BGR); without its weights, OpenCV's Haar
+cascade (on frames downscaled to 640 px), with a warning. Detection dominates upstream's run time, so `detect_every: N` detects every Nth
 frame and interpolates the boxes between two detections of the same face; where a face
 appears, disappears or jumps between two detections, the frames between are detected too.
 Several faces: the one that continues the current track, else the largest.
@@ -22,16 +25,27 @@ TRACK_IOU = 0.3     # two boxes this similar are the same face (interpolation is
 
 class FaceDetect(Stage):
     params = {"detector": "auto", "weights": "", "detect_every": 1, "batch_size": 8,
-              "max_side": 640, "score_threshold": 0.5, "nms_threshold": 0.3, **DEVICE_PARAMS}
+              "max_side": 0, "channel_order": "auto", "score_threshold": 0.5,
+              "nms_threshold": 0.3, **DEVICE_PARAMS}
+    @classmethod
+    def bind(cls, params, graph, notes):
+        if params["channel_order"] == "auto":
+            from .conventions import graph_conventions
+            params["channel_order"] = "rgb" if graph_conventions(graph)[0] == "musetalk" else "bgr"
+        return params
 
     @classmethod
     def validate_params(cls, params):
         problems = check_device_params(params)
         if params["detector"] not in ("auto", "s3fd", "haar"):
             problems.append(("detector", f"expected auto, s3fd or haar, got {params['detector']!r}"))
-        for k in ("detect_every", "batch_size", "max_side"):
+        for k in ("detect_every", "batch_size"):
             if params[k] < 1:
                 problems.append((k, "must be >= 1"))
+        if params["max_side"] < 0:
+            problems.append(("max_side", "must be >= 0 (0: full resolution)"))
+        if params["channel_order"] not in ("auto", "rgb", "bgr"):
+            problems.append(("channel_order", "expected auto, rgb or bgr"))
         return problems
 
     def open(self):
@@ -40,10 +54,12 @@ class FaceDetect(Stage):
         dtype = resolve_dtype(self.p["dtype"], device) if self.p["dtype"] != "auto" else None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            options = {"max_side": self.p["max_side"]}
-            if self.p["detector"] != "haar":     # S3FD's thresholds ("auto" drops them for Haar)
+            # max_side None: S3FD at full resolution, the cascade at its own 640 px
+            options = {"max_side": self.p["max_side"] or None}
+            if self.p["detector"] != "haar":     # S3FD's options ("auto" drops them for Haar)
                 options.update(score_threshold=self.p["score_threshold"],
-                               nms_threshold=self.p["nms_threshold"])
+                               nms_threshold=self.p["nms_threshold"],
+                               channel_order=self.p["channel_order"])
             self.detector = build_face_detector(self.p["detector"], self.p["weights"] or None,
                                                 device=device, dtype=dtype, **options)
         for w in caught:

@@ -302,3 +302,36 @@ def test_random_model_detect_is_well_formed(random_state):
     # Batching does not change results: each frame alone gives the same boxes.
     for frame, boxes in zip(frames, out):
         np.testing.assert_allclose(det.detect([frame])[0], boxes, rtol=1e-4, atol=1e-3)
+
+
+def test_channel_order_is_what_the_network_sees():
+    # RedSquareNet finds pure red only in BGR input: it finds the RGB frame's red square with
+    # channel_order="bgr" (face_alignment's convention) and not with "rgb" (MuseTalk's)
+    frame = red_square_frame(128, 128, (32, 32, 96, 96))
+    found = S3FDDetector(RedSquareNet(), channel_order="bgr").detect([frame])[0]
+    np.testing.assert_allclose(found[0, :4], (32, 32, 96, 96), atol=1e-3)
+    assert len(S3FDDetector(RedSquareNet(), channel_order="rgb").detect([frame])[0]) == 0
+
+    seen = {}
+
+    class Spy(RedSquareNet):
+        def forward(self, x):
+            seen["x"] = x.clone()
+            return super().forward(x)
+
+    frame = np.zeros((64, 64, 3), np.uint8)
+    frame[..., 0], frame[..., 1], frame[..., 2] = 200, 100, 50      # R, G, B
+    S3FDDetector(Spy(), channel_order="rgb").detect([frame])
+    assert seen["x"][0, :, 0, 0].tolist() == [200 - 104, 100 - 117, 50 - 123]
+    S3FDDetector(Spy(), channel_order="bgr").detect([frame])
+    assert seen["x"][0, :, 0, 0].tolist() == [50 - 104, 100 - 117, 200 - 123]
+    with pytest.raises(ValueError, match="channel_order"):
+        S3FDDetector(Spy(), channel_order="yuv")
+
+
+def test_musetalk_graph_feeds_the_detector_rgb():
+    from graph.spec import load_graph
+    g = load_graph("configs/graphs/musetalk.yaml", {"video.path": "x.mp4", "audio.path": "x.wav",
+                                                    "video.audio": "x.wav", "mux.path": "o.mp4"})
+    assert g.stages["detect"].params["channel_order"] == "rgb"
+    assert g.stages["landmarks"].params["sets"] == "68"
