@@ -36,9 +36,10 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _reference_mask(size: int) -> np.ndarray:
-    """Upstream's mask at ``size`` as upstream prepares it (Lanczos resize of the PNG)."""
-    png = cv2.imread(MASK_PNG, cv2.IMREAD_GRAYSCALE)
-    return cv2.resize(png, (size, size), interpolation=cv2.INTER_LANCZOS4).astype(np.float32) / 255.0
+    """Upstream's mask at ``size`` as upstream prepares it: the PNG read in colour, turned to
+    RGB, resized with Lanczos, divided by 255, channel 0."""
+    png = cv2.cvtColor(cv2.imread(MASK_PNG), cv2.COLOR_BGR2RGB)
+    return (cv2.resize(png, (size, size), interpolation=cv2.INTER_LANCZOS4) / 255.0)[:, :, 0]
 
 
 def _rotation(deg: float) -> np.ndarray:
@@ -60,26 +61,36 @@ def _landmarks_from_three(points3: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- mask
 
 
-def test_mask_matches_upstream_png():
-    mask = latentsync_mask(256)
-    assert mask.shape == (256, 256) and mask.dtype == np.float32
-    assert set(np.unique(mask)) == {0.0, 1.0}
-    regen, ref_regen = mask < 0.5, _reference_mask(256) < 0.5
-    assert _iou(regen, ref_regen) >= 0.98
-    assert abs(regen.mean() - 0.407) < 0.005
-    # spot checks of the described geometry
-    assert mask[:95].min() == 1.0  # upper face kept
-    assert mask[110, 40] == 0.0 and mask[110, 210] == 0.0  # cheeks regenerated
-    assert mask[110, 128] == 1.0  # nose notch kept
-    assert mask[200, 128] == 0.0 and mask[250, 128] == 1.0  # jaw regenerated, below it kept
-    assert mask[200, 5] == 1.0 and mask[240, 30] == 1.0  # rounded jaw corners kept
-
-
-@pytest.mark.parametrize("size", [512, 320])
-def test_mask_other_sizes(size):
+@pytest.mark.parametrize("size", [256, 512])
+def test_drawn_mask_equals_the_official_png(size):
     mask = latentsync_mask(size)
-    assert mask.shape == (size, size)
-    assert _iou(mask < 0.5, _reference_mask(size) < 0.5) >= 0.98
+    assert mask.shape == (size, size) and mask.dtype == np.float32
+    np.testing.assert_array_equal(mask, _reference_mask(size).astype(np.float32))
+    np.testing.assert_array_equal(mask, load_mask(MASK_PNG, size))
+    if size == 256:
+        assert set(np.unique(mask)) == {0.0, 1.0}
+        assert abs((mask < 0.5).mean() - 0.407) < 0.001
+    else:                       # Lanczos at 512: soft edges, as upstream's
+        assert len(np.unique(mask)) > 100
+    # the described geometry
+    r = size // 256
+    assert mask[:90 * r].min() == 1.0  # upper face kept
+    assert mask[110 * r, 40 * r] == 0.0 and mask[110 * r, 210 * r] == 0.0  # cheeks regenerated
+    assert mask[110 * r, 128 * r] == 1.0  # nose notch kept
+    assert mask[200 * r, 128 * r] == 0.0 and mask[250 * r, 128 * r] == 1.0  # jaw regenerated, below kept
+    assert mask[200 * r, 5 * r] == 1.0 and mask[240 * r, 30 * r] == 1.0  # rounded jaw corners kept
+
+
+def test_official_mask_found_in_a_latentsync_checkout(tmp_path):
+    from vision.latentsync_mask import find_official_mask
+    checkout = tmp_path / "LatentSync"
+    (checkout / "latentsync" / "utils").mkdir(parents=True)
+    (checkout / "checkpoints").mkdir()
+    png = checkout / "latentsync" / "utils" / "mask.png"
+    png.write_bytes(open(MASK_PNG, "rb").read())
+    assert find_official_mask(str(checkout)) == str(png)
+    assert find_official_mask(str(checkout / "checkpoints")) == str(png)
+    assert find_official_mask(str(tmp_path)) == "" and find_official_mask("") == ""
 
 
 def test_load_mask(tmp_path):
@@ -133,9 +144,14 @@ def test_latent_mask_nearest():
         ref = torch.nn.functional.interpolate(torch.from_numpy(mask)[None, None], size=(size, size))[0]
         assert out.shape == (1, size, size)
         np.testing.assert_array_equal(out, ref.numpy())
-    t = latent_mask(torch.from_numpy(latentsync_mask(512))[None], (64, 64))
+    soft = torch.from_numpy(latentsync_mask(512))[None]
+    t = latent_mask(soft, (64, 64))
     assert isinstance(t, torch.Tensor) and t.shape == (1, 64, 64)
-    assert set(torch.unique(t).tolist()) == {0.0, 1.0}
+    torch.testing.assert_close(t, torch.nn.functional.interpolate(soft[None], size=(64, 64))[0],
+                               rtol=0, atol=0)
+    # as upstream: nearest samples of the soft 512 mask, a few of them between 0 and 1
+    between = ((t > 0) & (t < 1)).float().mean().item()
+    assert 0.01 < between < 0.06
 
 
 # --------------------------------------------------------------------------- alignment

@@ -3,11 +3,14 @@
 Convention (as upstream): 1 = keep the pixel, 0 = region the UNet regenerates. The mask lives in
 the aligned, square face image (see ``vision.latentsync_align``).
 
-Geometry in 256 px coordinates, fitted to upstream ``latentsync/utils/mask.png`` (IoU 0.989):
+Upstream reads `latentsync/utils/mask.png` (256 x 256, binary) and resizes it with Lanczos to
+the UNet's resolution, which gives soft edges at 512. The pipeline uses that file when it is
+found (``find_official_mask``) and otherwise draws the same pixels from the table below, so
+both routes give identical masks at 256 and, resized the same way, at 512:
 - rows 95..127: only the two cheek bands, columns 9..77 and 178..246; the notch between them
   keeps the nose;
-- rows 128..242: the part of an ellipse centred at (x 128, y 141) with semi-axes 119.5 x 101.5
-  that lies below row 128, i.e. nearly full width, narrowing to a rounded jaw.
+- rows 128..242: one run per row, from ``_JAW_LEFT`` to ``_JAW_RIGHT`` (exclusive), nearly
+  full width, narrowing to a rounded jaw.
 """
 
 from __future__ import annotations
@@ -20,11 +23,27 @@ import cv2
 import numpy as np
 import torch
 
-# Geometry in the 256 px frame; pixel (i, j) covers [j, j + 1) x [i, i + 1).
-_CHEEK_TOP, _CHEEK_BOTTOM = 95.0, 128.0
-_CHEEK_BANDS = ((9.0, 78.0), (178.0, 247.0))
-_JAW_CENTER = (128.0, 141.0)
-_JAW_SEMI_AXES = (119.5, 101.5)
+BASE_SIZE = 256
+_CHEEK_ROWS = (95, 128)
+_CHEEK_BANDS = ((9, 78), (178, 247))
+_JAW_TOP = 128
+_JAW_LEFT = (9, 9, 9, 9, 9, 9, 9, 9, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10,
+             11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 12, 12, 12, 12, 12, 12, 12,
+             13, 13, 14, 14, 15, 15, 16, 16, 17, 18, 18, 19, 19, 20, 21, 21, 22, 22, 23, 24, 25,
+             26, 26, 27, 28, 29, 30, 31, 32, 33, 34, 34, 35, 36, 37, 38, 39, 40, 42, 43, 44, 45,
+             47, 48, 49, 51, 52, 54, 56, 57, 59, 60, 62, 64, 66, 68, 70, 72, 74, 76, 78, 80, 82,
+             85, 87, 90, 93, 95, 99, 104, 108, 131)
+_JAW_RIGHT = (248, 248, 248, 248, 248, 248, 248, 247, 247, 247, 247, 247, 247, 247, 247, 247,
+              247, 247, 247, 247, 247, 246, 246, 246, 246, 246, 246, 246, 246, 246, 246, 246,
+              246, 246, 246, 245, 245, 245, 245, 245, 245, 245, 244, 244, 243, 243, 242, 242,
+              241, 241, 240, 239, 239, 238, 237, 237, 236, 235, 235, 234, 233, 233, 232, 231,
+              231, 230, 229, 229, 228, 227, 226, 225, 224, 224, 223, 222, 221, 220, 219, 218,
+              217, 216, 215, 214, 213, 212, 211, 209, 208, 207, 205, 204, 203, 201, 200, 198,
+              197, 195, 193, 192, 190, 188, 186, 184, 181, 179, 176, 174, 172, 169, 167, 165,
+              161, 157, 153)
+# where a LatentSync checkout (or a weights folder beside one) keeps the official file
+MASK_LOCATIONS = (os.path.join("latentsync", "utils", "mask.png"), "mask.png",
+                  os.path.join("..", "latentsync", "utils", "mask.png"))
 
 ArrayOrTensor = Union[np.ndarray, torch.Tensor]
 
@@ -33,28 +52,42 @@ class MaskFileError(ValueError):
     """A user-supplied mask image cannot be read."""
 
 
-def latentsync_mask(size: int = 256) -> np.ndarray:
-    """The fixed LatentSync mask, float32 [size, size], 1 = keep, 0 = regenerate.
+def _base_mask() -> np.ndarray:
+    """The 256 x 256 mask as uint8 0/255 (255 = keep), like the PNG's pixels."""
+    mask = np.full((BASE_SIZE, BASE_SIZE), 255, np.uint8)
+    top, bottom = _CHEEK_ROWS
+    for left, right in _CHEEK_BANDS:
+        mask[top:bottom, left:right] = 0
+    for row, (left, right) in enumerate(zip(_JAW_LEFT, _JAW_RIGHT), start=_JAW_TOP):
+        mask[row, left:right] = 0
+    return mask
 
-    Each pixel is classified at its centre, mapped into the 256 px frame, so any size works.
-    """
+
+def _resized(image: np.ndarray, size: int) -> np.ndarray:
+    """Upstream's resize of the 256 px mask to the UNet's resolution, in [0, 1]."""
+    if image.shape != (size, size):
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LANCZOS4)
+    return (image.astype(np.float32) / 255.0).clip(0.0, 1.0)
+
+
+def latentsync_mask(size: int = 256) -> np.ndarray:
+    """The fixed LatentSync mask, float32 [size, size], 1 = keep, 0 = regenerate: the official
+    pixels at 256, resized as upstream resizes its PNG at other sizes."""
     if size <= 0:
         raise ValueError(f"mask size must be positive, got {size}")
-    scale = 256.0 / size
-    centres = (np.arange(size, dtype=np.float64) + 0.5) * scale
-    y, x = np.meshgrid(centres, centres, indexing="ij")
+    return _resized(_base_mask(), size)
 
-    cheek_rows = (y >= _CHEEK_TOP) & (y < _CHEEK_BOTTOM)
-    cheek_cols = np.zeros_like(cheek_rows)
-    for left, right in _CHEEK_BANDS:
-        cheek_cols |= (x >= left) & (x < right)
-    cheeks = cheek_rows & cheek_cols
 
-    cx, cy = _JAW_CENTER
-    ax, ay = _JAW_SEMI_AXES
-    jaw = (y >= _CHEEK_BOTTOM) & (((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2 <= 1.0)
-
-    return np.where(cheeks | jaw, 0.0, 1.0).astype(np.float32)
+def find_official_mask(weights_dir: str | None) -> str:
+    """The official `mask.png` under a LatentSync checkout or its `checkpoints/` folder, or ''."""
+    if not weights_dir:
+        return ""
+    root = os.path.expanduser(weights_dir)
+    for rel in MASK_LOCATIONS:
+        path = os.path.normpath(os.path.join(root, rel))
+        if os.path.isfile(path):
+            return path
+    return ""
 
 
 @functools.lru_cache(maxsize=8)
@@ -67,7 +100,7 @@ def keep_mask(size: int, path: str = "") -> np.ndarray:
 
 
 def load_mask(path: str, size: int) -> np.ndarray:
-    """A user mask image (white = keep, black = regenerate) as float32 [size, size] in [0, 1].
+    """A mask image (white = keep, black = regenerate) as float32 [size, size] in [0, 1].
 
     Read as grayscale and resized with Lanczos like upstream does with its PNG.
     """
@@ -76,9 +109,7 @@ def load_mask(path: str, size: int) -> np.ndarray:
     image = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
     if image is None:
         raise MaskFileError(f"cannot decode mask image {path}: expected a grayscale or RGB image file")
-    if image.shape != (size, size):
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LANCZOS4)
-    return (image.astype(np.float32) / 255.0).clip(0.0, 1.0)
+    return _resized(image, size)
 
 
 def _to_unit_range(face: ArrayOrTensor) -> ArrayOrTensor:
