@@ -58,19 +58,19 @@ class _BlockSpec:
 class _Layers(nn.Module):
     """Shared per-layer step: resnet -> spatial transformer (if any) -> motion module (if any)."""
 
-    attentions: nn.ModuleList | None
+    attentions: nn.ModuleList  # empty without cross-attention
     resnets: nn.ModuleList
     motion_modules: nn.ModuleList | None
 
     def _register(self, spec: _BlockSpec, resnet_channels: Sequence[tuple[int, int]], channels: int) -> None:
         # Attribute order = checkpoint key order: attentions, resnets, motion_modules.
-        self.attentions = (
-            nn.ModuleList(
-                [Transformer3DModel(channels, spec.heads, spec.groups, spec.cross_attention_dim, spec.audio)
-                 for _ in resnet_channels]
-            )
+        # Empty rather than None when absent (no state-dict keys either way): DeepCacheSDHelper
+        # iterates ``getattr(block, "attentions", [])`` of every block, as upstream's blocks allow.
+        self.attentions = nn.ModuleList(
+            [Transformer3DModel(channels, spec.heads, spec.groups, spec.cross_attention_dim, spec.audio)
+             for _ in resnet_channels]
             if spec.cross
-            else None
+            else []
         )
         self.resnets = nn.ModuleList(
             [ResnetBlock3D(i, o, spec.temb_channels, spec.groups, spec.eps, per_frame_norm=spec.per_frame_norm)
@@ -83,7 +83,7 @@ class _Layers(nn.Module):
     def layer(self, i: int, x: torch.Tensor, temb: torch.Tensor, audio: torch.Tensor | None,
               num_frames: int) -> torch.Tensor:
         x = self.resnets[i](x, temb, num_frames)
-        if self.attentions is not None:
+        if len(self.attentions):
             x = self.attentions[i](x, audio)
         if self.motion_modules is not None:
             x = self.motion_modules[i](x, num_frames)
@@ -186,6 +186,9 @@ class UNet3DConditionModel(nn.Module):
     the cached feature concatenated with the fresh ``conv_in`` output) and
     ``conv_norm_out``/``conv_out``. Every down block, the mid block, the other up blocks and
     the earlier layers of the final up block are reused from the last full step.
+    This is what ``DeepCache.DeepCacheSDHelper`` computes (tests/test_deepcache_parity.py); the
+    helper also reruns those earlier layers' motion modules on their cached inputs, which only
+    reproduces the cached values, so they are skipped here.
     """
 
     def __init__(self, config: UNet3DConfig):
