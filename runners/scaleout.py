@@ -91,9 +91,7 @@ def run_split(graph, parts: int, runner: str = "ray", address: str | None = None
     video, mux = _stage(graph, "video_source"), _stage(graph, "mux")
     plan = job.prepare(graph, resume=False)
     vinfo, total, _ = VideoSource.plan(video.params)
-    from media.video import keyframe_indices
-    # output frame i shows source frame i up to the end of the first forward pass
-    keys = [k for k in keyframe_indices(video.params["path"]) if k < vinfo.frame_count]
+    keys = VideoSource.output_keyframes(video.params, vinfo)
     ranges = part_ranges(total, parts, keys)
     record = plan.manifest.data
     t0 = time.monotonic()

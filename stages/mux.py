@@ -1,13 +1,15 @@
 """mux: the output file. Merges the blended face frames and the bypassed cutaways back into
 index order (holding at most one message per input), encodes H.264 (libx264, yuv420p,
-crf 18 by default) at the source frame rate and timestamps, and muxes the new audio track
-(AAC), cut or padded with silence to the video's duration. Writes to a temporary file that
-is renamed onto `path` only when the stream ends; a failed run leaves nothing there.
+crf 18 by default) at the stream's frame rate (the source's, or video_source's `fps`) and
+timestamps, and muxes the new audio track (AAC), cut or padded with silence to the video's
+duration. Writes to a temporary file that is renamed onto `path` only when the stream ends;
+a failed run leaves nothing there.
 For a lossless master: `codec: ffv1`, `pix_fmt: bgr0` and a .mkv path.
 
-`sidecar: PATH` also writes one JSON line per output frame: index, time, src (source frame),
-face (face box or null for a cutaway), edit (box of every pixel that may have changed, or
-null), convention (the model that made the mouth).
+`sidecar: PATH` also writes one JSON line per output frame: index, time, src (the decoded
+source frame it shows; resampled by video_source's `fps`, a repeated frame names the same
+one), face (face box or null for a cutaway), edit (box of every pixel that may have
+changed, or null), convention (the model that made the mouth).
 
 With `workdir` (set by run_graph: segments are on unless `segment_s: 0`), frames go into
 segments of `segment_s` seconds recorded in the job's manifest, joined into the output at

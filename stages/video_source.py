@@ -5,10 +5,41 @@ longer than the video the video plays forward, backward, forward ... (ping-pong,
 does); when shorter, the video is cut. `length: video` keeps the video's own length. Frame
 times come from pts (variable frame rates stay in sync), rotation metadata is applied,
 odd sizes are kept.
+
+Output frame rate (`fps`, `--fps`): `source` (the default) streams the decoded frames as
+they are, at their own times. A rate R (25, 29.97, "30000/1001") resamples the decoded
+stream by presentation time to a constant R, by the rule of FFmpeg's `fps` filter with its
+default rounding (`round=near`, AV_ROUND_NEAR_INF):
+
+- source frame i, at time t_i after the first frame, starts at output frame
+  round(t_i * R), an exact half rounding up, and is shown until the next source frame
+  starts;
+- so output frame k (time k / R) shows the latest source frame with t_i * R < k + 1/2:
+  the frame on screen just before the middle of output frame k's interval;
+- frames that start on the same output frame as a later one are dropped; a frame covering
+  several output frames is repeated (a copy of the same decoded picture, so a cutaway is
+  still an untouched input frame);
+- the resampled sequence covers the source: round(duration * R) frames (at least 1), the
+  source ending at its last frame's time plus 1 / its average rate.
+
+`media.video.resample_picks` is the rule; it picks the same frames as libavfilter's `fps`
+filter. Upstream LatentSync re-encodes its input with `ffmpeg -i IN -r 25 -crf 18` before
+inference, which also picks frames by timestamp; note that the ffmpeg command line applies
+an output `-r` through its constant-frame-rate sync rather than the `fps` filter (it drops or
+repeats a frame only once timestamps drift by more than 1.1 output frames), so its choice
+can trail this one by up to about two output frames.
+
+With `length: audio` a resampled output has floor(audio seconds * R) frames; when that is
+more than the resampled sequence holds, the resampled frames play forward, backward ...
+(upstream also resamples first, then loops). Output times are k / R and the audio is left
+as it is, so every later stage (audio features per frame, mux timing, segments, resume and
+split parts, all counted in output frames) works at R. Each frame's `src_index` (the mux
+sidecar's `src`) names the source frame it shows.
 """
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 from graph.items import Info, Item
 from graph.stage import Stage
@@ -21,8 +52,29 @@ class VideoSource(Stage):
     # `preroll` frames earlier so stages with history (face tracking, smoothing) pick up as
     # they would have; the mux drops frames it already has
     # stop: first output frame not to make (0: the end; set for one part of a split job)
+    # fps: `source` or a constant output rate (a string, so "30000/1001" stays exact)
     params = {"path": "", "audio": "", "length": "audio", "threads": "AUTO", "chunk": 32,
-              "start": 0, "preroll": 8, "stop": 0}
+              "start": 0, "preroll": 8, "stop": 0, "fps": "source"}
+
+    @staticmethod
+    def output_rate(params: dict) -> Fraction | None:
+        """The output frame rate asked for, exactly, or None for `source`. Raises ValueError
+        on anything else. Denominators stay <= 1001 (29.97, 30000/1001, 23.976 ...) because
+        the writer and the audio features recover the rate from a float that way."""
+        text = str(params["fps"]).strip()
+        if text == "source":
+            return None
+        try:
+            rate = Fraction(text)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"expected 'source' or a frame rate such as 25, 29.97 or "
+                             f"30000/1001, got {params['fps']!r}") from None
+        if not 0 < rate <= 1000:
+            raise ValueError(f"the frame rate must be within (0, 1000], got {params['fps']!r}")
+        if rate.denominator > 1001:
+            raise ValueError(f"{params['fps']!r}: give the rate as a fraction with a "
+                             "denominator of at most 1001 (e.g. 30000/1001)")
+        return rate
 
     @classmethod
     def validate_params(cls, params):
@@ -33,6 +85,10 @@ class VideoSource(Stage):
             problems.append(("audio", "length: audio needs the audio file (params.audio / --audio)"))
         if not params["path"]:
             problems.append(("path", "no input video (params.path / --video)"))
+        try:
+            VideoSource.output_rate(params)
+        except ValueError as exc:
+            problems.append(("fps", str(exc)))
         return problems
 
     @classmethod
@@ -47,20 +103,47 @@ class VideoSource(Stage):
     @staticmethod
     def plan(params: dict):
         """(video info, output frame count, audio duration or None) for these params."""
-        from media.video import probe_video
+        from media.video import probe_video, resampled_frames
         vinfo = probe_video(params["path"])
+        rate = VideoSource.output_rate(params)
+        fps = vinfo.fps if rate is None else float(rate)
         if params["length"] == "audio":
             from media.audio import probe_audio
             limit_s = probe_audio(params["audio"]).duration_s
-            return vinfo, int(math.floor(limit_s * vinfo.fps + 1e-6)), limit_s
+            return vinfo, int(math.floor(limit_s * fps + 1e-6)), limit_s
+        if rate is not None:
+            return vinfo, len(resampled_frames(params["path"], rate)), None
         return vinfo, vinfo.frame_count, None
+
+    @staticmethod
+    def output_keyframes(params: dict, vinfo) -> list[int]:
+        """Output indices, within the first forward pass, where a keyframe of the source
+        is (or, resampling, the first output frame from that keyframe on): where a split
+        job prefers to cut."""
+        from media.video import keyframe_indices, resampled_frames
+        keys = keyframe_indices(params["path"])
+        rate = VideoSource.output_rate(params)
+        if rate is None:
+            # output frame i shows source frame i up to the end of the first forward pass
+            return [k for k in keys if k < vinfo.frame_count]
+        import numpy as np
+        picks = resampled_frames(params["path"], rate)
+        found = np.searchsorted(picks, keys, side="left")
+        return sorted({int(r) for r in found if r < len(picks)})
 
     def open(self):
         self.vinfo, self.total, self.limit_s = self.plan(self.p)
-        self.fps = self.vinfo.fps
+        self.rate = self.output_rate(self.p)
+        self.fps = self.vinfo.fps if self.rate is None else float(self.rate)
 
     def _frames(self):
-        from media.video import PingPongReader, VideoReader
+        from media.video import PingPongReader, ResampledReader, VideoReader
+        if self.rate is not None:
+            with ResampledReader(self.p["path"], self.rate, self.total, chunk=self.p["chunk"],
+                                 threads=self.p["threads"], start=self.first) as r:
+                for f in r:
+                    yield f.index, f.time, f.image, f.source_index
+            return
         src_duration = self.vinfo.frame_count / self.fps
         # containers that do not store a frame count (Matroska, WebM) only estimate it:
         # the ping-pong reader counts the packets, so let it decide whether to turn back
@@ -99,6 +182,12 @@ class VideoSource(Stage):
             if index < start:
                 data["preroll"] = True      # context only: not output, never sent to a model
             yield "out", Item(index, data, time_s=float(t))
+        if self.rate is not None:
+            # the resampled count comes from the packets themselves: short means undecodable
+            if made < end:
+                self.ctx.warn(f"{self.p['path']}: decoding stopped after {made} of {end} output "
+                              "frames (truncated or damaged file?); the output stops there")
+            return
         # a count read from the header is exact; one estimated from the duration is not
         slack = 0 if self.vinfo.frame_count_exact else max(2, end // 50)
         if made < end - slack:
