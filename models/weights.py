@@ -261,6 +261,19 @@ WEIGHT_FILES: dict[str, WeightFile] = {
             optional_for=_LATENTSYNC,
             torch_hub_name="2DFAN4-cd938726ad.zip",
         ),
+        *(
+            WeightFile(
+                name=f"insightface_{kind}",
+                purpose=f"InsightFace buffalo_l {what}, LatentSync 1.6's alignment (inside "
+                        "buffalo_l.zip); without it the 1.6 alignment uses FAN's 68 points",
+                paths=(f"auxiliary/models/buffalo_l/{fname}", f"buffalo_l/{fname}"),
+                url="https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",
+                optional_for=("latentsync-1.6",),
+                extra_locations=(f"~/.insightface/models/buffalo_l/{fname}",),
+            )
+            for kind, what, fname in (("detector", "face detector (SCRFD)", "det_10g.onnx"),
+                                      ("landmarks", "106-point landmarks", "2d106det.onnx"))
+        ),
     )
 }
 
@@ -351,6 +364,7 @@ def find_weight(
     search_caches: bool = True,
     hf_cache_dir: str | os.PathLike | None = None,
     torch_hub_dir: str | os.PathLike | None = None,
+    registry: Mapping[str, WeightFile] | None = None,
 ) -> WeightSearch:
     """Look for one file; returns where it was found (or not) and every place tried."""
     search = WeightSearch()
@@ -364,9 +378,11 @@ def find_weight(
                 return search
         for rel in wf.shared_paths:
             path = root / rel
-            search.looked.append(f"{path} (only if exactly {wf.size} bytes)")
-            # A shared name is trusted only by its size, whatever check_size says.
-            if path.is_file() and wf.size is not None and path.stat().st_size == wf.size:
+            search.looked.append(f"{path} (unless it has another variant's size)")
+            # A shared name (upstream's layout) is this variant's unless its size is another
+            # variant's published size: a 1.6 file is never taken for 1.5, a fine-tune of
+            # unpublished size is taken for the version asked for.
+            if path.is_file() and path.stat().st_size not in _other_variant_sizes(wf, rel, registry):
                 search.found = path
                 return search
     if not search_caches:
@@ -393,6 +409,22 @@ def find_weight(
             search.found = path
             return search
     return search
+
+
+def _other_variant_sizes(wf: WeightFile, rel: str,
+                         registry: Mapping[str, WeightFile] | None = None) -> set[int]:
+    return {other.size for other in (WEIGHT_FILES if registry is None else registry).values()
+            if other.name != wf.name and rel in other.shared_paths and other.size is not None}
+
+
+def shared_variant(path: str | os.PathLike,
+                   registry: Mapping[str, WeightFile] | None = None) -> str | None:
+    """Which registry file a file at a shared name is, judged by its published size."""
+    size = os.path.getsize(path)
+    for wf in (WEIGHT_FILES if registry is None else registry).values():
+        if wf.shared_paths and wf.size == size:
+            return wf.name
+    return None
 
 
 def format_size(size: int | None) -> str:
@@ -440,7 +472,7 @@ def resolve_weights(
     for name in needed:
         search = find_weight(
             registry[name], weights_dir, check_size=check_size, search_caches=search_caches,
-            hf_cache_dir=hf_cache_dir, torch_hub_dir=torch_hub_dir,
+            hf_cache_dir=hf_cache_dir, torch_hub_dir=torch_hub_dir, registry=registry,
         )
         searches[name] = search
         if search.found is not None:

@@ -25,7 +25,7 @@ class SurgicalUNet(Stage):
               # MuseTalk files (or --weights)
               "unet": "", "unet_config": "", "vae": "",
               # LatentSync files (or --weights) and sampling
-              "version": "1.5", "unet3d": "", "unet3d_config": "", "steps": 20, "guidance": 1.5,
+              "version": "auto", "unet3d": "", "unet3d_config": "", "steps": 20, "guidance": 1.5,
               "cache_interval": 0, "seed": 1247,
               **DEVICE_PARAMS}
     bind_order = -1
@@ -40,8 +40,8 @@ class SurgicalUNet(Stage):
             problems.append(("backend", str(exc)))
         if params["fallback"] not in ("musetalk", "none"):
             problems.append(("fallback", f"expected musetalk or none, got {params['fallback']!r}"))
-        if str(params["version"]) not in ("1.5", "1.6"):
-            problems.append(("version", "expected 1.5 (256 px) or 1.6 (512 px)"))
+        if str(params["version"]) not in ("auto", "1.5", "1.6"):
+            problems.append(("version", "expected auto, 1.5 (256 px) or 1.6 (512 px)"))
         if params["steps"] < 1:
             problems.append(("steps", "must be >= 1"))
         if params["guidance"] < 1.0:
@@ -52,7 +52,10 @@ class SurgicalUNet(Stage):
 
     @classmethod
     def bind(cls, params, graph, notes):
-        """LatentSync with a MuseTalk fallback and no LatentSync weights: MuseTalk it is."""
+        """The LatentSync version from its checkpoint; LatentSync with a MuseTalk fallback and
+        no LatentSync weights: MuseTalk it is."""
+        if str(params["version"]) == "auto":
+            params["version"] = checkpoint_version(params["unet3d"], params["weights"])
         if params["backend"] != "latentsync" or params["fallback"] != "musetalk":
             return params
         from .backends.latentsync import LatentSyncBackend
@@ -138,3 +141,25 @@ def _free_cuda_cache() -> None:
     import torch
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+
+
+def checkpoint_version(unet3d: str, weights: str) -> str:
+    """`version: auto`: 1.6 or 1.5 by the checkpoint found (a published file is known by its
+    size, in our layout by its folder); 1.5 when nothing tells."""
+    import os
+
+    from models.weights import WEIGHT_FILES, shared_variant
+    by_name = {"latentsync16_unet": "1.6", "latentsync15_unet": "1.5"}
+    if unet3d:
+        return by_name.get(shared_variant(unet3d), "1.5") if os.path.isfile(unet3d) else "1.5"
+    if weights:
+        root = os.path.expanduser(weights)
+        for name, version in by_name.items():
+            wf = WEIGHT_FILES[name]
+            if any(os.path.isfile(os.path.join(root, rel)) for rel in wf.paths):
+                return version
+        for rel in WEIGHT_FILES["latentsync16_unet"].shared_paths:
+            path = os.path.join(root, rel)
+            if os.path.isfile(path):
+                return by_name.get(shared_variant(path), "1.5")
+    return "1.5"

@@ -156,7 +156,11 @@ def test_shared_path_is_used_only_by_the_variant_of_that_size(tmp_path, caches):
     with pytest.raises(MissingWeightsError) as err:
         resolve_weights(tmp_path, ["v1", "v2"], registry=reg, check_size=False, **caches)
     assert err.value.missing == ["v1"]
-    assert "only if exactly 10 bytes" in str(err.value)
+    assert "unless it has another variant's size" in str(err.value)
+    # a file of neither published size (a fine-tune, a custom build) is taken for the version asked
+    touch(tmp_path / "model.pt", size=11)
+    for name in ("v1", "v2"):
+        assert resolve_weights(tmp_path, [name], registry=reg, **caches)[name] == tmp_path / "model.pt"
 
 
 def test_hugging_face_cache_is_searched(tmp_path, caches, specs_dir):

@@ -1,7 +1,14 @@
-"""Download model weights from the Hugging Face hub into the MuseTalk-style weights layout.
+"""Download model weights from the Hugging Face hub into a weights folder.
 
     python -m tools.download_weights --dest models --set musetalk
     python -m tools.download_weights --dest models --set latentsync --dry-run
+    python -m tools.download_weights --dest ~/LatentSync/checkpoints --set latentsync-1.5 --layout hub
+
+`--layout ours` (the default) keeps MuseTalk's `models/` layout and puts each LatentSync
+version in its own folder (`latentsync-1.6/latentsync_unet.pt`), so every set fits in one
+folder. `--layout hub` lays the LatentSync files out as their Hugging Face repo does
+(`latentsync_unet.pt`, `whisper/tiny.pt`, `auxiliary/...`), i.e. upstream's `checkpoints/`
+folder: one LatentSync version per folder. Either folder works as `--weights`.
 
 Files already present with their published size are skipped; a file of the wrong size (an
 interrupted download) is fetched again. Downloads are staged in DEST/.download-staging and moved
@@ -26,6 +33,7 @@ from models.weights import (
     files_in_set,
     find_weight,
     format_size,
+    shared_variant,
 )
 
 STAGING = ".download-staging"
@@ -46,16 +54,36 @@ class PlannedFile:
     reason: str
 
 
+LAYOUTS = ("ours", "hub")
+HUB_LAID_OUT = "ByteDance/LatentSync"   # repos whose own layout `--layout hub` keeps
+
+
+def target_path(wf: WeightFile, dest: Path, layout: str) -> Path:
+    """Where a file goes: our layout's first place, or its path in a LatentSync repo."""
+    if layout == "hub" and wf.hf_repo and wf.hf_repo.startswith(HUB_LAID_OUT) and wf.hf_filename:
+        return dest / wf.hf_filename
+    return dest / wf.paths[0]
+
+
 def plan_downloads(dest: str | os.PathLike, set_name: str = "musetalk",
-                   registry: Mapping[str, WeightFile] | None = None) -> list[PlannedFile]:
+                   registry: Mapping[str, WeightFile] | None = None,
+                   layout: str = "ours") -> list[PlannedFile]:
     """What to do for each file of `set_name`: skip it (present), download it, or tell the user."""
     registry = WEIGHT_FILES if registry is None else registry
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout == "hub" and sum(b.startswith("latentsync") for b in DOWNLOAD_SETS[set_name]) > 1:
+        raise DownloadError("--layout hub holds one LatentSync version per folder (both name their "
+                            "UNet latentsync_unet.pt): choose --set latentsync-1.5 or latentsync-1.6")
     dest = Path(dest)
     plan = []
     for name in files_in_set(set_name, registry):
         wf = registry[name]
-        target = dest / wf.paths[0]
-        search = find_weight(wf, dest, check_size=True, search_caches=False)
+        target = target_path(wf, dest, layout)
+        search = find_weight(wf, dest, check_size=True, search_caches=False, registry=registry)
+        if search.found is None and target.is_file() and shared_variant(target, registry) not in (None, name):
+            raise DownloadError(f"{target} is {shared_variant(target, registry)}, not {name}: "
+                                "use another folder for this LatentSync version")
         if search.found is not None:
             known = wf.expected_size(search.found) is not None
             plan.append(PlannedFile(wf, search.found, "skip",
@@ -152,12 +180,19 @@ def main(argv: list[str] | None = None, fetch: Fetcher = hf_fetch) -> int:
     parser.add_argument("--dest", required=True, help="weights folder (e.g. a MuseTalk models/ folder)")
     parser.add_argument("--set", default="musetalk", choices=list(DOWNLOAD_SETS),
                         help="which backend's files (latentsync = LatentSync 1.6)")
+    parser.add_argument("--layout", default="ours", choices=LAYOUTS,
+                        help="ours: MuseTalk's models/ layout, LatentSync versions side by side; "
+                             "hub: LatentSync's checkpoints/ layout, as its Hugging Face repo has it")
     parser.add_argument("--dry-run", action="store_true", help="only print what would be done")
     parser.add_argument("--verify-sha256", action="store_true",
                         help="also check published SHA-256 digests (reads every downloaded file)")
     args = parser.parse_args(argv)
 
-    plan = plan_downloads(args.dest, args.set)
+    try:
+        plan = plan_downloads(args.dest, args.set, layout=args.layout)
+    except DownloadError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.dry_run:
         for item in plan:
             print(f"{item.action:8s} {item.weight.name:22s} {format_size(item.weight.size):>12s}  "
