@@ -8,12 +8,16 @@ Layout of one entry, `<root>/<video>/<key>/`: `meta.json` (what it was made from
 nothing per frame is held in RAM). A record that fails its check is treated as missing:
 the frame is computed again and its record rewritten. Entries of the same video with another
 key (the video or the params changed) are stale and removed when a new entry is made.
+
+A cache folder is just files (shared, on a network filesystem, copied from someone else), so
+a record holds only plain data in a format that cannot run code: a JSON header naming each
+field's kind (none, text, number, array with dtype and shape) followed by the arrays' raw
+bytes; object dtypes are refused (`encode_record` / `decode_record`).
 """
 from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import threading
 import zlib
@@ -21,8 +25,9 @@ import zlib
 import numpy as np
 
 SLOT = np.dtype([("offset", "<u8"), ("length", "<u4"), ("crc", "<u4")])
+FORMAT = 2          # 1 pickled records (entries of that format are rebuilt, never unpickled)
 # per-frame fields a record may hold
-FIELDS = ("box", "face_box", "crop_box", "mask", "latents", "aligned", "affine", "ls_latents")
+FIELDS = ("box", "face_box", "crop_box", "mask", "latents", "aligned", "affine", "align", "ls_latents")
 
 
 class PreparedStore:
@@ -40,7 +45,7 @@ class PreparedStore:
             shutil.rmtree(self.folder, ignore_errors=True)
             os.makedirs(self.folder)
             with open(os.path.join(self.folder, "meta.json"), "w") as f:
-                json.dump({**meta, "frames": frames, "key": key}, f, indent=1)
+                json.dump({**meta, "frames": frames, "key": key, "format": FORMAT}, f, indent=1)
             with open(os.path.join(self.folder, "index.bin"), "wb") as f:
                 f.truncate(frames * SLOT.itemsize)
             open(os.path.join(self.folder, "data.bin"), "wb").close()
@@ -57,7 +62,7 @@ class PreparedStore:
             size = os.path.getsize(os.path.join(self.folder, "data.bin"))
         except (OSError, ValueError):
             return False
-        if meta.get("frames") != frames or len(index) != frames:
+        if meta.get("frames") != frames or len(index) != frames or meta.get("format") != FORMAT:
             return False
         ends = index["offset"] + index["length"]
         return bool((ends <= size).all())
@@ -76,12 +81,17 @@ class PreparedStore:
             self.damaged += 1
             self.index[src]["length"] = 0
             return None
-        return pickle.loads(zlib.decompress(blob))
+        try:
+            return decode_record(zlib.decompress(blob))
+        except (ValueError, zlib.error):
+            self.damaged += 1
+            self.index[src]["length"] = 0
+            return None
 
     def put(self, src: int, record: dict) -> None:
         if not 0 <= src < len(self.index):
             return
-        blob = zlib.compress(pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL), 1)
+        blob = zlib.compress(encode_record(record), 1)
         with self.lock:
             offset = self.data.tell()
             self.data.write(blob)
@@ -94,6 +104,64 @@ class PreparedStore:
     def close(self) -> None:
         self.index.flush()
         self.data.close()
+
+
+def encode_record(record: dict) -> bytes:
+    """Plain values and arrays -> bytes: a length-prefixed JSON header, then array bytes."""
+    fields, chunks, offset = [], [], 0
+    for name, value in record.items():
+        if value is None:
+            fields.append({"name": name, "kind": "none"})
+        elif isinstance(value, str):
+            fields.append({"name": name, "kind": "text", "value": value})
+        elif isinstance(value, (bool, int, float)) and not isinstance(value, np.generic):
+            fields.append({"name": name, "kind": "number", "value": value})
+        else:
+            arr = np.ascontiguousarray(value)
+            if arr.dtype.hasobject:
+                raise TypeError(f"prepared cache: field {name!r} is an object array")
+            fields.append({"name": name, "kind": "array", "dtype": arr.dtype.str,
+                           "shape": list(arr.shape), "offset": offset, "nbytes": arr.nbytes})
+            chunks.append(arr.tobytes())
+            offset += arr.nbytes
+    header = json.dumps({"fields": fields}).encode()
+    return len(header).to_bytes(4, "little") + header + b"".join(chunks)
+
+
+def decode_record(blob: bytes) -> dict:
+    """The inverse of `encode_record`; anything malformed raises ValueError."""
+    if len(blob) < 4:
+        raise ValueError("record too short")
+    size = int.from_bytes(blob[:4], "little")
+    try:
+        header = json.loads(blob[4:4 + size].decode())
+        body = memoryview(blob)[4 + size:]
+        record = {}
+        for f in header["fields"]:
+            kind, name = f["kind"], str(f["name"])
+            if kind == "none":
+                record[name] = None
+            elif kind in ("text", "number"):
+                value = f["value"]
+                ok = isinstance(value, str) if kind == "text" else (
+                    isinstance(value, (int, float)) and not isinstance(value, bool))
+                if not ok:
+                    raise ValueError(f"field {name!r}: bad {kind} value")
+                record[name] = value
+            elif kind == "array":
+                dtype = np.dtype(f["dtype"])
+                if dtype.hasobject:
+                    raise ValueError(f"field {name!r}: object dtype refused")
+                start, nbytes = int(f["offset"]), int(f["nbytes"])
+                shape = tuple(int(n) for n in f["shape"])
+                if start < 0 or start + nbytes > len(body) or nbytes != dtype.itemsize * int(np.prod(shape)):
+                    raise ValueError(f"field {name!r}: bad extent")
+                record[name] = np.frombuffer(body[start:start + nbytes], dtype).reshape(shape).copy()
+            else:
+                raise ValueError(f"field {name!r}: unknown kind {kind!r}")
+    except (KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"malformed record: {exc}") from None
+    return record
 
 
 def record_of(data: dict) -> dict:

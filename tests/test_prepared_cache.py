@@ -177,3 +177,52 @@ def test_identity_is_hashed_once_for_a_settled_file(tmp_path, monkeypatch):
     path.write_bytes(bytes(data))
     os.utime(path, (old, old))                       # same size, same mtime: ctime moved
     assert not identity.same_content(a, identity.file_identity(str(path))) and len(reads) == 4
+
+
+def test_records_are_plain_data_and_a_crafted_pickle_never_runs(tmp_path):
+    """A cache folder may come from anyone: records hold arrays and plain values only, and a
+    pickle written into a record's place is refused as damaged, not loaded."""
+    import pickle
+    import zlib
+
+    from stages._prepared import PreparedStore, decode_record, encode_record
+
+    record = {"box": np.array([1, 2, 30, 40, 0.9], np.float32), "face_box": np.array([1, 2, 30, 40], np.int32),
+              "mask": np.linspace(0, 1, 12, dtype=np.float16).reshape(3, 4), "align": "insightface",
+              "affine": np.eye(2, 3), "latents": None}
+    back = decode_record(encode_record(record))
+    assert list(back) == list(record)
+    for k, v in record.items():
+        if v is None or isinstance(v, str):
+            assert back[k] == v
+        else:
+            assert back[k].dtype == v.dtype and np.array_equal(back[k], v)
+    with pytest.raises(TypeError, match="object"):
+        encode_record({"x": np.array([object()], dtype=object)})
+
+    store = PreparedStore(str(tmp_path), "vid", "key", 4, {})
+    store.put(0, record)
+    assert np.array_equal(store.get(0)["face_box"], record["face_box"])
+    marker = tmp_path / "ran"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    blob = zlib.compress(pickle.dumps({"box": Exploit()}), 1)
+    with store.lock:
+        offset = store.data.tell()
+        store.data.write(blob)
+        store.data.flush()
+        store.index[1] = (offset, len(blob), zlib.crc32(blob))   # a valid CRC: only the format stops it
+    assert store.get(1) is None and store.damaged == 1 and not marker.exists()
+    store.close()
+
+    # an entry of the old (pickled) format is rebuilt, never read
+    meta = tmp_path / "vid" / "key" / "meta.json"
+    m = json.loads(meta.read_text())
+    del m["format"]
+    meta.write_text(json.dumps(m))
+    again = PreparedStore(str(tmp_path), "vid", "key", 4, {})
+    assert again.fresh and again.get(0) is None
+    again.close()
