@@ -216,6 +216,9 @@ def _check_type(default: Any, value: Any) -> tuple[bool, Any]:
             return True, float(value)
         return False, value
     if isinstance(default, str):
+        # a number where text is expected ("fps: 25", "detect_every: 5") means that text
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, str(value)
         return isinstance(value, str), value
     if isinstance(default, (list, tuple)):
         return isinstance(value, (list, tuple)), list(value) if isinstance(value, tuple) else value

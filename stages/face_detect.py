@@ -5,9 +5,14 @@ at full resolution as upstream runs it (`max_side: N` downscales to N px for spe
 docs/fidelity.md for what that changes), fed RGB or BGR as the graph's model was prepared
 (`channel_order: auto`: RGB for MuseTalk, whose copy of the detector gets RGB frames, BGR for
 LatentSync, whose face_alignment detector gets BGR); without its weights, OpenCV's Haar
-cascade (on frames downscaled to 640 px), with a warning. Detection dominates upstream's run time, so `detect_every: N` detects every Nth
-frame and interpolates the boxes between two detections of the same face; where a face
-appears, disappears or jumps between two detections, the frames between are detected too.
+cascade (on frames downscaled to 640 px), with a warning.
+
+Detection dominates upstream's run time, so `detect_every: N` detects every Nth frame and
+interpolates the boxes between two detections of the same face; where a face appears,
+disappears or jumps between two detections, the frames between are detected too.
+`detect_every: auto` detects every 8th frame and on both sides of every shot change (a
+cheap comparison of 32 x 18 grey thumbnails of consecutive frames), so a face that comes
+with a cut is found on its first frame and boxes are never interpolated across a cut.
 Several faces: the one that continues the current track, else the largest.
 """
 from __future__ import annotations
@@ -18,13 +23,16 @@ import numpy as np
 
 from graph.stage import Stage
 
-from ._torch import DEVICE_PARAMS, check_device_params, inference, resolve_device, resolve_dtype
+from ._torch import (DEVICE_PARAMS, check_device_params, inference, resolve_device,
+                     resolve_dtype, run_halving)
 
 TRACK_IOU = 0.3     # two boxes this similar are the same face (interpolation is safe)
+AUTO_EVERY = 8      # detect_every: auto detects at least this often
+SHOT_CHANGE = 24.0  # mean grey-level change of the thumbnails that marks a cut
 
 
 class FaceDetect(Stage):
-    params = {"detector": "auto", "weights": "", "detect_every": 1, "batch_size": 8,
+    params = {"detector": "auto", "weights": "", "detect_every": "1", "batch_size": 8,
               "max_side": 0, "channel_order": "auto", "score_threshold": 0.5,
               "nms_threshold": 0.3, **DEVICE_PARAMS}
     @classmethod
@@ -39,9 +47,11 @@ class FaceDetect(Stage):
         problems = check_device_params(params)
         if params["detector"] not in ("auto", "s3fd", "haar"):
             problems.append(("detector", f"expected auto, s3fd or haar, got {params['detector']!r}"))
-        for k in ("detect_every", "batch_size"):
-            if params[k] < 1:
-                problems.append((k, "must be >= 1"))
+        every = str(params["detect_every"])
+        if every != "auto" and not (every.isdigit() and int(every) >= 1):
+            problems.append(("detect_every", f"expected a whole number >= 1 or auto, got {every!r}"))
+        if params["batch_size"] < 1:
+            problems.append(("batch_size", "must be >= 1"))
         if params["max_side"] < 0:
             problems.append(("max_side", "must be >= 0 (0: full resolution)"))
         if params["channel_order"] not in ("auto", "rgb", "bgr"):
@@ -64,7 +74,10 @@ class FaceDetect(Stage):
                                                 device=device, dtype=dtype, **options)
         for w in caught:
             self.ctx.warn(str(w.message))
-        self.every = self.p["detect_every"]
+        self.auto = str(self.p["detect_every"]) == "auto"
+        self.every = AUTO_EVERY if self.auto else int(self.p["detect_every"])
+        self.cut_keys: set = set()    # indices made keyframes by a shot change
+        self.thumb = None             # the previous frame's thumbnail (auto)
         # detect this many keyframes per call, holding about batch_size frames at most
         self.keys_per_call = max(1, self.p["batch_size"] // self.every)
         self.held: list = []          # frames not yet emitted, in order
@@ -78,6 +91,8 @@ class FaceDetect(Stage):
             self.last_key = (item, item.data["box"])
             yield "out", self._counted(item)
             return
+        if self.auto:
+            self._mark_cut(item)
         self.held.append(item)
         if self._keys_held() >= self.keys_per_call:
             yield from self._resolve(final=False)
@@ -101,7 +116,23 @@ class FaceDetect(Stage):
 
     def _is_key(self, pos_in_held: int) -> bool:
         # keyframes at absolute indices: a resumed run detects on the same frames
-        return self.held[pos_in_held].index % self.every == 0
+        index = self.held[pos_in_held].index
+        return index % self.every == 0 or index in self.cut_keys
+
+    def _mark_cut(self, item) -> None:
+        """A shot change before `item`: it and the last frame of the old shot become keyframes."""
+        import cv2
+        frame = item.data["frame"]
+        step = max(1, min(frame.shape[:2]) // 64)       # subsample first: cheap at 4K too
+        small = np.ascontiguousarray(frame[::step, ::step])
+        thumb = cv2.cvtColor(cv2.resize(small, (32, 18), interpolation=cv2.INTER_AREA),
+                             cv2.COLOR_RGB2GRAY).astype(np.int16)
+        prev, self.thumb = self.thumb, thumb
+        if prev is not None and float(np.abs(thumb - prev).mean()) > SHOT_CHANGE:
+            self.cut_keys.add(item.index)
+            if self.held:
+                self.cut_keys.add(self.held[-1].index)
+            self.ctx.count("shot_changes")
 
     def _keys_held(self) -> int:
         return sum(1 for k in range(len(self.held)) if self._is_key(k))
@@ -110,8 +141,13 @@ class FaceDetect(Stage):
     def _detect(self, items) -> list:
         if not items:
             return []
+        self.ctx.count("detected", len(items))        # detection's share of the frames
+        frames = [it.data["frame"] for it in items]
         with inference():
-            return self.detector.detect([it.data["frame"] for it in items])
+            return run_halving(self, lambda lo, hi: self.detector.detect(frames[lo:hi]), len(frames),
+                               what="the face detector", indices=[it.index for it in items],
+                               hint="a smaller detect.batch_size, or detect.max_side=1280 "
+                                    "(detection on downscaled frames)")
 
     def _resolve(self, final: bool):
         """Detect the keyframes held, fill in the frames between, emit in order."""
@@ -134,6 +170,7 @@ class FaceDetect(Stage):
         self.held = self.held[start:]
         if done:
             self.last_key = (done[-1], prev_box)
+            self.cut_keys = {i for i in self.cut_keys if i > done[-1].index}
         for it in done:
             yield "out", self._counted(it)
 

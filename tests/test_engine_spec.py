@@ -191,3 +191,16 @@ def test_bad_graph_exits_2_with_message(tmp_path):
                          text=True, timeout=60)
     assert out.returncode == 2
     assert "unknown stage type 'nope'" in out.stderr and path in out.stderr
+
+
+def test_a_number_given_for_a_text_param_is_that_text(tmp_path):
+    # `fps: 25` in a graph file or `--set detect.detect_every=5` on a text-typed param
+    g = load_graph("configs/graphs/musetalk.yaml", ["video.path=a.mp4", "audio.path=b.wav",
+                                                    "video.audio=b.wav", "mux.path=c.mp4",
+                                                    "video.fps=25", "detect.detect_every=5"])
+    assert g.stages["video"].params["fps"] == "25"
+    assert g.stages["detect"].params["detect_every"] == "5"
+    with pytest.raises(GraphError, match="detect_every"):
+        load_graph("configs/graphs/musetalk.yaml", ["video.path=a.mp4", "audio.path=b.wav",
+                                                    "video.audio=b.wav", "mux.path=c.mp4",
+                                                    "detect.detect_every=0"])

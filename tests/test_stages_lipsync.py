@@ -196,3 +196,23 @@ def test_batch_builder_releases_before_cutaway_and_marks_gap():
                      ("bypass", "Item", 6, None), ("bypass", "Item", 7, None), ("main", "Batch", 8, 2)]
     first = out[0][1]
     assert first.data["crops"].shape == (4, 2, 2, 3) and first.data["audio"].shape == (4, 3, 2)
+
+
+def test_detect_every_auto_detects_at_shot_changes_and_misses_no_face():
+    # shot A (grey 60, a face) 0..19, a cutaway shot (grey 200, no face) 20..29, shot A again
+    # 30..45: keyframes every 8 frames plus both sides of each cut
+    faces = {i: [10, 10, 50, 50, 0.9] for i in list(range(20)) + list(range(30, 46))}
+    stage = FaceDetect("detect", {"detect_every": "auto", "batch_size": 8, "detector": "haar",
+                                  "device": "cpu"}, StageContext())
+    stage.open()
+    stage.detector = FakeDetector(faces)
+    out = []
+    for i in range(46):
+        frame = np.full((64, 64, 3), 200 if 20 <= i < 30 else 60, np.uint8)
+        frame[0, 0, 0] = i
+        out += [m for _, m in stage.process(Item(i, {"frame": frame}), "in")]
+    out += [m for _, m in stage.finish()]
+    assert [m.index for m in out] == list(range(46))
+    assert sorted(set(stage.detector.asked)) == [0, 8, 16, 19, 20, 24, 29, 30, 32, 40, 45]
+    for m in out:                      # every face found, no box on the cutaway shot
+        assert (m.data["box"] is not None) == (m.index in faces), m.index
