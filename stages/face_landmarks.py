@@ -18,7 +18,8 @@ import numpy as np
 
 from graph.stage import Stage
 
-from ._torch import DEVICE_PARAMS, check_device_params, inference, resolve_device, resolve_dtype
+from ._torch import (DEVICE_PARAMS, check_device_params, inference, resolve_device,
+                     resolve_dtype, run_halving)
 
 FAN_SOURCE = ("2DFAN4 of the face_alignment project (2DFAN4-cd938726ad.zip; LatentSync's "
               "Hugging Face repo ships it as auxiliary/2DFAN4-cd938726ad.zip)")
@@ -121,13 +122,17 @@ class FaceLandmarks(Stage):
         if todo:
             frames = [it.data["frame"] for it in todo]
             boxes = [tuple(float(v) for v in it.data["box"][:4]) for it in todo]
+            indices = [it.index for it in todo]
             with inference():
-                if self.fan is not None:
-                    for it, lm in zip(todo, self.fan.landmarks(frames, boxes)):
-                        it.data["lm68"] = np.asarray(lm, np.float32)
-                if self.lm106 is not None:
-                    for it, lm in zip(todo, self.lm106.landmarks(frames, boxes)):
-                        it.data["lm106"] = np.asarray(lm, np.float32)
+                for key, model, what in (("lm68", self.fan, "FAN landmarks"),
+                                         ("lm106", self.lm106, "InsightFace landmarks")):
+                    if model is None:
+                        continue
+                    found = run_halving(
+                        self, lambda lo, hi, m=model: m.landmarks(frames[lo:hi], boxes[lo:hi]),
+                        len(todo), what=what, indices=indices, hint="a smaller landmarks.batch_size")
+                    for it, lm in zip(todo, found):
+                        it.data[key] = np.asarray(lm, np.float32)
         for it in items:
             yield "out", it
 

@@ -12,7 +12,8 @@ import numpy as np
 
 from graph.stage import Stage
 
-from ._torch import DEVICE_PARAMS, check_device_params, inference, resolve_device, resolve_dtype
+from ._torch import (DEVICE_PARAMS, check_device_params, inference, resolve_device,
+                     resolve_dtype, run_halving)
 
 
 class FaceParse(Stage):
@@ -78,9 +79,10 @@ class FaceParse(Stage):
             self.since += 1
         maps = [None] * len(fresh)
         if self.parser is not None and fresh:
+            crops = [crop_padded(it.data["frame"], it.data["crop_box"]) for it in fresh]
             with inference():
-                maps = self.parser.parse([crop_padded(it.data["frame"], it.data["crop_box"])
-                                          for it in fresh])
+                maps = run_halving(self, lambda lo, hi: self.parser.parse(crops[lo:hi]), len(crops),
+                                   what="the face parser", indices=[it.index for it in fresh])
         for it, parsing in zip(fresh, maps):
             it.data["mask"] = blend_mask(parsing, it.data["face_box"], it.data["crop_box"],
                                          self.p["mode"])

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from graph.stage import Stage
 
-from ._torch import DEVICE_PARAMS, check_device_params
+from ._torch import DEVICE_PARAMS, check_device_params, free_cuda_cache, is_oom
 
 
 class SurgicalUNet(Stage):
@@ -108,19 +108,25 @@ class SurgicalUNet(Stage):
         if self.backend is None:
             self._fall_back(batch, self.load_reason)
         else:
+            reason = None
             try:
                 self.backend.run(batch)
-                self.ctx.count(f"frames_{self.backend.name}", len(batch))
             except Exception as exc:
                 if self.fallback is None:
                     raise
-                self._fall_back(batch, _reason(exc))
+                # fall back after the except block: the error's traceback holds the failed
+                # window's tensors, which the MuseTalk rerun may need the memory of
+                reason = _reason(exc)
+            if reason is None:
+                self.ctx.count(f"frames_{self.backend.name}", len(batch))
+            else:
+                self._fall_back(batch, reason)
         yield "out", batch
 
     def _fall_back(self, batch, reason: str) -> None:
         for key in [k for k in batch.data if k.startswith("ls_")] + ["pred"]:
             batch.data.pop(key, None)
-        _free_cuda_cache()
+        free_cuda_cache()
         self.fallback.run(batch)
         self.ctx.count("frames_musetalk", len(batch))
         self.ctx.count("fallback_windows", 1, reason)
@@ -131,16 +137,12 @@ def _reason(exc: BaseException) -> str:
     import torch
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return "CUDA out of memory"
+    if is_oom(exc):                      # the CPU allocator's or MPS's RuntimeError
+        return "out of memory"
     if isinstance(exc, FloatingPointError):
         return "non-finite output"
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text[:120]}"
-
-
-def _free_cuda_cache() -> None:
-    import torch
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
 
 
 def checkpoint_version(unet3d: str, weights: str) -> str:

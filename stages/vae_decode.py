@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from graph.stage import Stage
 
-from ._torch import DEVICE_PARAMS, check_device_params, inference
+from ._torch import DEVICE_PARAMS, check_device_params, inference, run_halving
 from ._weights import load_shared_vae, vae_required_weights
 
 
@@ -22,8 +22,10 @@ class VAEDecode(Stage):
         self.vae = load_shared_vae(self)
 
     def process(self, batch, port):
+        pred = batch.data.pop("pred")
         with inference():
-            faces = self.vae.decode(batch.data.pop("pred"))
+            faces = run_halving(self, lambda lo, hi: self.vae.decode(pred[lo:hi]), pred.shape[0],
+                                what="the VAE decoder", indices=[it.index for it in batch.items])
         batch.data.pop("latents", None)
         for item, face in zip(batch.items, faces):
             item.data["face"] = face

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from graph.stage import Stage
 
-from ._torch import DEVICE_PARAMS, check_device_params, inference
+from ._torch import DEVICE_PARAMS, check_device_params, inference, run_halving
 from ._weights import load_shared_vae, vae_required_weights
 
 
@@ -68,8 +68,11 @@ class VAEEncode(Stage):
                                             # (a partly cached batch is encoded whole)
             d["latents"] = torch.from_numpy(cached).to(self.vae.device, self.vae.dtype)
             return
-        d["latents"] = self.vae.encode_musetalk(d["crops"], sample=self.p["sample"],
-                                                generator=self.generator)
+        crops = d["crops"]
+        d["latents"] = run_halving(
+            self, lambda lo, hi: self.vae.encode_musetalk(crops[lo:hi], sample=self.p["sample"],
+                                                          generator=self.generator),
+            len(crops), what="the VAE encoder", indices=[it.index for it in batch.items])
         if self.p["keep"] == "yes":
             for item, z in zip(batch.items, d["latents"].cpu().numpy()):
                 item.data["latents"] = z
@@ -86,9 +89,17 @@ class VAEEncode(Stage):
             z = torch.from_numpy(cached).to(self.vae.device, self.vae.dtype)
             z = torch.cat([z[:, :4], z[:, 4:]])
         else:
-            pixels = self.vae.to_pixels(d["aligned"])                 # [F, 3, H, W] in [-1, 1]
-            z = self.vae.encode_pixels(torch.cat([masked_image(pixels, mask), pixels]), self.p["sample"],
-                                       self.generator)
+            aligned = d["aligned"]
+
+            def encode(lo, hi):
+                # frames are independent in the VAE: a window may be encoded in pieces
+                pixels = self.vae.to_pixels(aligned[lo:hi])              # [k, 3, H, W] in [-1, 1]
+                z = self.vae.encode_pixels(torch.cat([masked_image(pixels, mask), pixels]),
+                                           self.p["sample"], self.generator)
+                return z[:hi - lo], z[hi - lo:]
+            first = batch.index - d.get("n_context", 0)           # context frames come first
+            z = torch.cat(run_halving(self, encode, n, what="the VAE encoder",
+                                      indices=range(first, first + n)))
             if self.p["keep"] == "yes":
                 pairs = torch.cat([z[:n], z[n:]], dim=1).cpu().numpy()
                 c = d.get("n_context", 0)

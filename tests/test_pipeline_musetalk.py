@@ -76,7 +76,9 @@ def test_longer_audio_pingpongs_cutaways_untouched(tmp_path, weights):
     faces = sum(1 for i in ids if i not in range(12, 18))
     assert prof["stages"]["unet"]["items_in"] == faces
     assert prof["stages"]["mux"]["items_in"] == n_out
-    assert prof["stages"]["detect"]["counters"] == {"faces": faces, "cutaways": n_out - faces}
+    # detect_every 1: every frame went through the detector once
+    assert prof["stages"]["detect"]["counters"] == {"faces": faces, "cutaways": n_out - faces,
+                                                     "detected": n_out}
     assert prof["bottleneck"]["stage"] in prof["stages"]
     trace = json.load(open(out + ".trace.json"))
     assert any(e.get("name") == "unet" for e in trace["traceEvents"])

@@ -5,7 +5,7 @@ As LatentSync's fallback it gets windows prepared for LatentSync: it then encode
 inputs (the MuseTalk crops and audio tokens the graph also computed) with the shared VAE."""
 from __future__ import annotations
 
-from .._torch import inference, resolve_device, resolve_dtype, shared_model
+from .._torch import inference, resolve_device, resolve_dtype, run_halving, shared_model
 
 
 class MuseTalkBackend:
@@ -38,10 +38,18 @@ class MuseTalkBackend:
 
     def run(self, batch) -> None:
         import torch
-        latents = batch.data.pop("latents", None)
+        d = batch.data
+        latents = d.pop("latents", None)
+        vae = None
+        if latents is None:              # prepared for another backend: encode MuseTalk's inputs
+            from .._weights import load_shared_vae
+            vae = load_shared_vae(self.stage)
+        audio = d["audio"]
+
+        def predict(lo, hi):
+            z = latents[lo:hi] if vae is None else vae.encode_musetalk(d["crops"][lo:hi])
+            return self.unet(z, torch.from_numpy(audio[lo:hi]))
         with inference():
-            if latents is None:          # prepared for another backend: encode MuseTalk's inputs
-                from .._weights import load_shared_vae
-                latents = load_shared_vae(self.stage).encode_musetalk(batch.data["crops"])
-            batch.data["pred"] = self.unet(latents, torch.from_numpy(batch.data["audio"]))
-        batch.data["convention"] = self.convention
+            d["pred"] = run_halving(self.stage, predict, len(batch), what="the MuseTalk UNet",
+                                    indices=[it.index for it in batch.items])
+        d["convention"] = self.convention
