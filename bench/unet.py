@@ -60,8 +60,55 @@ def build(size: str, device: str, dtype):
     return ls, mt, ls_cfg["cross_attention_dim"], mt_cfg["cross_attention_dim"]
 
 
-def main() -> None:
+def measure(size: str = "full", device: str = "cpu", dtype=torch.float32, frames: int = 16,
+            steps: int = 20, resolutions=(256,), repeat: int = 1, models=None) -> dict:
+    """Window times at each resolution, as `main` prints them: {resolution: {"runs":
+    {(guidance, cache): (seconds, 20-step estimate, output)}, "musetalk_s": seconds}}.
+    `models`: what `build` returned, to reuse one build across calls."""
     from models.latentsync_sampler import LatentSyncSampler
+    torch.set_grad_enabled(False)
+    ls, mt, ls_dim, mt_dim = models or build(size, device, dtype)
+    f = frames
+    out = {}
+    for resolution in resolutions:
+        h = resolution // 8
+        g = torch.Generator().manual_seed(0)
+        noise = torch.randn(4, h, h, generator=g)
+        mask = torch.ones(f, 1, h, h)
+        mask[:, :, h // 2:] = 0
+        masked, ref = torch.randn(f, 4, h, h, generator=g), torch.randn(f, 4, h, h, generator=g)
+        inputs = [t.to(device) for t in (noise, mask, masked, ref)]
+        audio_ls = torch.randn(f, 50, ls_dim, generator=g)
+
+        # one UNet pass of each kind (batch 2 = with guidance), for the 20-step estimate
+        x = torch.randn(2, 13, f, h, h, generator=g).to(device, dtype)
+        aud = torch.cat([torch.zeros_like(audio_ls), audio_ls])[None].reshape(2, f, 50, ls_dim).to(device, dtype)
+        # untimed first pass: lazy initialisation and kernel selection would count otherwise
+        timed(lambda: ls.forward_full(x, 500, aud), device)
+        passes = {}
+        for b in (1, 2):
+            t_full, (_, cache) = timed(lambda: ls.forward_full(x[:b], 500, aud[:b]), device)
+            t_shallow, _ = timed(lambda: ls.forward_shallow(x[:b], 500, aud[:b], cache), device)
+            passes[b] = (t_full, t_shallow)
+        del x, aud, cache
+
+        results = {}
+        for guidance in (1.5, 1.0):
+            for cache in (0, 3):
+                sampler = LatentSyncSampler(ls, steps, guidance, cache)
+                t, res = timed(lambda: sampler.sample(*inputs, audio_ls.to(device)), device, repeat)
+                n_full, n_shallow = LatentSyncSampler(ls, 20, guidance, cache).unet_calls()
+                b = 2 if guidance > 1 else 1
+                est20 = n_full * passes[b][0] + n_shallow * passes[b][1]
+                results[(guidance, cache)] = (t, est20, res.float().cpu())
+        mt_lat = torch.randn(f, 8, h, h, generator=g).to(device, dtype)
+        mt_audio = torch.randn(f, 50, mt_dim, generator=g).to(device, dtype)
+        t_mt, _ = timed(lambda: mt(mt_lat, mt_audio), device, repeat)
+        out[resolution] = {"runs": results, "musetalk_s": t_mt}
+    return out
+
+
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", choices=("full", "tiny"), default="full")
     ap.add_argument("--frames", type=int, default=16)
@@ -72,40 +119,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     a = ap.parse_args()
     dtype = getattr(torch, a.dtype) if a.dtype else (torch.float16 if a.device.startswith("cuda") else torch.float32)
-    torch.set_grad_enabled(False)
-    ls, mt, ls_dim, mt_dim = build(a.size, a.device, dtype)
-    h = a.resolution // 8
     f = a.frames
-    g = torch.Generator().manual_seed(0)
-    noise = torch.randn(4, h, h, generator=g)
-    mask = torch.ones(f, 1, h, h)
-    mask[:, :, h // 2:] = 0
-    masked, ref = torch.randn(f, 4, h, h, generator=g), torch.randn(f, 4, h, h, generator=g)
-    inputs = [t.to(a.device) for t in (noise, mask, masked, ref)]
-    audio_ls = torch.randn(f, 50, ls_dim, generator=g)
     print(f"{a.size} models, {f} frames at {a.resolution} px, {a.steps} steps, {a.device} {dtype}")
-
-    # one UNet pass of each kind (batch 2 = with guidance), for the 20-step estimate
-    x = torch.randn(2, 13, f, h, h, generator=g).to(a.device, dtype)
-    aud = torch.cat([torch.zeros_like(audio_ls), audio_ls])[None].reshape(2, f, 50, ls_dim).to(a.device, dtype)
-    passes = {}
-    for b in (1, 2):
-        t_full, (_, cache) = timed(lambda: ls.forward_full(x[:b], 500, aud[:b]), a.device)
-        t_shallow, _ = timed(lambda: ls.forward_shallow(x[:b], 500, aud[:b], cache), a.device)
-        passes[b] = (t_full, t_shallow)
-
-    results = {}
-    for guidance in (1.5, 1.0):
-        for cache in (0, 3):
-            sampler = LatentSyncSampler(ls, a.steps, guidance, cache)
-            t, out = timed(lambda: sampler.sample(*inputs, audio_ls.to(a.device)), a.device, a.repeat)
-            n_full, n_shallow = LatentSyncSampler(ls, 20, guidance, cache).unet_calls()
-            b = 2 if guidance > 1 else 1
-            est20 = n_full * passes[b][0] + n_shallow * passes[b][1]
-            results[(guidance, cache)] = (t, est20, out.float().cpu())
-    mt_lat = torch.randn(f, 8, h, h, generator=g).to(a.device, dtype)
-    mt_audio = torch.randn(f, 50, mt_dim, generator=g).to(a.device, dtype)
-    t_mt, _ = timed(lambda: mt(mt_lat, mt_audio), a.device, a.repeat)
+    m = measure(a.size, a.device, dtype, f, a.steps, (a.resolution,), a.repeat)[a.resolution]
+    results, t_mt = m["runs"], m["musetalk_s"]
 
     print(f"\n{'backend':<36} {'window s':>9} {'per frame ms':>13} {'20-step est. s':>15}")
     for (guidance, cache), (t, est20, _) in results.items():
