@@ -56,6 +56,10 @@ def build_parser(shortcuts: dict, add_help: bool = True) -> argparse.ArgumentPar
     p.add_argument("--profile-every", type=float, default=5.0, metavar="SECONDS",
                    help="rewrite the profile JSON this often while running (0: only at the end)")
     p.add_argument("--quiet", action="store_true", help="no progress and no table")
+    p.add_argument("--stall-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="stop the run as failed when nothing moves this long (no stage finishes "
+                        "an item, no message moves), naming the stuck stage, its item and its "
+                        "stack (default 300; 0: off)")
     p.add_argument("--parallel", default="1", metavar="N",
                    help="split the output into N parts (cut on keyframes) run side by side, "
                         "then join them; auto: one part per GPU")
@@ -86,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     known, _ = build_parser({}, add_help=False).parse_known_args(argv)
     shortcuts = _graph_args(known.graph) if known.graph else {}
     args = build_parser(shortcuts).parse_args(argv)
+    if args.stall_timeout < 0:
+        print("lipgraph: --stall-timeout: expected seconds >= 0 (0: off)", file=sys.stderr)
+        return 2
 
     from graph.plan import describe_plan
     from graph.spec import GraphError, load_graph
@@ -139,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     options = RunOptions(
         profile_path=args.profile or prof_default,
         trace_path=None if args.no_trace else (args.trace or trace_default),
-        progress=not args.quiet, table=not args.quiet, profile_every_s=args.profile_every)
+        progress=not args.quiet, table=not args.quiet, profile_every_s=args.profile_every,
+        stall_timeout_s=args.stall_timeout)
     if args.random_weights:
         options.extra["random_weights"] = args.random_weights
     parts = parallel_parts(args)
@@ -208,7 +216,7 @@ def run_split(graph, args, options, plan, parts: int) -> int:
     result = scaleout.run_split(graph, parts, args.runner, args.address, options)
     if not result.ok:
         print(f"lipgraph: {result.error}", file=sys.stderr)
-        return 1
+        return result.exit_code or 1
     print(f"{graph.name}: done in {result.wall_s:.1f} s ({len(result.parts)} parts)", file=sys.stderr)
     return 0
 
@@ -222,7 +230,8 @@ def run_jobs_file(args) -> int:
         print(f"lipgraph: {exc}", file=sys.stderr)
         return 2
     print(f"{len(specs)} job(s) on the {args.runner} runner", file=sys.stderr)
-    status = scaleout.run_jobs(specs, args.runner, args.address, args.retries, args.concurrency)
+    status = scaleout.run_jobs(specs, args.runner, args.address, args.retries, args.concurrency,
+                               stall_timeout_s=args.stall_timeout)
     print(scaleout.format_jobs(status), file=sys.stderr)
     report = os.path.splitext(args.jobs)[0] + ".report.json"
     scaleout.write_report(report, status)

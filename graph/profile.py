@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
+
+from media.partial import partial_path
 
 from .stats import LatencyHistogram
 
@@ -122,9 +123,11 @@ def build_profile(graph, processes: dict, *, runner: str, status: str, started: 
 def write_json_atomic(path: str, data: dict) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".profile-", suffix=".tmp", dir=folder)
+    # named after this process, so a run killed while writing leaves nothing the next one
+    # does not remove (runners sweep the profile's and trace's leftovers at start)
+    tmp = partial_path(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1)
         os.replace(tmp, path)
     except BaseException:
@@ -138,27 +141,32 @@ def merge_traces(parts: list[str], out_path: str) -> int:
     n = 0
     folder = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".trace-", suffix=".tmp", dir=folder)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write('{"displayTimeUnit":"ms","traceEvents":[\n')
-        first = True
-        for part in parts:
-            if not os.path.exists(part):
-                continue
-            with open(part, encoding="utf-8") as src:
-                for line in src:
-                    line = line.strip()
-                    if not line:
-                        continue
-                    try:
-                        json.loads(line)   # a killed process may leave a torn last line
-                    except ValueError:
-                        continue
-                    f.write(("" if first else ",\n") + line)
-                    first = False
-                    n += 1
-        f.write("\n]}\n")
-    os.replace(tmp, out_path)
+    tmp = partial_path(out_path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write('{"displayTimeUnit":"ms","traceEvents":[\n')
+            first = True
+            for part in parts:
+                if not os.path.exists(part):
+                    continue
+                with open(part, encoding="utf-8") as src:
+                    for line in src:
+                        line = line.strip()
+                        if not line:
+                            continue
+                        try:
+                            json.loads(line)   # a killed process may leave a torn last line
+                        except ValueError:
+                            continue
+                        f.write(("" if first else ",\n") + line)
+                        first = False
+                        n += 1
+            f.write("\n]}\n")
+        os.replace(tmp, out_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     return n
 
 

@@ -8,9 +8,16 @@ the receiving side, and the memory is returned when the last array using it is f
 Every segment is named ``lipgraph-<run>-<pid>-<n>``: the runner removes whatever a failed or
 killed run left behind with `sweep(run_id)`, and `sweep_stale()` removes segments of runs
 whose main process no longer exists.
+
+The runner's multiprocessing queues hold POSIX named semaphores
+(``/dev/shm/sem.mp-*``) that only multiprocessing's resource tracker unlinks, so a SIGKILL of
+the whole process group (runner and tracker) leaves them. Made inside `named_semaphores()`,
+they are named ``sem.mp-lipgraph-<runner pid>-*`` and `sweep_stale()` unlinks those of runners
+that are gone too.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import mmap
@@ -19,6 +26,7 @@ import pickle
 import re
 import sys
 import tempfile
+import threading
 
 import numpy as np
 
@@ -186,7 +194,8 @@ _RUN_RE = re.compile(r"^" + re.escape(PREFIX) + r"(\d+)x[0-9a-f]+-")
 
 
 def sweep_stale() -> int:
-    """Remove segments of runs whose main process (the pid in the run id) is gone."""
+    """Remove segments of runs whose main process (the pid in the run id) is gone, and the
+    named semaphores of such runs."""
     n = 0
     for name in segments():
         m = _RUN_RE.match(name)
@@ -195,7 +204,48 @@ def sweep_stale() -> int:
         pid = int(m.group(1))
         if not pid_alive(pid):
             n += _unlink(name)
+    for name in semaphores():
+        pid = int(_SEM_RE.match(name).group(1))
+        if not pid_alive(pid):
+            n += _unlink(name)
     return n
+
+
+# ----- named semaphores of the process runner ---------------------------------------------
+SEM_PREFIX = "mp-lipgraph-"
+# POSIX named semaphores are files here only on Linux (glibc); elsewhere nothing is swept
+_SEM_SWEEP = sys.platform.startswith("linux") and os.path.isdir("/dev/shm")
+_SEM_RE = re.compile(r"^sem\." + re.escape(SEM_PREFIX) + r"(\d+)-")
+_sem_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def named_semaphores():
+    """Multiprocessing locks, queues and events made inside get semaphores named
+    ``/mp-lipgraph-<this pid>-XXXX`` (multiprocessing names them from the current process's
+    `semprefix`, default ``/mp``), so `sweep_stale()` can tell whose they are once this
+    process is gone. The prefix is process-global: it is changed only while the block runs,
+    under a lock (the parts of a split job create their runs from several threads)."""
+    from multiprocessing import process
+    config = process.current_process()._config
+    with _sem_lock:
+        old = config.get("semprefix", "/mp")
+        config["semprefix"] = f"/{SEM_PREFIX}{os.getpid()}"
+        try:
+            yield
+        finally:
+            config["semprefix"] = old
+
+
+def semaphores(pid: int | None = None) -> list[str]:
+    """File names (in /dev/shm) of the named semaphores of lipgraph runs (of one runner)."""
+    if not _SEM_SWEEP:
+        return []
+    prefix = "sem." + SEM_PREFIX + (f"{pid}-" if pid is not None else "")
+    try:
+        return sorted(n for n in os.listdir("/dev/shm") if n.startswith(prefix) and _SEM_RE.match(n))
+    except FileNotFoundError:
+        return []
 
 
 def pid_alive(pid: int) -> bool:

@@ -45,6 +45,10 @@ class StageContext:
     def note_cuda(self) -> None:
         """This stage uses CUDA: report peak CUDA memory for its process."""
 
+    def heartbeat(self) -> None:
+        """A long step (one that finishes no item for a while, such as joining segments)
+        is still moving: the stall watchdog counts it as progress."""
+
 
 class Stage:
     """Base class of all stages. Subclasses set the class attributes below."""

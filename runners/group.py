@@ -23,6 +23,7 @@ from graph.stats import (DepthSeries, StageStats, TraceWriter, cuda_peak_bytes, 
                          peak_rss_bytes)
 
 from .runtime import StageFailure, StageRuntime
+from .stall import opening_cpu
 from .transport import QueueOutput, Receiver, ShmCodec
 
 SNAPSHOT_EVERY_S = 1.0
@@ -42,8 +43,33 @@ class GroupLaunch:
     parent_pid: int
     beacons: object = None        # shared int64 array: item in hand per stage (-1: none)
     beacon_slots: dict = None     # (stage, replica) -> slot in `beacons`
-    go: object = None             # event set once every stage of every group has opened
+    go: object = None             # flag set once every stage of every group has opened
     codec: object = None          # what queues carry (default: shared-memory pickles)
+    stall_request: object = None  # shared counter: the runner's stall watchdog asks for stacks
+
+
+class SharedFlag:
+    """A set-once flag in shared memory that processes poll. Unlike a multiprocessing Event,
+    whose set() waits until every waiting process has woken up (forever, if one of them was
+    stopped or killed while waiting), setting it never waits on anyone."""
+
+    def __init__(self, ctx):
+        self.flag = ctx.RawValue("b", 0)
+
+    def set(self) -> None:
+        self.flag.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self.flag.value)
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.flag.value:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(0.01, left))
+        return True
 
 
 class _ChildContext(StageContext):
@@ -53,6 +79,7 @@ class _ChildContext(StageContext):
         self.group = proc.launch.group
         self.replica = proc.launch.replica
         self.replicas = proc.graph.stages[stage].workers
+        self.pulse = 0          # heartbeats: progress inside a long step
 
     def set_total(self, total):
         self.proc.send(("total", total))
@@ -67,6 +94,9 @@ class _ChildContext(StageContext):
 
     def count(self, key, amount=1, reason=None):
         self.stats.count(key, amount, reason)
+
+    def heartbeat(self):
+        self.pulse += 1
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -122,6 +152,7 @@ class GroupProcess:
         self.trace: TraceWriter | None = None
         self.n_open = 0
         self.open_lock = threading.Lock()
+        self.stall_seen = 0
 
     def send(self, msg) -> None:
         self.launch.control.put(msg)
@@ -185,10 +216,11 @@ class GroupProcess:
             if self.n_open == len(self.runtimes):
                 self.send(("ready", (self.launch.group, self.launch.replica)))
 
-    def _wait_for_go(self) -> None:
+    def _wait_for_go(self, rt: StageRuntime) -> None:
         """Sources start once every model everywhere is loaded: queues do not fill up
         during setup, and latency and utilization measure the streaming alone."""
         go = self.launch.go
+        rt.activity = ("waiting", "the start (every stage opened)", time.monotonic())
         while go is not None and not go.wait(0.2):
             if self.failed.is_set():
                 raise Aborted()
@@ -196,6 +228,7 @@ class GroupProcess:
     def _run_stage(self, rt: StageRuntime) -> None:
         inbox = self.inboxes[rt.stage.name]
         opened = False
+        rt.thread_ident, rt.native_id = threading.get_ident(), threading.get_native_id()
         try:
             # one open at a time per process: model libraries' lazy imports are not
             # thread-safe, and loading in parallel gains little under the GIL
@@ -204,13 +237,14 @@ class GroupProcess:
             opened = True
             self._opened()
             if rt.is_source:
-                self._wait_for_go()
+                self._wait_for_go(rt)
                 rt.run_source()
             else:
                 open_ports = set(rt.stage.in_ports)
                 while open_ports:
                     ports = rt.wanted(open_ports)
                     t = time.monotonic()
+                    rt.activity = ("waiting", "input on " + ", ".join(ports), t)
                     port, msg = inbox.get(ports)
                     rt.stats.wait_s += time.monotonic() - t
                     if msg is EOS:
@@ -252,7 +286,29 @@ class GroupProcess:
         return {"pid": os.getpid(), "stages": [rt.stats.snapshot() for rt in self.runtimes],
                 "edges": {k: v.to_dict() for k, v in self.depths.items()},
                 "peak_rss": peak_rss_bytes(), "cuda_peak": cuda_peak_bytes(),
-                "rss": self.rss.to_dict()}
+                "rss": self.rss.to_dict(),
+                "pulse": sum(rt.stage.ctx.pulse for rt in self.runtimes),
+                "open_cpu": opening_cpu(self.runtimes)}
+
+    def stall_report(self) -> list[dict]:
+        """What each stage's thread is doing now, with the stack of those inside stage code
+        (for the runner's stall watchdog)."""
+        from .stall import stage_report
+        frames = sys._current_frames()
+        return [stage_report(rt, frames, replica=self.launch.replica) for rt in self.runtimes]
+
+    def _answer_stall_request(self) -> None:
+        req = self.launch.stall_request
+        if req is None or req.value == self.stall_seen:
+            return
+        self.stall_seen = req.value
+        import json
+        path = os.path.join(self.launch.run_dir, f"stall-{self.launch.group}-{self.launch.replica}.json")
+        # a file rather than the control queue: a frozen process elsewhere may hold the
+        # queue's write lock, and this must reach the runner regardless
+        with open(path + ".tmp", "w") as f:
+            json.dump(self.stall_report(), f)
+        os.replace(path + ".tmp", path)
 
     def sample(self) -> None:
         now = time.monotonic()
@@ -288,6 +344,7 @@ class GroupProcess:
             if not alive:
                 break
             alive[0].join(SAMPLE_EVERY_S)
+            self._answer_stall_request()
             self.sample()
             if time.monotonic() - last_snap >= SNAPSHOT_EVERY_S:
                 last_snap = time.monotonic()

@@ -27,14 +27,17 @@ import threading
 import time
 
 from graph import shm
+from media.partial import sweep_partials
 
 from .group import GroupLaunch, GroupProcess
 from .process import ProcessRunner
 from .report import Interrupted, RunOptions, RunResult, interrupted_error
+from .stall import StallWatch, progress_state, stall_error
 from .transport import edge_queue_count
 
 POLL_S = 0.1
 COLLECT_TIMEOUT_S = 15.0    # for each actor to hand back its trace at the end
+STALL_ANSWER_S = 3.0        # for each actor to say what its stages do when the run stalls
 PUT_AHEAD = 4               # puts in flight per sender and edge
 CONTROL_BATCH = 128         # the driver takes up to half this many control messages a call
 
@@ -189,6 +192,11 @@ class _Actor:
                 text = f.read()
         return text
 
+    def stall_report(self) -> list:
+        """What each stage's thread is doing now (asked by the stall watchdog; runs beside
+        `run`, the actor being threaded)."""
+        return self.group.stall_report() if self.group is not None else []
+
     def clean(self) -> None:
         """Once every actor's trace is collected: the scratch folder on a remote node goes."""
         if self.launch is not None and self.remote:
@@ -249,6 +257,7 @@ class RayRunner(ProcessRunner):
     def run(self) -> RunResult:
         ray = init_ray(self.address)
         graph = self.graph
+        sweep_partials(self.options.profile_path, self.options.trace_path)
         run_id = shm.new_run_id()
         run_dir = self.run_dir = tempfile.mkdtemp(prefix=f"lipgraph-run-{run_id}-")
         sizes = {"control": 0}           # 0: unbounded
@@ -290,6 +299,7 @@ class RayRunner(ProcessRunner):
             self.reporter.trace_parts = [os.path.join(run_dir, f"trace-{g}-{r}.jsonl") for g, r in actors]
         self.ready, self.n_procs = set(), len(actors)
         self.go_targets = list(actors.values())
+        self.actors = actors
         status, error, exit_code = "ok", None, 0
         done: set = set()
         old_handlers = self._install_signals()
@@ -346,10 +356,16 @@ class RayRunner(ProcessRunner):
     def _monitor_ray(self, futures: dict, control, done: set) -> dict | None:
         import ray
         pending = dict(futures)
+        watch = StallWatch(self.options.stall_timeout_s)
         while True:
             err = self._drain(control, done, timeout=POLL_S)
             if err:
                 return err
+            # actors still being placed or starting have sent nothing yet: that is Ray's
+            # scheduling, not a stall of the graph, so the clock starts once all have reported
+            if (watch.on and len(self.reporter.processes) >= len(futures)
+                    and watch.stalled(progress_state(self.reporter.processes))):
+                return self._stall_error_ray(pending, watch.timeout)
             if pending:
                 finished, _ = ray.wait(list(pending.values()), timeout=0, num_returns=len(pending))
                 for ref in finished:
@@ -368,6 +384,21 @@ class RayRunner(ProcessRunner):
             if self.cancelled is not None:
                 return self._cancel_error()
             self.reporter.tick()
+
+    def _stall_error_ray(self, pending: dict, timeout: float) -> dict:
+        import ray
+        refs = {key: self.actors[key].stall_report.remote() for key in pending}
+        reports, silent = [], []
+        deadline = time.monotonic() + STALL_ANSWER_S
+        for key, ref in refs.items():
+            try:
+                reports += ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
+            except Exception:
+                gname, replica = key
+                silent.append(f"actor of group '{gname}' (stages: "
+                              f"{', '.join(self.graph.groups[gname].stages)}) did not answer")
+        replicas = {name: st.workers for name, st in self.graph.stages.items()}
+        return stall_error(timeout, reports, silent, replicas)
 
     def _actor_lost(self, key, exc) -> dict:
         gname, replica = key

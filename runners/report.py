@@ -18,6 +18,7 @@ class RunOptions:
     table: bool = True                   # per-stage table on stderr at the end
     profile_every_s: float = 5.0         # rewrite the profile JSON while running
     stream: Any = None                   # where progress, warnings and the table go (default stderr)
+    stall_timeout_s: float = 300.0       # fail when nothing moves this long (0: never)
     extra: dict = dataclasses.field(default_factory=dict)   # added to the profile JSON
 
 
@@ -59,7 +60,7 @@ def format_error(error: dict) -> str:
     stage, index = error.get("stage"), error.get("index")
     if error.get("kind") == "killed":
         return error["message"]
-    if error.get("kind") in ("interrupted", "cancelled", "resources"):
+    if error.get("kind") in ("interrupted", "cancelled", "resources", "stalled"):
         return error["message"]
     from .runtime import describe_where
     head = (f"stage '{stage}' ({error.get('type')}, group {error.get('group')}) failed "
@@ -134,6 +135,7 @@ class Reporter:
         self.total: int | None = None
         self.progress = Progress(graph.name, options.stream, options.progress)
         self.last_write = time.monotonic()
+        self.report_failed: set = set()      # reports that could not be written (warned once)
         self.trace_parts: list[str] = []
         self.warned: set[tuple[str, str]] = set()
 
@@ -159,7 +161,21 @@ class Reporter:
         if (self.options.profile_path and self.options.profile_every_s
                 and time.monotonic() - self.last_write >= self.options.profile_every_s):
             self.last_write = time.monotonic()
-            write_json_atomic(self.options.profile_path, self.profile("running"))
+            self._write_report(lambda: write_json_atomic(self.options.profile_path,
+                                                         self.profile("running")), "profile")
+
+    def _write_report(self, write, what: str) -> bool:
+        """Write the profile or trace; a full disk or a lost folder costs the report, never
+        the run (nor the message saying why the run failed)."""
+        try:
+            write()
+            return True
+        except OSError as exc:
+            if what not in self.report_failed:
+                self.report_failed.add(what)
+                self.warn("lipgraph", f"could not write the {what} ({exc.strerror or exc}): "
+                          f"{getattr(exc, 'filename', '') or ''}; the run goes on without it")
+            return False
 
     def profile(self, status: str, error: dict | None = None) -> dict:
         extra = dict(self.options.extra)
@@ -172,12 +188,14 @@ class Reporter:
         self.progress.update(self.items_done(), self.total, force=True)
         self.progress.done()
         prof = self.profile(status, error)
-        if self.options.trace_path:
-            merge_traces(self.trace_parts, self.options.trace_path)
+        if self.options.trace_path and self._write_report(
+                lambda: merge_traces(self.trace_parts, self.options.trace_path), "trace"):
             prof["trace_path"] = self.options.trace_path
         if self.options.profile_path:
             prof["profile_path"] = self.options.profile_path
-            write_json_atomic(self.options.profile_path, prof)
+            if not self._write_report(lambda: write_json_atomic(self.options.profile_path, prof),
+                                      "profile"):
+                prof.pop("profile_path")
         if self.options.table:
             stream = self.options.stream or sys.stderr
             stream.write("\n" + format_table(prof) + "\n")

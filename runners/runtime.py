@@ -62,6 +62,12 @@ class StageRuntime:
         self.current_last: int | None = None  # last index of the batch in hand
         self.is_source = not stage.in_ports
         self.stats.is_sink = not stage.out_ports
+        # what the stage's thread is doing, for the stall watchdog: (state, detail, since)
+        # with state "opening"/"busy" (in the stage's own code), "waiting" (for input or the
+        # start), "blocked" (on a full output), "idle" or "done"; and the thread's ident
+        self.activity: tuple[str, str | None, float] = ("idle", None, time.monotonic())
+        self.thread_ident: int | None = None
+        self.native_id: int | None = None
         if trace:
             trace.thread_name(tid, stage.name)
 
@@ -93,8 +99,10 @@ class StageRuntime:
     # ----- lifecycle --------------------------------------------------------------------
     def open(self) -> None:
         t = time.monotonic()
+        self.activity = ("opening", "open", t)
         self.stage.open()
         self.stats.setup_s += time.monotonic() - t
+        self.activity = ("idle", None, time.monotonic())
         if self.trace:
             self.trace.span(self.tid, f"{self.stage.name}:open", t, time.monotonic())
 
@@ -109,13 +117,17 @@ class StageRuntime:
                                f"(outputs: {', '.join(self.outputs) or 'none'})")
         if isinstance(msg, (Item, Batch)):
             self.stats.gave(count_items(msg))
+        busy = self.activity
+        self.activity = ("blocked", port, time.monotonic())
         self.stats.blocked_s += out.put(msg)
+        self.activity = busy
 
-    def _drive(self, call, label: str, index: int | None) -> None:
+    def _drive(self, call, label: str, index: int | None, what: str = "process") -> None:
         """Call a stage method and run what it returns to exhaustion, timing the stage's own
         work (the call itself, for methods that work eagerly, and each step of a generator)
         apart from time blocked on full outputs."""
         start = time.monotonic()
+        self.activity = ("busy", what, start)
         emits = call()
         busy = time.monotonic() - start
         if emits is None:
@@ -131,6 +143,7 @@ class StageRuntime:
             busy += time.monotonic() - t
             self._send(port, msg)
         self.stats.busy_s += busy
+        self.activity = ("idle", None, time.monotonic())
         if self.trace and busy > 0:
             self.trace.span(self.tid, label, start, time.monotonic(),
                             {"index": index, "busy_ms": round(busy * 1e3, 3)})
@@ -153,20 +166,22 @@ class StageRuntime:
                     out.turn()
             self.current = self.current_last = None
         elif isinstance(msg, Info):
-            self._drive(lambda: stage.on_info(msg, port), f"{stage.name}:info", None)
+            self._drive(lambda: stage.on_info(msg, port), f"{stage.name}:info", None, "on_info")
         elif isinstance(msg, Flush):
-            self._drive(lambda: stage.on_flush(msg, port), f"{stage.name}:flush", None)
+            self._drive(lambda: stage.on_flush(msg, port), f"{stage.name}:flush", None, "on_flush")
         else:
             raise RuntimeError(f"stage '{stage.name}' got an unknown message {msg!r} on '{port}'")
 
     def eos(self, port: str) -> None:
-        self._drive(lambda: self.stage.on_eos(port), f"{self.stage.name}:eos", None)
+        self._drive(lambda: self.stage.on_eos(port), f"{self.stage.name}:eos", None, "on_eos")
 
     def end(self) -> None:
         """All inputs ended (or the source is exhausted): finish, then EOS on every output."""
-        self._drive(self.stage.finish, f"{self.stage.name}:finish", None)
-        for out in self.outputs.values():
+        self._drive(self.stage.finish, f"{self.stage.name}:finish", None, "finish")
+        for port, out in self.outputs.items():
+            self.activity = ("blocked", port, time.monotonic())
             self.stats.blocked_s += out.put(EOS)
+        self.activity = ("done", None, time.monotonic())
 
     def source_steps(self):
         """Generate the source's messages one at a time (yields after each is sent)."""
@@ -174,6 +189,7 @@ class StageRuntime:
         it = iter(stage.generate())
         while True:
             t = time.monotonic()
+            self.activity = ("busy", "generate", t)
             try:
                 port, msg = next(it)
             except StopIteration:

@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -31,7 +32,7 @@ from graph.spec import GraphError, load_graph, shortcut_sets
 from media.segments import Manifest, join_segments, remove_work_dir
 
 from . import get_runner, job
-from .report import RunOptions
+from .report import Interrupted, RunOptions, interrupted_error, raise_interrupted
 
 
 def _runner(graph, name: str, options: RunOptions, address: str | None):
@@ -77,6 +78,7 @@ class SplitResult:
     parts: list
     wall_s: float
     error: str | None = None
+    exit_code: int = 0          # run_graph's exit status (1 failed, 128+N stopped by signal N)
 
 
 def run_split(graph, parts: int, runner: str = "ray", address: str | None = None,
@@ -123,24 +125,42 @@ def run_split(graph, parts: int, runner: str = "ray", address: str | None = None
         threads.append(threading.Thread(target=work, name=f"part-{k}", daemon=True))
     stream.write(f"{graph.name}: {total} frames in {len(ranges)} parts "
                  f"({', '.join(f'{a}..{b - 1}' for a, b in ranges)}) on the {runner} runner\n")
-    for t in threads:
-        t.start()
-    for k, t in enumerate(threads):
-        t.join()
-        r = results[k]
-        stream.write(f"  part {k}: {r.status} ({r.profile['items_done']} frames, "
-                     f"{r.profile['wall_s']:.1f} s)\n")
-    wall = time.monotonic() - t0
-    # the part that failed first, not the parts it stopped
-    failed = sorted((r for r in results if not r.ok),
-                    key=lambda r: (r.error or {}).get("kind") == "cancelled")
-    if failed:
-        from .report import format_error
+    # SIGTERM (like Ctrl-C) raises here, in the main thread: the parts are stopped and
+    # cleaned up by their runners, and the join removes its temporary file
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        old_term = signal.signal(signal.SIGTERM, raise_interrupted)
+    try:
+        for t in threads:
+            t.start()
+        for k, t in enumerate(threads):
+            t.join()
+            r = results[k]
+            stream.write(f"  part {k}: {r.status} ({r.profile['items_done']} frames, "
+                         f"{r.profile['wall_s']:.1f} s)\n")
+        wall = time.monotonic() - t0
+        # the part that failed first, not the parts it stopped
+        failed = sorted((r for r in results if not r.ok),
+                        key=lambda r: (r.error or {}).get("kind") == "cancelled")
+        if failed:
+            from .report import format_error
+            remove_work_dir(plan.workdir)
+            return SplitResult(False, results, wall, format_error(failed[0].error), 1)
+        done = [Manifest.load(m.folder) for m in manifests]     # as the parts left them
+        join_segments(Manifest.combined(done), mux.params["path"], mux.params["audio"] or None,
+                      mux.params["sidecar"] or None, mux.cls.metadata(mux.params))
+    except (KeyboardInterrupt, Interrupted) as exc:
+        _, error, code = interrupted_error(exc)
+        for part_runner in runners:
+            part_runner.cancel(error["message"])
+        for t in threads:
+            if t.is_alive():
+                t.join()
         remove_work_dir(plan.workdir)
-        return SplitResult(False, results, wall, format_error(failed[0].error))
-    done = [Manifest.load(m.folder) for m in manifests]     # as the parts left them
-    join_segments(Manifest.combined(done), mux.params["path"], mux.params["audio"] or None,
-                  mux.params["sidecar"] or None, mux.cls.metadata(mux.params))
+        return SplitResult(False, results, time.monotonic() - t0, error["message"], code)
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     remove_work_dir(plan.workdir)
     return SplitResult(True, results, time.monotonic() - t0)
 
@@ -181,7 +201,8 @@ def read_jobs(path: str, default_graph: str | None = None) -> list[JobSpec]:
 
 
 def run_jobs(specs: list[JobSpec], runner: str = "ray", address: str | None = None,
-             retries: int = 1, concurrency: int = 2, stream=None) -> list[dict]:
+             retries: int = 1, concurrency: int = 2, stream=None,
+             stall_timeout_s: float = 300.0) -> list[dict]:
     """Run every job (up to `concurrency` at once), retrying failures; one job's failure
     never stops another. Returns one status record per job, in order."""
     from stages.preflight import preflight
@@ -208,7 +229,8 @@ def run_jobs(specs: list[JobSpec], runner: str = "ray", address: str | None = No
                         job.prepare(graph, resume=False)
                     out = spec.args["output"]
                     result = _runner(graph, runner, RunOptions(
-                        progress=False, table=False, profile_path=out + ".profile.json"), address).run()
+                        progress=False, table=False, profile_path=out + ".profile.json",
+                        stall_timeout_s=stall_timeout_s), address).run()
                     ok, err = result.ok, (None if result.ok else format_error(result.error))
                 except Exception as exc:                    # bad job entry, missing inputs ...
                     ok, err = False, f"{type(exc).__name__}: {exc}"

@@ -2,8 +2,9 @@
 
 Frames are arrays filled with a value derived from their index, so a sink can check that
 every item arrived once, in order, through the expected path. `fail_at` raises at an index,
-`kill_at` SIGKILLs the stage's own process at an index, `delay_s` simulates work that
-waits (I/O, a GPU kernel) and `spin_s` work that holds a CPU core.
+`kill_at` SIGKILLs the stage's own process at an index, `hang_at` never returns from that
+index (a stuck driver: for the stall watchdog), `delay_s` simulates work that waits (I/O, a
+GPU kernel) and `spin_s` work that holds a CPU core.
 """
 from __future__ import annotations
 
@@ -34,6 +35,15 @@ def _maybe_fail(stage: Stage, index: int) -> None:
         raise SyntheticFailure(f"synthetic failure at index {index} (first attempt only)")
     if index == stage.p.get("kill_at", -1):
         os.kill(os.getpid(), signal.SIGKILL)
+    if index == stage.p.get("hang_at", -1):
+        hang_forever()
+
+
+def hang_forever() -> None:
+    """Block like a call that never returns (short sleeps, so a runner can still raise into
+    this thread)."""
+    while True:
+        time.sleep(0.1)
 
 
 def spin(seconds: float) -> None:
@@ -54,7 +64,7 @@ class SyntheticSource(Stage):
     inputs = ()
     outputs = ("out",)
     params = {"count": 100, "shape": [8, 8, 3], "fps": 25.0, "start_index": 0, "delay_s": 0.0,
-              "fail_at": -1, "kill_at": -1, "fresh": True}
+              "fail_at": -1, "kill_at": -1, "hang_at": -1, "fresh": True}
 
     def generate(self):
         n, start = self.p["count"], self.p["start_index"]
@@ -76,7 +86,7 @@ class SyntheticMap(Stage):
 
     stateless = True
     params = {"add": 0, "delay_s": 0.0, "vary": False, "spin_s": 0.0, "fail_at": -1,
-              "kill_at": -1, "fail_once": ""}
+              "kill_at": -1, "hang_at": -1, "fail_once": ""}
 
     def process(self, item, port):
         for m in item.members():
@@ -160,7 +170,7 @@ class SyntheticRouter(Stage):
     """Batches long-path items, sends the others down `bypass` (a stand-in batch builder)."""
 
     outputs = ("main", "bypass")
-    params = {"batch_size": 4, "bypass": "alternate", "fail_at": -1, "kill_at": -1}
+    params = {"batch_size": 4, "bypass": "alternate", "fail_at": -1, "kill_at": -1, "hang_at": -1}
 
     @classmethod
     def validate_params(cls, params):
@@ -193,7 +203,7 @@ class SyntheticRouter(Stage):
 class SyntheticBatchMap(Stage):
     """A batched model stand-in: `delay_s` per batch plus `per_item_s` per item."""
 
-    params = {"delay_s": 0.0, "per_item_s": 0.0, "fail_at": -1, "kill_at": -1}
+    params = {"delay_s": 0.0, "per_item_s": 0.0, "fail_at": -1, "kill_at": -1, "hang_at": -1}
 
     def process(self, batch, port):
         for m in batch.members():
@@ -238,7 +248,8 @@ class SyntheticSink(Stage):
     (a temporary file renamed on success). Records index, frame value and trail."""
 
     outputs = ()
-    params = {"path": "", "inputs": ["in"], "delay_s": 0.0, "fail_at": -1, "kill_at": -1}
+    params = {"path": "", "inputs": ["in"], "delay_s": 0.0, "fail_at": -1, "kill_at": -1,
+              "hang_at": -1}
 
     @classmethod
     def ports(cls, params):
@@ -249,8 +260,9 @@ class SyntheticSink(Stage):
         self.f = None
         self.tmp = None
         if self.p["path"]:
-            folder, base = os.path.split(os.path.abspath(self.p["path"]))
-            self.tmp = os.path.join(folder, f".{base}.partial-{os.getpid()}")
+            from media.partial import partial_path, sweep_partials
+            sweep_partials(self.p["path"])
+            self.tmp = partial_path(self.p["path"])
             self.ctx.register_temp(self.tmp)
             self.f = open(self.tmp, "w")
         self.count = 0
