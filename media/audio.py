@@ -7,18 +7,25 @@ Mono downmix: "mean" averages the channels like `librosa.load(mono=True)`
 (MuseTalk's loader); "ffmpeg" lets swresample mix to mono like
 `ffmpeg -ac 1` (whisper's `load_audio`, used by LatentSync). They differ by
 a gain (about 3 dB for correlated stereo) and agree for mono sources.
+
+Damaged data: a packet the decoder rejects becomes silence of that packet's duration (what
+the decoder gives for a damaged packet it accepts is kept as it is), so the audio after it
+stays where it belongs and the track keeps its length. `on_damage(time_s, seconds)` hears of
+each silenced packet.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import av
 import numpy as np
 
-from .video import MediaError, open_input
+from .video import MediaError, _damage, _packets, open_input
+
+DamageCallback = Callable[[float | None, float], None]
 
 
 @dataclass(frozen=True)
@@ -67,11 +74,76 @@ def probe_audio(path: str | os.PathLike) -> AudioInfo:
         container.close()
 
 
+def _packet_samples(packet: av.Packet, stream, rate: int, like: av.AudioFrame | None) -> int:
+    """Samples (at `rate`) a packet would have decoded to, from its duration: the part
+    before time 0 (encoder priming, which decoders drop) left out."""
+    if packet.duration and packet.time_base:
+        ticks = packet.duration
+        if packet.pts is not None:
+            ticks = max(packet.pts + packet.duration, 0) - max(packet.pts, 0)
+        return round(ticks * packet.time_base * rate)
+    if stream.codec_context.frame_size:
+        return int(stream.codec_context.frame_size)
+    return like.samples if like is not None else 0
+
+
+def _silence(like: av.AudioFrame, samples: int) -> av.AudioFrame:
+    """`samples` of silence in the sample format, layout and rate of a decoded frame (so
+    the resampler takes it as one more frame of the stream)."""
+    fmt = like.format
+    channels = len(like.layout.channels)
+    dtype = np.dtype(av.audio.frame.format_dtypes[fmt.name])
+    shape = (channels, samples) if fmt.is_planar else (1, samples * channels)
+    fill = 128 if dtype == np.uint8 else 0      # unsigned 8-bit silence is mid-scale
+    frame = av.AudioFrame.from_ndarray(np.full(shape, fill, dtype), format=fmt.name,
+                                       layout=like.layout.name)
+    frame.sample_rate = like.sample_rate
+    return frame
+
+
+def _decoded_audio(container, stream, path: str,
+                   on_damage: DamageCallback | None = None) -> Iterator[av.AudioFrame]:
+    """Decoded frames of `stream`; a packet the decoder rejects comes out as silence of its
+    duration, so every later sample keeps its place."""
+    rate = stream.codec_context.sample_rate or stream.rate or 0
+    owed, like, flushed = 0, None, False
+    for packet in _packets(container, stream):
+        flushed = packet.size == 0
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError as exc:
+            if not _damage(exc):
+                raise MediaError(f"error decoding audio in {path}: {exc}") from exc
+            src_rate = like.sample_rate if like is not None else rate
+            n = _packet_samples(packet, stream, src_rate, like) if src_rate else 0
+            if n > 0:
+                owed += n
+                if on_damage is not None:
+                    at = (float(packet.pts * packet.time_base)
+                          if packet.pts is not None and packet.time_base else None)
+                    on_damage(at, n / src_rate)
+            continue
+        for frame in frames:
+            if owed:
+                yield _silence(frame, owed)
+                owed = 0
+            like = frame
+            yield frame
+    if not flushed:
+        try:
+            yield from stream.codec_context.decode(None)
+        except av.error.FFmpegError:
+            pass
+    if owed and like is not None:
+        yield _silence(like, owed)       # the track ended on damaged packets
+
+
 def iter_audio_blocks(
     path: str | os.PathLike,
     sample_rate: int,
     channels: int = 1,
     downmix: str = "mean",
+    on_damage: DamageCallback | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield float32 blocks [channels, n] of the whole audio track, resampled.
 
@@ -79,7 +151,8 @@ def iter_audio_blocks(
     mix). Codec end padding (e.g. the tail of the last AAC frame) is cut
     back to the container's duration when the overshoot is less than one
     decoded frame; a larger mismatch means the duration is a guess, and
-    nothing is cut.
+    nothing is cut. A packet that cannot be decoded gives silence of its
+    duration (see the module's docstring).
     """
     if channels not in (1, 2):
         raise ValueError(f"channels must be 1 or 2, got {channels}")
@@ -99,7 +172,7 @@ def iter_audio_blocks(
 
         def resampled() -> Iterator[np.ndarray]:
             try:
-                for frame in container.decode(stream):
+                for frame in _decoded_audio(container, stream, path, on_damage):
                     frame.pts = None  # timing is by sample count; avoids resampler pts checks
                     for out in resampler.resample(frame):
                         yield out.to_ndarray()
@@ -135,7 +208,9 @@ def iter_audio_blocks(
 
 
 class AudioReader:
-    """Iterate float32 mono chunks of `chunk_seconds` at `sample_rate` (last one shorter)."""
+    """Iterate float32 mono chunks of `chunk_seconds` at `sample_rate` (last one shorter).
+    `on_damage(time_s, seconds)` is called for each packet that could not be decoded (given
+    as silence)."""
 
     def __init__(
         self,
@@ -143,13 +218,14 @@ class AudioReader:
         sample_rate: int = 16000,
         chunk_seconds: float = 1.0,
         downmix: str = "mean",
+        on_damage: DamageCallback | None = None,
     ):
         self.path = os.fspath(path)
         self.info = probe_audio(self.path)
         self.sample_rate = int(sample_rate)
         self.chunk_samples = max(1, int(round(chunk_seconds * self.sample_rate)))
         self.samples_read = 0
-        self._blocks = iter_audio_blocks(self.path, self.sample_rate, 1, downmix)
+        self._blocks = iter_audio_blocks(self.path, self.sample_rate, 1, downmix, on_damage)
         self._chunks: Iterator[np.ndarray] | None = None
 
     def __iter__(self) -> "AudioReader":

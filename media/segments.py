@@ -16,12 +16,13 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
+import time
 from fractions import Fraction
 
 import av
 
 from .audio import probe_audio
+from .partial import partial_path
 from .writer import _FORMATS, AudioTrack, VideoWriter
 
 MANIFEST = "manifest.json"
@@ -97,9 +98,15 @@ class Manifest:
 
     def save(self) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=self.folder)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(self.data, f, indent=1)
-        os.replace(tmp, os.path.join(self.folder, MANIFEST))
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self.data, f, indent=1)
+            os.replace(tmp, os.path.join(self.folder, MANIFEST))
+        except BaseException:
+            # a full disk: the previous manifest stays in force, and no half-written copy
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
     def check_files(self) -> list[str]:
         """Problems with the recorded segments (missing or truncated files)."""
@@ -188,10 +195,19 @@ class SegmentWriter:
             self.sidecar = None
 
 
+# Test hook: seconds to pause inside `join_segments` once its temporary file holds the first
+# segment, so tests can deliver a signal or a kill during the join. Unset in normal use.
+JOIN_PAUSE_ENV = "LIPGRAPH_TEST_JOIN_PAUSE_S"
+
+
 def join_segments(manifest: Manifest, output: str, audio_path: str | None = None,
-                  sidecar: str | None = None, metadata: dict | None = None) -> None:
+                  sidecar: str | None = None, metadata: dict | None = None,
+                  on_temp=None, progress=None) -> None:
     """Copy every segment's packets, shifted to their place, into `output` (no re-encoding)
-    and encode the audio once for the whole duration. Atomic: temp file, then rename."""
+    and encode the audio once for the whole duration. Atomic: temp file, then rename.
+    `on_temp(path)` is told each temporary file before it is created (the runner deletes them
+    if this process is killed); `progress()` is called after each segment (a sign of life
+    for the stall watchdog)."""
     segs = manifest.segments
     if not segs:
         raise ValueError(f"{manifest.folder}: no segments to join")
@@ -200,7 +216,9 @@ def join_segments(manifest: Manifest, output: str, audio_path: str | None = None
     ext = os.path.splitext(name)[1].lower()
     if ext not in _FORMATS:
         raise ValueError(f"{output}: unsupported extension {ext!r}, expected one of {sorted(_FORMATS)}")
-    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.partial")
+    tmp = partial_path(output)
+    if on_temp is not None:
+        on_temp(tmp)
     out = av.open(tmp, mode="w", format=_FORMATS[ext])
     out.metadata.update(metadata or {})
     try:
@@ -228,13 +246,17 @@ def join_segments(manifest: Manifest, output: str, audio_path: str | None = None
                     out.mux(packet)
             if audio is not None:
                 audio.encode_until(seg["end_time"])
+            if seg is segs[0] and os.environ.get(JOIN_PAUSE_ENV):
+                time.sleep(float(os.environ[JOIN_PAUSE_ENV]))
+            if progress is not None:
+                progress()
         if audio is not None:
             audio.finish(segs[-1]["end_time"])
             audio.close()
         out.close()
         out = None
         if sidecar:
-            _join_sidecars(manifest, sidecar)
+            _join_sidecars(manifest, sidecar, on_temp)
         os.replace(tmp, output)
     except BaseException:
         if out is not None:
@@ -247,13 +269,20 @@ def join_segments(manifest: Manifest, output: str, audio_path: str | None = None
         raise
 
 
-def _join_sidecars(manifest: Manifest, path: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".sidecar-", dir=os.path.dirname(os.path.abspath(path)))
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        for seg in manifest.segments:
-            with open(os.path.join(manifest.folder, seg["sidecar"]), encoding="utf-8") as f:
-                shutil.copyfileobj(f, out)
-    os.replace(tmp, path)
+def _join_sidecars(manifest: Manifest, path: str, on_temp=None) -> None:
+    tmp = partial_path(path)
+    if on_temp is not None:
+        on_temp(tmp)
+    try:
+        with open(tmp, "w", encoding="utf-8") as out:
+            for seg in manifest.segments:
+                with open(os.path.join(manifest.folder, seg["sidecar"]), encoding="utf-8") as f:
+                    shutil.copyfileobj(f, out)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def remove_work_dir(folder: str) -> None:

@@ -5,6 +5,13 @@ upright according to the stream's display matrix and handed out as RGB
 arrays; nothing holds the whole video. Timing comes from presentation
 timestamps, so variable-frame-rate sources keep their real timing.
 
+Damaged data: a packet the decoder rejects does not stop decoding. Frames are numbered
+by their presentation timestamps against the file's packet table, so a frame that cannot
+be decoded leaves a hole at its own index, and the hole is filled with the previous
+decoded frame (the next decoded one before the first), marked `undecodable`: every later
+frame keeps its index and time, and the output never shifts against the audio. A frame
+that decodes with damage (concealed by the decoder) is given as decoded.
+
 Rotation convention: `VideoInfo.rotation` is the clockwise angle a player
 turns the stored picture to show it (0, 90, 180 or 270). A phone clip shot
 in portrait usually reads 90. FFmpeg's display-matrix angle (PyAV's
@@ -59,6 +66,7 @@ class VideoFrame:
     time: float  # seconds since the file's first frame
     image: np.ndarray  # HxWx3 uint8 RGB, upright, C-contiguous
     pts: int | None = None
+    undecodable: bool = False  # the frame could not be decoded: `image` is a stand-in
 
 
 @dataclass
@@ -70,6 +78,7 @@ class PingPongFrame:
     time: float  # output time in seconds, strictly increasing
     source_time: float
     image: np.ndarray
+    undecodable: bool = False  # the source frame could not be decoded: `image` is a stand-in
 
 
 def open_input(path: str | os.PathLike, what: str = "media") -> av.container.InputContainer:
@@ -114,11 +123,72 @@ def _upright_rgb(frame: av.VideoFrame, rotation_cw: int) -> np.ndarray:
 def _set_threads(stream: av.video.stream.VideoStream, threads: str | int | None) -> None:
     if threads is None or threads == "NONE":
         return
+    if av.logging.get_level() is not None and threads != "SLICE":
+        # with PyAV's log callback on, a frame thread logging a damaged packet waits for
+        # the GIL while the caller holds it waiting for that thread: a deadlock
+        threads = "SLICE"
+    if isinstance(threads, str) and threads.isdigit():     # "2" from a graph file or --set
+        threads = int(threads)
     if isinstance(threads, int):
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = threads
     else:
         stream.thread_type = threads
+
+
+# Read errors in a row after which the rest of a file counts as unreadable.
+_READ_RETRIES = 64
+# Keyframes tried, each one earlier, when frames right after a seek do not decode.
+_SEEK_TRIES = 3
+
+
+def _damage(exc: BaseException) -> bool:
+    """Whether an FFmpeg error means damaged input (skip it) rather than a failing machine."""
+    return not isinstance(exc, (av.error.MemoryError, av.error.ExitError))
+
+
+def _packets(container, stream) -> Iterator[av.Packet]:
+    """The packets of `stream`, then its flush packet. A read error in damaged data does not
+    end the stream: the demuxer resyncs on the next packet it can parse, so reading goes on
+    from where it stands; after _READ_RETRIES errors in a row the rest is taken as unreadable
+    (as with a truncated file) and the flush packet is left out."""
+    failures = 0
+    demux = container.demux(stream)
+    while True:
+        try:
+            packet = next(demux)
+        except StopIteration:
+            return
+        except av.error.FFmpegError as exc:
+            if not _damage(exc):
+                raise
+            if failures >= _READ_RETRIES:
+                return
+            failures += 1
+            demux = container.demux(stream)
+            continue
+        failures = 0
+        yield packet
+
+
+def _decoded(container, stream, path: str) -> Iterator[av.VideoFrame]:
+    """Decoded frames of `stream`, skipping packets the decoder rejects (their frames are
+    missing; callers number frames by pts, so no later frame moves)."""
+    flushed = False
+    for packet in _packets(container, stream):
+        flushed = packet.size == 0
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError as exc:
+            if not _damage(exc):
+                raise MediaError(f"error decoding {path}: {exc}") from exc
+            continue
+        yield from frames
+    if not flushed:
+        try:
+            yield from stream.codec_context.decode(None)
+        except av.error.FFmpegError:
+            pass
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
@@ -145,10 +215,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         else:
             frame_count, exact = int(round(duration * float(rate))), False
 
-        try:
-            first = next(container.decode(stream), None)
-        except av.error.FFmpegError as exc:
-            raise MediaError(f"cannot decode video in {path}: {exc}") from exc
+        first = next(_decoded(container, stream, path), None)
         if first is None:
             raise MediaError(f"{path}: the video stream holds no decodable frame")
         rotation = _clockwise(first.rotation)
@@ -185,6 +252,17 @@ class _FrameTable:
     keyframes: list[int]  # frame indices of keyframes (only when pts is known)
 
 
+@dataclass
+class _Decoded:
+    """A frame of `_Source.frames_from`: its index and own pts, and the picture shown (for
+    a frame that could not be decoded, a neighbouring decoded frame's)."""
+
+    index: int
+    frame: av.VideoFrame
+    pts: int | None
+    undecodable: bool = False
+
+
 class _Source:
     """One open video file with frame-accurate (re)positioning."""
 
@@ -219,17 +297,14 @@ class _Source:
         if self._table is None:
             entries: list[tuple[int, bool]] = []
             count, pts_known = 0, True
-            try:
-                for packet in self.container.demux(self.stream):
-                    if packet.size == 0 or packet.is_discard:
-                        continue
-                    count += 1
-                    if packet.pts is None:
-                        pts_known = False
-                    elif pts_known:
-                        entries.append((packet.pts, packet.is_keyframe))
-            except av.error.FFmpegError as exc:
-                raise MediaError(f"cannot read packets of {self.path}: {exc}") from exc
+            for packet in _packets(self.container, self.stream):
+                if packet.size == 0 or packet.is_discard:
+                    continue
+                count += 1
+                if packet.pts is None:
+                    pts_known = False
+                elif pts_known:
+                    entries.append((packet.pts, packet.is_keyframe))
             self._open()  # demuxing moved the read position; start afresh
             if pts_known:
                 entries.sort()
@@ -248,33 +323,55 @@ class _Source:
         return float((pts - self.first_pts) * self.time_base)
 
     def _decode(self) -> Iterator[av.VideoFrame]:
-        try:
-            yield from self.container.decode(self.stream)
-        except av.error.FFmpegError as exc:
-            raise MediaError(f"error decoding {self.path}: {exc}") from exc
+        return _decoded(self.container, self.stream, self.path)
 
-    def frames_from(self, start: int) -> Iterator[tuple[int, av.VideoFrame]]:
-        """(index, frame) for every frame with index >= start, in order."""
-        frames, first, first_index = self._position(start)
+    def _index_of(self, pts: int | None) -> int | None:
+        table = self._table.pts if self._table is not None else None
+        if table is None or pts is None:
+            return None
+        pos = bisect.bisect_left(table, pts)
+        return pos if pos < len(table) and table[pos] == pts else None
+
+    def _pts_at(self, index: int) -> int | None:
+        table = self._table.pts if self._table is not None else None
+        return table[index] if table is not None and index < len(table) else None
+
+    def frames_from(self, start: int) -> Iterator[_Decoded]:
+        """Every frame with index >= start, in order, each index once: frames that could
+        not be decoded are there too, as stand-ins (`undecodable`), when the packet table
+        has timestamps to place them by."""
+        self.table()    # numbering by pts is what keeps frames in place around damage
+        frames, first, first_index, top = self._position(start)
         if first is None:
             return
-        yield from self._number(frames, first, first_index, start)
+        yield from self._number(frames, first, first_index, start, top)
 
     def _position(self, start: int):
-        """Place the decoder at or before frame `start`: (frames, first frame, its index)."""
+        """Place the decoder at or before frame `start`: (frames, first frame, its index,
+        whether decoding began at the top of the file)."""
         table = self._table
-        if start > 0 and table is not None and table.pts is not None and start < len(table.pts):
+        target = start
+        tries = _SEEK_TRIES if start > 0 and table is not None and table.pts is not None \
+            and start < len(table.pts) else 0
+        for _ in range(tries):
             try:
-                self.container.seek(table.pts[start], stream=self.stream, backward=True, any_frame=False)
+                self.container.seek(table.pts[target], stream=self.stream, backward=True,
+                                    any_frame=False)
                 self._fresh = False
                 frames = self._decode()
                 first = next(frames, None)
             except (av.error.FFmpegError, MediaError):
-                first = None  # some demuxers cannot seek: decode from the top instead
-            if first is not None and first.pts is not None:
-                pos = bisect.bisect_left(table.pts, first.pts)
-                if pos < len(table.pts) and table.pts[pos] == first.pts and pos <= start:
-                    return frames, first, pos
+                break  # some demuxers cannot seek: decode from the top instead
+            pos = self._index_of(first.pts) if first is not None else None
+            if pos is not None and pos <= start:
+                return frames, first, pos, False
+            frames.close()
+            # the first frames after that keyframe did not decode: start a keyframe earlier,
+            # where the previous decoded frame is found (from the top after a few)
+            k = bisect.bisect_right(table.keyframes, target) - 1
+            if k <= 0:
+                break
+            target = table.keyframes[k - 1]
         if not self._fresh:
             self._open()
         self._fresh = False
@@ -282,21 +379,35 @@ class _Source:
         first = next(frames, None)
         if first is not None and self.first_pts is None:
             self.first_pts = first.pts
-        return frames, first, 0
+        pos = self._index_of(first.pts) if first is not None else None
+        return frames, first, 0 if pos is None else pos, True
 
-    def _number(self, frames, first, first_index: int, start: int) -> Iterator[tuple[int, av.VideoFrame]]:
+    def _number(self, frames, first, first_index: int, start: int, top: bool) -> Iterator[_Decoded]:
         pts_table = self._table.pts if self._table is not None else None
+        # highest index given so far, and its frame
+        last, prev = (-1 if top else first_index - 1), None
         index, frame = first_index, first
-        while frame is not None:
-            if index >= start:
-                yield index, frame
+        while True:
+            if index > last:
+                # frames between the last one and this one did not decode: the previous
+                # decoded frame stands in (before the first, the first)
+                for k in range(max(last + 1, start), index):
+                    yield _Decoded(k, frame if prev is None else prev, self._pts_at(k), True)
+                if index >= start:
+                    yield _Decoded(index, frame, frame.pts, False)
+                last, prev = index, frame
+            # else: a damaged stream gave a frame late; its place is filled already
             frame = next(frames, None)
-            index += 1
-            if frame is not None and pts_table is not None and frame.pts is not None:
-                # numbering by pts stays right even if the decoder drops a frame
-                pos = bisect.bisect_left(pts_table, frame.pts)
-                if pos < len(pts_table) and pts_table[pos] == frame.pts:
-                    index = pos
+            if frame is None:
+                break
+            # numbering by pts stays right when the decoder drops a frame
+            pos = self._index_of(frame.pts)
+            index = last + 1 if pos is None else pos
+        if pts_table is not None:
+            # packets at the end that did not decode (a truncated file's table ends with the
+            # last packet read, so these are damaged, not missing)
+            for k in range(max(last + 1, start), len(pts_table)):
+                yield _Decoded(k, prev, self._pts_at(k), True)
 
 
 def keyframe_indices(path: str | os.PathLike) -> list[int]:
@@ -359,12 +470,13 @@ class VideoReader:
         self.start_index = max(0, int(index))
 
     def _generate(self) -> Iterator[VideoFrame]:
-        for index, frame in self._src.frames_from(self.start_index):
+        for d in self._src.frames_from(self.start_index):
             yield VideoFrame(
-                index=index,
-                time=self._src.time_of(index, frame.pts),
-                image=_upright_rgb(frame, _clockwise(frame.rotation)),
-                pts=frame.pts,
+                index=d.index,
+                time=self._src.time_of(d.index, d.pts),
+                image=_upright_rgb(d.frame, _clockwise(d.frame.rotation)),
+                pts=d.pts,
+                undecodable=d.undecodable,
             )
 
     def close(self) -> None:
@@ -448,12 +560,17 @@ class PingPongReader:
     def _source_time(self, index: int, pts: int | None) -> float:
         return self._src.time_of(index, pts)
 
-    def _forward(self, stop: int, first: int = 0) -> Iterator[tuple[int, np.ndarray, float]]:
-        """Source frames first, first+1 ..., at most `stop` of them."""
-        for index, frame in self._src.frames_from(first):
-            if index >= first + stop:
+    def _picture(self, d: _Decoded) -> tuple[int, np.ndarray, float, bool]:
+        image = _upright_rgb(d.frame, _clockwise(d.frame.rotation))
+        return d.index, image, self._source_time(d.index, d.pts), d.undecodable
+
+    def _forward(self, stop: int, first: int = 0) -> Iterator[tuple[int, np.ndarray, float, bool]]:
+        """Source frames first, first+1 ..., at most `stop` of them: (index, image, source
+        time, undecodable)."""
+        for d in self._src.frames_from(first):
+            if d.index >= first + stop:
                 break
-            yield index, _upright_rgb(frame, _clockwise(frame.rotation)), self._source_time(index, frame.pts)
+            yield self._picture(d)
 
     def _chunk_start(self, end: int) -> int:
         """Start of the backward chunk ending before `end`: a keyframe if one fits."""
@@ -464,18 +581,18 @@ class PingPongReader:
             return keys[pos]  # starts on a keyframe: no frame decoded twice
         return lowest
 
-    def _backward(self, stop: int, first: int | None = None) -> Iterator[tuple[int, np.ndarray, float]]:
+    def _backward(self, stop: int,
+                  first: int | None = None) -> Iterator[tuple[int, np.ndarray, float, bool]]:
         """Source frames first (default n_src-1) down to 0, at most `stop` of them."""
         end, emitted = (self.n_src if first is None else first + 1), 0
         while end > 0 and emitted < stop:
             begin = self._chunk_start(end)
-            held: list[tuple[int, np.ndarray, float]] = []
-            for index, frame in self._src.frames_from(begin):
-                if index >= end:
+            held: list[tuple[int, np.ndarray, float, bool]] = []
+            for d in self._src.frames_from(begin):
+                if d.index >= end:
                     break
-                if index >= begin:
-                    held.append((index, _upright_rgb(frame, _clockwise(frame.rotation)),
-                                 self._source_time(index, frame.pts)))
+                if d.index >= begin:
+                    held.append(self._picture(d))
             if len(held) != end - begin or held[0][0] != begin:
                 raise MediaError(
                     f"{self.path}: frames {begin}..{end - 1} could not all be decoded "
@@ -498,13 +615,14 @@ class PingPongReader:
             source = (self._forward(left, offset) if passes % 2 == 0
                       else self._backward(left, self.n_src - 1 - offset))
             offset = 0
-            for src_index, image, src_time in source:
+            for src_index, image, src_time, undecodable in source:
                 yield PingPongFrame(
                     index=out_index,
                     source_index=src_index,
                     time=float(out_time),
                     source_time=src_time,
                     image=image,
+                    undecodable=undecodable,
                 )
                 out_time += self._durations[src_index]
                 out_index += 1
@@ -644,13 +762,14 @@ class ResampledReader(PingPongReader):
                     if got is None:
                         return          # the file ended early: the caller warns
                     held, shown = got, False
-                src_index, image, src_time = held
+                src_index, image, src_time, undecodable = held
                 yield PingPongFrame(
                     index=out_index,
                     source_index=src_index,
                     time=float(Fraction(out_index) / self.fps),
                     source_time=src_time,
                     image=image.copy() if shown else image,
+                    undecodable=undecodable,
                 )
                 shown = True
                 out_index += 1

@@ -1,6 +1,6 @@
 """H.264 (+ AAC) video writing with PyAV, committed atomically.
 
-Frames go to a hidden temporary file beside the target (`.NAME.XXXX.partial`)
+Frames go to a hidden temporary file beside the target (`.NAME.<pid>xXXXX.partial`)
 that is renamed onto the target only when `close()` succeeds, so a crash or
 an abort never leaves a truncated video at the final path.
 
@@ -11,13 +11,18 @@ output is then 1 px wider / taller than the frames given (`out_width`,
 
 A writer that is garbage-collected without `close()` is aborted: its
 temporary file is removed and nothing appears at the target.
+
+A full disk (or quota, or file size limit) while writing is reported by
+`output_errors` as a `DiskFullError` naming the output the user asked for,
+not the temporary file the error came from.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
-import uuid
+from contextlib import contextmanager
 from fractions import Fraction
 from typing import Iterator
 
@@ -25,6 +30,7 @@ import av
 import numpy as np
 
 from .audio import iter_audio_blocks, probe_audio
+from .partial import partial_path
 
 # Output container by file extension.
 _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
@@ -33,6 +39,43 @@ _AAC_RATES = (44100, 48000)
 _AUDIO_BLOCK = 4096
 _SMPTE170M = 6  # AVCOL_SPC_SMPTE170M: the BT.601 matrix
 _MPEG_RANGE = 1  # AVCOL_RANGE_MPEG: limited (16-235) range
+
+
+class DiskFullError(OSError):
+    """An output could not be written for lack of space; the message names the output."""
+
+    def __init__(self, message: str, code: int, output: str):
+        super().__init__(code, message, output)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+_NO_SPACE = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file is larger than the filesystem (or a file size limit) allows",
+}
+
+
+@contextmanager
+def output_errors(output: str | os.PathLike):
+    """Turn a lack of space met while writing `output` (its temporary files, segments or
+    anything beside it) into a `DiskFullError` that names `output` and says why."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except OSError as exc:
+        why = _NO_SPACE.get(exc.errno)
+        if why is None:
+            raise
+        where = f" (writing {exc.filename})" if exc.filename else ""
+        path = os.path.abspath(os.fspath(output))
+        # from None: the FFmpeg traceback under this adds nothing for a full disk
+        raise DiskFullError(f"cannot write {path}: {why} [{os.strerror(exc.errno)}]{where}",
+                            exc.errno, path) from None
 
 
 def _as_rate(fps: float | Fraction) -> Fraction:
@@ -98,7 +141,7 @@ class VideoWriter:
         self.time_base = _time_base(self.rate)
         self.duration_limit = duration_s
         self.frames_written = 0
-        self.temp_path = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.partial")
+        self.temp_path = partial_path(self.path)     # .NAME.<pid>x<hex>.partial, see media/partial.py
         self._last_pts: int | None = None
         self._frame_ticks = self.rate.denominator / (self.rate.numerator * self.time_base)
         self._done = False

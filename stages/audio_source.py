@@ -1,4 +1,9 @@
-"""audio_source: decode any audio (or a video's audio track) to 16 kHz mono chunks."""
+"""audio_source: decode any audio (or a video's audio track) to 16 kHz mono chunks.
+
+Damaged audio: a packet that cannot be decoded is given as silence of its duration (see
+media/audio.py), so everything after it stays in sync and the track keeps its length; each
+such packet is counted in the profile as `audio_packets_undecodable`, and the first one is
+warned about with the file and its time."""
 from __future__ import annotations
 
 from graph.items import Info, Item
@@ -54,6 +59,17 @@ class AudioSource(Stage):
             with AudioReader(self.p["path"], SAMPLE_RATE, self.p["chunk_s"]) as r:
                 facts["mel_peak"] = float(latentsync_mel_peak(r))
         yield "out", Info(facts)
-        with AudioReader(self.p["path"], SAMPLE_RATE, self.p["chunk_s"]) as r:
+        with AudioReader(self.p["path"], SAMPLE_RATE, self.p["chunk_s"],
+                         on_damage=self._damaged) as r:
             for k, pcm in enumerate(r):
                 yield "out", Item(k, {"pcm": pcm})
+
+    def _damaged(self, time_s, seconds: float) -> None:
+        self.ctx.count("audio_packets_undecodable")
+        if not getattr(self, "_warned_damage", False):
+            self._warned_damage = True
+            at = "" if time_s is None else f" at {time_s:.3f} s"
+            self.ctx.warn(f"{self.p['path']}: audio{at} could not be decoded (damaged data); "
+                          f"{seconds * 1000:.0f} ms of silence stand in for it, so nothing after "
+                          "it shifts; every such packet is counted in the profile as "
+                          "audio_packets_undecodable")

@@ -59,6 +59,9 @@ class Mux(Stage):
         return []
 
     def open(self):
+        from media.partial import sweep_partials
+        # temporary files an earlier run left when it was killed whole (its pid is gone)
+        sweep_partials(self.p["path"], self.p["sidecar"])
         self.merge = OrderedMerge(list(self.in_ports), name=self.name)
         self.writer = None
         self.manifest = None
@@ -71,9 +74,8 @@ class Mux(Stage):
                 raise RuntimeError(f"{self.p['workdir']}: no job manifest")
             self.have_below = self.manifest.next_frame()
         elif self.p["sidecar"]:
-            import os
-            folder, base = os.path.split(os.path.abspath(self.p["sidecar"]))
-            self.sidecar_tmp = os.path.join(folder, f".{base}.partial-{os.getpid()}")
+            from media.partial import partial_path
+            self.sidecar_tmp = partial_path(self.p["sidecar"])
             self.ctx.register_temp(self.sidecar_tmp)
             self.sidecar = open(self.sidecar_tmp, "w")
 
@@ -116,6 +118,11 @@ class Mux(Stage):
         self.ctx.register_temp(self.writer.temp_path)
 
     def _write(self, msgs) -> None:
+        from media.writer import output_errors
+        with output_errors(self.p["path"]):      # a full disk is named after the output
+            self._write_items(msgs)
+
+    def _write_items(self, msgs) -> None:
         for msg in msgs:
             for item in msg.members():
                 if item.index < self.have_below:
@@ -147,6 +154,11 @@ class Mux(Stage):
             **({"restore": d["restore"]} if face and d.get("restore") else {})})
 
     def finish(self):
+        from media.writer import output_errors
+        with output_errors(self.p["path"]):
+            return self._finish()
+
+    def _finish(self):
         import os
         self.merge.finish()
         if self.manifest is not None:
@@ -160,7 +172,8 @@ class Mux(Stage):
                 raise RuntimeError(f"{self.p['path']}: no frames to write (empty video, or audio "
                                    "shorter than one frame)")
             join_segments(self.manifest, self.p["path"], self.p["audio"] or None,
-                          self.p["sidecar"] or None, self.metadata(self.p))
+                          self.p["sidecar"] or None, self.metadata(self.p),
+                          on_temp=self.ctx.register_temp, progress=self.ctx.heartbeat)
             remove_work_dir(self.manifest.folder)
             return ()
         if self.writer is None:

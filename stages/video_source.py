@@ -35,6 +35,12 @@ more than the resampled sequence holds, the resampled frames play forward, backw
 as it is, so every later stage (audio features per frame, mux timing, segments, resume and
 split parts, all counted in output frames) works at R. Each frame's `src_index` (the mux
 sidecar's `src`) names the source frame it shows.
+
+Damaged video: a frame that cannot be decoded keeps its place (index and time): the previous
+decoded frame is shown in its stead (the next decoded one if none came before), each such
+output frame is counted in the profile as `frames_repeated_undecodable`, and the first one
+is warned about, naming the file and the frame. Frames the decoder can conceal come out as
+it gives them. So a damaged stretch never shifts the video against the audio.
 """
 from __future__ import annotations
 
@@ -142,7 +148,7 @@ class VideoSource(Stage):
             with ResampledReader(self.p["path"], self.rate, self.total, chunk=self.p["chunk"],
                                  threads=self.p["threads"], start=self.first) as r:
                 for f in r:
-                    yield f.index, f.time, f.image, f.source_index
+                    yield f.index, f.time, f.image, f.source_index, f.undecodable
             return
         src_duration = self.vinfo.frame_count / self.fps
         # containers that do not store a frame count (Matroska, WebM) only estimate it:
@@ -152,12 +158,12 @@ class VideoSource(Stage):
             with PingPongReader(self.p["path"], self.total, chunk=self.p["chunk"],
                                 threads=self.p["threads"], start=self.first) as r:
                 for f in r:
-                    yield f.index, f.time, f.image, f.source_index
+                    yield f.index, f.time, f.image, f.source_index, f.undecodable
         else:
             with VideoReader(self.p["path"], threads=self.p["threads"],
                              start_index=self.first) as r:
                 for f in r:
-                    yield f.index, f.time, f.image, f.index
+                    yield f.index, f.time, f.image, f.index, f.undecodable
 
     def generate(self):
         v = self.vinfo
@@ -171,7 +177,7 @@ class VideoSource(Stage):
         if start >= end:
             return                      # a resumed job whose frames are all done
         made = self.first
-        for index, t, image, src in self._frames():
+        for index, t, image, src, undecodable in self._frames():
             # a frame belongs to the output if it is shown entirely within the audio
             if self.limit_s is not None and (index >= self.total or t + 1.0 / self.fps > self.limit_s + eps):
                 return
@@ -181,6 +187,8 @@ class VideoSource(Stage):
             data = {"frame": image, "src_index": src}
             if index < start:
                 data["preroll"] = True      # context only: not output, never sent to a model
+            elif undecodable:
+                self._undecodable(index, src)
             yield "out", Item(index, data, time_s=float(t))
         if self.rate is not None:
             # the resampled count comes from the packets themselves: short means undecodable
@@ -194,3 +202,13 @@ class VideoSource(Stage):
             promised = "its header promised" if self.vinfo.frame_count_exact else "its duration suggested"
             self.ctx.warn(f"{self.p['path']}: the video ended after {made} frames where {promised} "
                           f"{self.vinfo.frame_count} (truncated or damaged file?); the output stops there")
+
+    def _undecodable(self, index: int, src: int) -> None:
+        self.ctx.count("frames_repeated_undecodable")
+        if not getattr(self, "_warned_undecodable", False):
+            self._warned_undecodable = True
+            self.ctx.warn(f"{self.p['path']}: frame {src} could not be decoded (damaged or "
+                          "incomplete data); the previous decoded frame (at the very start, the "
+                          f"next one) is shown in its place as output frame {index}, so nothing "
+                          "shifts; every such frame is counted in the profile as "
+                          "frames_repeated_undecodable")
