@@ -64,10 +64,10 @@ def test_reduced_end_to_end_and_cpu_side(reduced):
     assert {"video", "encode", "unet", "decode", "blend", "mux"} <= set(e["stages"])
     assert "bottleneck" in e["table"]
     assert set(e["peak_cuda_mib_by_group"].values()) == {"n/a"}        # CPU run
-    c = secs["cpu_side"]
-    assert "derived" in c["method"] and positive(c["fps_bound"])
-    assert not {"encode", "unet", "decode", "whisper"} & set(c["stages"])
-    assert {"video", "detect", "blend", "mux"} <= set(c["stages"])
+    c = secs["cpu_side"]               # bench/cpu_side.py: the model stages stood in
+    assert "measured" in c["method"] and positive(c["core_ms_per_frame"])
+    assert not {"encode", "unet", "decode", "whisper"} & set(c["stage_core_ms"])
+    assert {"video", "crop", "blend", "mux"} <= set(c["stage_core_ms"])
 
 
 def test_reduced_latentsync_windows(reduced):
@@ -83,11 +83,13 @@ def test_reduced_latentsync_windows(reduced):
 
 
 def test_a_failing_section_is_recorded_and_the_rest_still_run(tmp_path):
-    # cpu_side without e2e has no profile to derive from: it fails, the JSON says why
-    proc = run(tmp_path, "--reduced", "--sections", "cpu_side,latentsync", timeout=180)
+    # asked for CUDA on a machine without it: the LatentSync window fails, the JSON says why,
+    # and the CPU side (which needs no GPU) is still measured
+    proc = run(tmp_path, "--reduced", "--device", "cuda", "--sections", "latentsync,cpu_side",
+               timeout=180)
     assert proc.returncode == 1
     rep = json.loads((tmp_path / "device.json").read_text())
-    assert rep["sections"]["cpu_side"]["status"] == "failed"
-    assert "section 2" in rep["sections"]["cpu_side"]["error"]
-    assert rep["sections"]["latentsync"]["status"] == "ok"
+    assert rep["sections"]["latentsync"]["status"] == "failed"
+    assert "cuda" in rep["sections"]["latentsync"]["error"].lower()
+    assert rep["sections"]["cpu_side"]["status"] == "ok"
     assert "## Errors" in (tmp_path / "device.md").read_text()
