@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import re
 
+from graph.shm import pid_alive
+
 _PARTIAL_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)x[0-9a-f]{8}\.partial$")
 
 
@@ -19,16 +21,6 @@ def partial_path(path: str | os.PathLike) -> str:
     """A fresh temporary name beside `path` for this process."""
     folder, name = os.path.split(os.path.abspath(os.fspath(path)))
     return os.path.join(folder, f".{name}.{os.getpid()}x{os.urandom(4).hex()}.partial")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def stale_partials(path: str | os.PathLike) -> list[str]:
@@ -41,7 +33,7 @@ def stale_partials(path: str | os.PathLike) -> list[str]:
     out = []
     for entry in entries:
         m = _PARTIAL_RE.match(entry)
-        if m and m.group("name") == name and not _pid_alive(int(m.group("pid"))):
+        if m and m.group("name") == name and not pid_alive(int(m.group("pid"))):
             out.append(os.path.join(folder, entry))
     return sorted(out)
 

@@ -152,8 +152,20 @@ def test_fault_during_join_leaves_no_temporary_file_and_resume_completes(join_jo
         assert proc.poll() is None, proc.communicate()[1]
         time.sleep(0.05)
     temp, = glob.glob(str(tmp_path / ".out.mkv.*.partial"))
-    joiner = next(k for k in psutil.Process(proc.pid).children(recursive=True)
-                  if any(f.path == temp for f in k.open_files()))
+
+    def writer_of(path):
+        for k in psutil.Process(proc.pid).children(recursive=True):
+            try:           # children may end (zombies) while they are looked at
+                if any(f.path == path for f in k.open_files()):
+                    return k
+            except psutil.Error:
+                continue
+        return None
+    joiner = writer_of(temp)
+    while joiner is None and time.monotonic() < deadline:     # the file can show before its handle
+        time.sleep(0.05)
+        joiner = writer_of(temp)
+    assert joiner is not None, "no process holds the join's temporary file"
     # the temporary name carries the pid of the process writing it
     assert os.path.basename(temp).startswith(f".out.mkv.{joiner.pid}x")
     t0 = time.monotonic()

@@ -53,8 +53,14 @@ def interrupt(proc, how):
     its stage processes (the OOM killer), which the runner reports as a failure."""
     if how == "crash":
         import psutil
-        kids = [k for k in psutil.Process(proc.pid).children(recursive=True)
-                if "multiprocessing" in " ".join(k.cmdline()) and "resource_tracker" not in " ".join(k.cmdline())]
+
+        def stage_process(k):
+            try:           # a child that just ended (a zombie until reaped) is no candidate
+                cmd = " ".join(k.cmdline())
+                return "multiprocessing" in cmd and "resource_tracker" not in cmd
+            except psutil.Error:
+                return False
+        kids = [k for k in psutil.Process(proc.pid).children(recursive=True) if stage_process(k)]
         max(kids, key=lambda k: k.memory_info().rss).kill()
     else:
         proc.send_signal({"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM,
