@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 import av
 import numpy as np
 
-from .video import MediaError, _damage, _packets, open_input
+from .video import MediaError, decode_or_damaged, open_input
 
 DamageCallback = Callable[[float | None, float], None]
 
@@ -106,34 +106,23 @@ def _decoded_audio(container, stream, path: str,
     """Decoded frames of `stream`; a packet the decoder rejects comes out as silence of its
     duration, so every later sample keeps its place."""
     rate = stream.codec_context.sample_rate or stream.rate or 0
-    owed, like, flushed = 0, None, False
-    for packet in _packets(container, stream):
-        flushed = packet.size == 0
-        try:
-            frames = packet.decode()
-        except av.error.FFmpegError as exc:
-            if not _damage(exc):
-                raise MediaError(f"error decoding audio in {path}: {exc}") from exc
+    owed, like = 0, None
+    for frame in decode_or_damaged(container, stream, f"audio in {path}"):
+        if isinstance(frame, av.Packet):            # damaged: silence of its duration, later
             src_rate = like.sample_rate if like is not None else rate
-            n = _packet_samples(packet, stream, src_rate, like) if src_rate else 0
+            n = _packet_samples(frame, stream, src_rate, like) if src_rate else 0
             if n > 0:
                 owed += n
                 if on_damage is not None:
-                    at = (float(packet.pts * packet.time_base)
-                          if packet.pts is not None and packet.time_base else None)
+                    at = (float(frame.pts * frame.time_base)
+                          if frame.pts is not None and frame.time_base else None)
                     on_damage(at, n / src_rate)
             continue
-        for frame in frames:
-            if owed:
-                yield _silence(frame, owed)
-                owed = 0
-            like = frame
-            yield frame
-    if not flushed:
-        try:
-            yield from stream.codec_context.decode(None)
-        except av.error.FFmpegError:
-            pass
+        if owed:
+            yield _silence(frame, owed)
+            owed = 0
+        like = frame
+        yield frame
     if owed and like is not None:
         yield _silence(like, owed)       # the track ended on damaged packets
 

@@ -171,9 +171,10 @@ def _packets(container, stream) -> Iterator[av.Packet]:
         yield packet
 
 
-def _decoded(container, stream, path: str) -> Iterator[av.VideoFrame]:
-    """Decoded frames of `stream`, skipping packets the decoder rejects (their frames are
-    missing; callers number frames by pts, so no later frame moves)."""
+def decode_or_damaged(container, stream, what: str):
+    """Decoded frames of `stream`; in place of each packet the decoder rejects as damaged,
+    that packet (the caller decides what stands in for it); other decoding errors raise
+    naming `what` (e.g. "audio in FILE")."""
     flushed = False
     for packet in _packets(container, stream):
         flushed = packet.size == 0
@@ -181,7 +182,8 @@ def _decoded(container, stream, path: str) -> Iterator[av.VideoFrame]:
             frames = packet.decode()
         except av.error.FFmpegError as exc:
             if not _damage(exc):
-                raise MediaError(f"error decoding {path}: {exc}") from exc
+                raise MediaError(f"error decoding {what}: {exc}") from exc
+            yield packet
             continue
         yield from frames
     if not flushed:
@@ -189,6 +191,12 @@ def _decoded(container, stream, path: str) -> Iterator[av.VideoFrame]:
             yield from stream.codec_context.decode(None)
         except av.error.FFmpegError:
             pass
+
+
+def _decoded(container, stream, path: str) -> Iterator[av.VideoFrame]:
+    """Decoded frames of `stream`, skipping packets the decoder rejects (their frames are
+    missing; callers number frames by pts, so no later frame moves)."""
+    return (f for f in decode_or_damaged(container, stream, path) if not isinstance(f, av.Packet))
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
