@@ -111,23 +111,24 @@ class DeviceAudit(TorchFunctionMode):
         name = getattr(func, "__qualname__", getattr(func, "__name__", str(func)))
         if func in _TO_HOST_ONLY and tensors and self.where(tensors[0]) == DEVICE:
             raise DevicePlacementError(f"{name}: a device tensor read as numpy (use .cpu() first)")
-        target = self._target(func, args, kwargs)
+        target = self._target(func, args, kwargs, bool(tensors))
         if target is None:
-            placed = {self.where(t) for t in tensors if t.dim() > 0 or self.where(t) == DEVICE}
+            where = [self.where(t) for t in tensors]
+            placed = {w for t, w in zip(tensors, where) if t.dim() > 0 or w == DEVICE}
             if len(placed) > 1 and func not in _MIXING_ALLOWED:
-                shapes = ", ".join(f"{self.where(t)} {tuple(t.shape)}" for t in tensors)
+                shapes = ", ".join(f"{w} {tuple(t.shape)}" for t, w in zip(tensors, where))
                 raise DevicePlacementError(f"{name} mixes host and device tensors ({shapes}): "
                                            "a tensor was made without the stage's device")
             target = DEVICE if DEVICE in placed else HOST
             if func in _MIXING_ALLOWED and tensors:
-                target = self.where(tensors[0])
+                target = where[0]
         out = func(*args, **kwargs)
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 self._tag(t, target)
         return out
 
-    def _target(self, func, args, kwargs):
+    def _target(self, func, args, kwargs, has_tensors: bool):
         """Where the result goes when the call says so itself; None: follow the inputs."""
         if func is torch.Tensor.cpu:
             return HOST
@@ -142,6 +143,6 @@ class DeviceAudit(TorchFunctionMode):
             return None
         if kwargs.get("device") is not None:
             return DEVICE
-        if not any(isinstance(t, torch.Tensor) for t in tree_flatten((args, kwargs))[0]):
+        if not has_tensors:
             return HOST                  # made from Python values or numpy: the CPU
         return None
