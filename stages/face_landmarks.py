@@ -65,8 +65,8 @@ class FaceLandmarks(Stage):
         self.fan = self.lm106 = None
         weights = self.p["weights"] or None
         if "106" in sets:
-            from models.insightface import (InsightFaceLandmarker, find_insightface_models,
-                                            insightface_search_folders)
+            from models.insightface import (DETECTOR_FILE, LANDMARK_FILE, InsightFaceLandmarker,
+                                            find_insightface_models, insightface_search_folders)
             folder = self.p["insightface"] or weights
             found = find_insightface_models(folder)
             if all(found.values()):
@@ -75,8 +75,9 @@ class FaceLandmarks(Stage):
                 self.lm106 = InsightFaceLandmarker.from_weights(folder, providers=providers,
                                                                 rgb_as_bgr=True)
             else:
-                missing = [k for k, v in found.items() if v is None]
-                self.ctx.warn(f"InsightFace {' and '.join(missing)} model not found (looked in "
+                files = {"detection": DETECTOR_FILE, "landmark_2d_106": LANDMARK_FILE}
+                missing = [files[k] for k, v in found.items() if v is None]
+                self.ctx.warn(f"InsightFace {' and '.join(missing)} not found (looked in "
                               f"{', '.join(insightface_search_folders(folder))}): LatentSync 1.6 faces "
                               f"are aligned with 68 FAN points instead. Get {INSIGHTFACE_SOURCE}")
                 sets.add("68")

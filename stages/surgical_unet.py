@@ -150,18 +150,14 @@ def checkpoint_version(unet3d: str, weights: str) -> str:
     size, in our layout by its folder); 1.5 when nothing tells."""
     import os
 
-    from models.weights import WEIGHT_FILES, shared_variant
-    by_name = {"latentsync16_unet": "1.6", "latentsync15_unet": "1.5"}
+    from models.weights import WEIGHT_FILES, find_weight, shared_variant
+    by_name = {"latentsync15_unet": "1.5", "latentsync16_unet": "1.6"}
     if unet3d:
         return by_name.get(shared_variant(unet3d), "1.5") if os.path.isfile(unet3d) else "1.5"
     if weights:
-        root = os.path.expanduser(weights)
+        # 1.5 first: a shared name of unpublished size is taken for it, as for the default
         for name, version in by_name.items():
-            wf = WEIGHT_FILES[name]
-            if any(os.path.isfile(os.path.join(root, rel)) for rel in wf.paths):
+            if find_weight(WEIGHT_FILES[name], os.path.expanduser(weights), check_size=False,
+                           search_caches=False).found is not None:
                 return version
-        for rel in WEIGHT_FILES["latentsync16_unet"].shared_paths:
-            path = os.path.join(root, rel)
-            if os.path.isfile(path):
-                return by_name.get(shared_variant(path), "1.5")
     return "1.5"

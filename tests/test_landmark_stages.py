@@ -102,7 +102,7 @@ def test_missing_insightface_files_fall_back_to_fan_with_a_warning(tmp_path, mon
     lmk = FaceLandmarks("landmarks", {"sets": "106", "weights": str(tmp_path), "device": "cpu"}, ctx)
     lmk.open()
     assert lmk.lm106 is None
-    assert any("det_10g" in w or "detection" in w for w in ctx.warnings)
+    assert any("det_10g.onnx and 2d106det.onnx not found" in w for w in ctx.warnings)
     assert any("buffalo_l" in w for w in ctx.warnings)
     assert any("2DFAN4" in w for w in ctx.warnings)     # then FAN is looked for, and missing too
 
