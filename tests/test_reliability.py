@@ -53,13 +53,11 @@ def test_sigkill_of_whole_run_leaves_semaphores_that_the_next_run_sweeps(tmp_pat
     left = shm.semaphores(proc.pid)
     assert len(left) >= 10, left
 
-    # a semaphore of a live process (this one) made the same way must survive the sweep
-    import multiprocessing as mp
-    with shm.named_semaphores():
-        lock = mp.get_context("spawn").Lock()
-    # (some earlier tests leave this process in a state where multiprocessing unlinks the
-    # name at once; then there is nothing of ours to protect and the check below is empty)
-    mine = shm.semaphores(os.getpid())
+    # an entry of a live process (this one) must survive the sweep; made by hand, since
+    # whether multiprocessing keeps the name in /dev/shm depends on this process's history
+    mine = [f"sem.{shm.SEM_PREFIX}{os.getpid()}-sweeptest"]
+    open(os.path.join("/dev/shm", mine[0]), "wb").close()
+    assert shm.semaphores(os.getpid()) == mine
     try:
         short = write_graph(tmp_path, bypass_graph(str(tmp_path / "o2.jsonl"), 10, "alternate"), "s.yaml")
         nxt = start(short, "--profile", str(tmp_path / "p2.json"))
@@ -67,10 +65,10 @@ def test_sigkill_of_whole_run_leaves_semaphores_that_the_next_run_sweeps(tmp_pat
         assert nxt.returncode == 0, err
         assert shm.semaphores(proc.pid) == []          # the next run's start swept them
         assert shm.semaphores(nxt.pid) == []           # and its own are gone with it
-        assert set(mine) <= set(shm.semaphores(os.getpid()))
+        assert shm.semaphores(os.getpid()) == mine
         assert not glob.glob(os.path.join(tempfile.gettempdir(), f"lipgraph-run-{proc.pid}x*"))
     finally:
-        del lock
+        os.unlink(os.path.join("/dev/shm", mine[0]))
 
 
 def test_named_semaphores_restores_the_prefix():
