@@ -114,8 +114,8 @@ class StageClock:
 
 
 def measure_inline(video, audio, pattern, box, preset, work) -> tuple[dict, float, int]:
-    out = os.path.join(work, f"inline-{os.path.basename(video)}.mkv".replace(".mp4", ""))
-    sets = sets_for(video, audio, out + ".mp4", pattern, box, preset)
+    out = os.path.join(work, "inline-" + os.path.basename(video))
+    sets = sets_for(video, audio, out, pattern, box, preset)
     sets["video.threads"] = "1"                        # the decoder works in the stage's thread
     graph = load_graph(GRAPH, sets)
     clock = StageClock()
