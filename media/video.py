@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import math
 import os
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterator
@@ -271,6 +272,22 @@ class _Decoded:
     undecodable: bool = False
 
 
+_TABLES: dict = {}          # (path, size, mtime_ns, inode, stream) -> _FrameTable
+_TABLES_KEPT = 8
+
+
+def _table_key(path: str, stream_index: int):
+    """The file version's key, or None for a file changed in the last 2 s (a same-size
+    rewrite within the clock's resolution would look unchanged; git's racy rule)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if time.time() - st.st_mtime < 2.0:
+        return None
+    return os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino, stream_index
+
+
 class _Source:
     """One open video file with frame-accurate (re)positioning."""
 
@@ -301,8 +318,14 @@ class _Source:
             self.stream = None
 
     def table(self) -> _FrameTable:
-        """Demux every packet once to learn frame count, pts and keyframes."""
+        """Demux every packet once to learn frame count, pts and keyframes (once per file
+        version and process: planning, probing and every reader share it)."""
         if self._table is None:
+            key = _table_key(self.path, self.stream.index)
+            if key is not None and key in _TABLES:
+                self._table = _TABLES[key]
+                self.first_pts = self._table.pts[0] if self._table.pts else None
+                return self._table
             entries: list[tuple[int, bool]] = []
             count, pts_known = 0, True
             for packet in _packets(self.container, self.stream):
@@ -323,6 +346,10 @@ class _Source:
                     self.first_pts = pts[0]
             else:
                 self._table = _FrameTable(count, None, [])
+            if key is not None:
+                while len(_TABLES) >= _TABLES_KEPT:
+                    _TABLES.pop(next(iter(_TABLES)))
+                _TABLES[key] = self._table
         return self._table
 
     def time_of(self, index: int, pts: int | None) -> float:
