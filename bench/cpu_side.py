@@ -30,15 +30,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cv2  # noqa: E402
 
-from graph.spec import load_graph  # noqa: E402
-from runners import RunOptions, get_runner  # noqa: E402
-from tools.synthetic import clip_pattern, cutaway_frame, face_frame, write_wav, speech_like  # noqa: E402
+from lipgraph.graph.spec import load_graph  # noqa: E402
+from lipgraph.runners import RunOptions, get_runner  # noqa: E402
+from lipgraph.tools.synthetic import clip_pattern, cutaway_frame, face_frame, write_wav, speech_like  # noqa: E402
 
 GRAPH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_side.yaml")
 
 
 def make_clip(folder: str, frames: int, w: int, h: int) -> tuple[str, str, str, list]:
-    from media.writer import VideoWriter
+    from lipgraph.media.writer import VideoWriter
     pattern = clip_pattern(frames, 40, 10)
     video = os.path.join(folder, f"clip-{frames}.mp4")
     side = h * 9 // 10

@@ -18,10 +18,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from graph.items import Item  # noqa: E402
-from graph.stage import StageContext  # noqa: E402
-from stages.face_detect import FaceDetect  # noqa: E402
-from tools.synthetic import clip_pattern, cutaway_frame, face_frame  # noqa: E402
+from lipgraph.graph.items import Item  # noqa: E402
+from lipgraph.graph.stage import StageContext  # noqa: E402
+from lipgraph.stages.face_detect import FaceDetect  # noqa: E402
+from lipgraph.tools.synthetic import clip_pattern, cutaway_frame, face_frame  # noqa: E402
 
 
 class Counts(StageContext):

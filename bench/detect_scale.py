@@ -21,8 +21,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from models.face_detection import build_face_detector, iou  # noqa: E402
-from tools.synthetic import photo  # noqa: E402
+from lipgraph.models.face_detection import build_face_detector, iou  # noqa: E402
+from lipgraph.tools.synthetic import photo  # noqa: E402
 
 FRAMES = {"1080p": (1080, 1920), "4K": (2160, 3840)}
 FACE_SHARES = (0.12, 0.25, 0.5)       # the photograph's height as a share of the frame's

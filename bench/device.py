@@ -134,10 +134,10 @@ def musetalk_paths(size: str, work: str) -> dict:
     the lipgraph cache (built once, several GB, kept between runs); tiny is built in `work`.
     Neither has face-parsing weights, so both blend through the feathered mask."""
     if size == "full":
-        from models.random_weights import ensure_random_weights
+        from lipgraph.models.random_weights import ensure_random_weights
         root = ensure_random_weights("full", False)["root"]
     else:
-        from models.random_weights import tiny_weights
+        from lipgraph.models.random_weights import tiny_weights
         root = tiny_weights(os.path.join(work, "models-tiny"))["root"]
     return {"root": root, "unet": os.path.join(root, "musetalkV15", "unet.pth"),
             "unet_config": os.path.join(root, "musetalkV15", "musetalk.json"),
@@ -146,10 +146,10 @@ def musetalk_paths(size: str, work: str) -> dict:
 
 
 def make_face_clip(folder: str, name: str, pattern: str, width: int, height: int) -> tuple[str, str]:
-    """tools.synthetic's clip with the face scaled to the frame (0.8 of its height), so the
+    """lipgraph.tools.synthetic's clip with the face scaled to the frame (0.8 of its height), so the
     Haar cascade finds it at 1080p as at 240p."""
-    from media.writer import VideoWriter
-    from tools.synthetic import cutaway_frame, face_frame, speech_like, write_wav
+    from lipgraph.media.writer import VideoWriter
+    from lipgraph.tools.synthetic import cutaway_frame, face_frame, speech_like, write_wav
     video = os.path.join(folder, f"{name}.mp4")
     side = int(0.8 * height)
     with VideoWriter(video, width, height, 25.0, crf=12, preset="veryfast") as w:
@@ -197,7 +197,7 @@ class Bench:
 
     def clip(self, key: str) -> tuple[str, str, str]:
         if key not in self._clips:
-            from tools.synthetic import clip_pattern
+            from lipgraph.tools.synthetic import clip_pattern
             c = self.plan[key]
             pattern = clip_pattern(c["frames"], c["face_run"], c["cutaway_run"])
             t = time.perf_counter()
@@ -210,7 +210,7 @@ class Bench:
                   sets: list[str], later: int) -> dict:
         """One run_graph.py run; its profile, wall time and stderr. Raises SectionFailed with
         the error's key lines when the run fails."""
-        from tools.synthetic import graph_command, model_sets
+        from lipgraph.tools.synthetic import graph_command, model_sets
         timeout = self.budget.limit(self.plan[label.split(":")[0]]["timeout"], later)
         profile = os.path.join(self.work, f"{label.replace(':', '-')}.profile.json")
         extra = ["--profile", profile, "--no-trace", "--quiet", "--device", self.device]
@@ -381,7 +381,7 @@ def _rate(n, seconds) -> float | None:
 
 
 def format_table(prof: dict) -> str:
-    from graph.profile import format_table as fmt
+    from lipgraph.graph.profile import format_table as fmt
     return fmt(prof)
 
 

@@ -23,8 +23,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from graph.spec import load_graph  # noqa: E402
-from runners import RunOptions, get_runner  # noqa: E402
+from lipgraph.graph.spec import load_graph  # noqa: E402
+from lipgraph.runners import RunOptions, get_runner  # noqa: E402
 
 import yaml  # noqa: E402
 
@@ -122,7 +122,7 @@ def main() -> None:
                     help="ray: the same graphs as Ray actors on a local Ray (its per-message cost)")
     a = ap.parse_args()
     if a.runner == "ray":
-        from runners.ray_runner import init_ray
+        from lipgraph.runners.ray_runner import init_ray
         init_ray()
     table = cases()
     names = list(table) if a.cases == "all" else a.cases.split(",")

@@ -37,9 +37,9 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from media.audio import read_audio  # noqa: E402
-from media.video import VideoReader  # noqa: E402
-from tools.synthetic import graph_command, make_clip, model_sets, read_id, tiny_weights  # noqa: E402
+from lipgraph.media.audio import read_audio  # noqa: E402
+from lipgraph.media.video import VideoReader  # noqa: E402
+from lipgraph.tools.synthetic import graph_command, make_clip, model_sets, read_id, tiny_weights  # noqa: E402
 
 GRAPH = os.path.join(ROOT, "configs", "graphs", "musetalk.yaml")
 PATTERN = "F" * 30 + "C" * 10 + "F" * 35              # 3 s at 25 fps

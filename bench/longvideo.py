@@ -22,7 +22,7 @@ GRAPH = os.path.join(ROOT, "configs", "graphs", "musetalk.yaml")
 
 def run_length(folder: str, minutes: float, size: tuple[int, int], weights: dict,
                extra: list[str]) -> dict:
-    from tools.synthetic import graph_command, make_long_clip, model_sets, timed_graph_run
+    from lipgraph.tools.synthetic import graph_command, make_long_clip, model_sets, timed_graph_run
     tag = f"{minutes:g}min"
     video, audio = os.path.join(folder, f"{tag}.mp4"), os.path.join(folder, f"{tag}.wav")
     if not (os.path.exists(video) and os.path.exists(audio)):
@@ -40,7 +40,7 @@ def run_length(folder: str, minutes: float, size: tuple[int, int], weights: dict
 
 
 def main() -> None:
-    from tools.synthetic import bench_folder, bench_models
+    from lipgraph.tools.synthetic import bench_folder, bench_models
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60])
     ap.add_argument("--size", default="160x120")

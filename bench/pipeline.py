@@ -20,10 +20,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from graph.profile import format_table  # noqa: E402
-from graph.spec import load_graph  # noqa: E402
-from runners import RunOptions, get_runner  # noqa: E402
-from tools.synthetic import bench_folder, bench_models, clip_pattern, make_clip, model_sets  # noqa: E402
+from lipgraph.graph.profile import format_table  # noqa: E402
+from lipgraph.graph.spec import load_graph  # noqa: E402
+from lipgraph.runners import RunOptions, get_runner  # noqa: E402
+from lipgraph.tools.synthetic import bench_folder, bench_models, clip_pattern, make_clip, model_sets  # noqa: E402
 
 GRAPH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                      "configs", "graphs", "musetalk.yaml")

@@ -18,10 +18,10 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from graph.items import Item  # noqa: E402
-from graph.stats import StageStats, TraceWriter  # noqa: E402
-from runners.runtime import StageRuntime  # noqa: E402
-from stages.synthetic import SyntheticMap  # noqa: E402
+from lipgraph.graph.items import Item  # noqa: E402
+from lipgraph.graph.stats import StageStats, TraceWriter  # noqa: E402
+from lipgraph.runners.runtime import StageRuntime  # noqa: E402
+from lipgraph.stages.synthetic import SyntheticMap  # noqa: E402
 
 
 class _Null:

@@ -25,7 +25,7 @@ def dir_size(path: str) -> int:
 
 
 def main() -> None:
-    from tools.synthetic import (bench_folder, bench_models, clip_pattern, graph_command, make_clip,
+    from lipgraph.tools.synthetic import (bench_folder, bench_models, clip_pattern, graph_command, make_clip,
                                  model_sets, speech_like, timed_graph_run, write_wav)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=300)

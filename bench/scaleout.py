@@ -19,7 +19,7 @@ GRAPH = os.path.join(ROOT, "configs", "graphs", "musetalk.yaml")
 
 
 def main() -> None:
-    from tools.synthetic import (bench_folder, bench_models, graph_command, make_long_clip,
+    from lipgraph.tools.synthetic import (bench_folder, bench_models, graph_command, make_long_clip,
                                  model_sets, timed_graph_run)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=2.0)

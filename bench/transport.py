@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from graph import shm  # noqa: E402
+from lipgraph.graph import shm  # noqa: E402
 
 SHAPE = (1080, 1920, 3)
 

@@ -45,10 +45,10 @@ def timed(fn, device: str, repeat: int = 1):
 def build(size: str, device: str, dtype):
     from diffusers import UNet2DConditionModel
 
-    from models.latentsync.config import LATENTSYNC_STAGE2_CONFIG
-    from models.latentsync_unet3d import UNet3DConditionModel
-    from models.musetalk_unet import MUSETALK_V15_UNET_CONFIG, MuseTalkUNet
-    from models.random_weights import TINY_UNET, TINY_UNET3D, randomise_unet3d
+    from lipgraph.models.latentsync.config import LATENTSYNC_STAGE2_CONFIG
+    from lipgraph.models.latentsync_unet3d import UNet3DConditionModel
+    from lipgraph.models.musetalk_unet import MUSETALK_V15_UNET_CONFIG, MuseTalkUNet
+    from lipgraph.models.random_weights import TINY_UNET, TINY_UNET3D, randomise_unet3d
     torch.manual_seed(0)
     ls_cfg = dict(LATENTSYNC_STAGE2_CONFIG, **(TINY_UNET3D if size == "tiny" else {}))
     mt_cfg = TINY_UNET if size == "tiny" else MUSETALK_V15_UNET_CONFIG
@@ -65,7 +65,7 @@ def measure(size: str = "full", device: str = "cpu", dtype=torch.float32, frames
     """Window times at each resolution, as `main` prints them: {resolution: {"runs":
     {(guidance, cache): (seconds, 20-step estimate, output)}, "musetalk_s": seconds}}.
     `models`: what `build` returned, to reuse one build across calls."""
-    from models.latentsync_sampler import LatentSyncSampler
+    from lipgraph.models.latentsync_sampler import LatentSyncSampler
     torch.set_grad_enabled(False)
     ls, mt, ls_dim, mt_dim = models or build(size, device, dtype)
     f = frames

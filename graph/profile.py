@@ -9,7 +9,7 @@ import json
 import os
 import time
 
-from media.partial import partial_path
+from lipgraph.media.partial import partial_path
 
 from .stats import LatencyHistogram
 

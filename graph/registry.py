@@ -24,7 +24,7 @@ def register(type_name: str, target: str) -> None:
 def _load_builtin_table() -> None:
     global _builtins_loaded
     if not _builtins_loaded:
-        from stages import STAGE_TYPES
+        from lipgraph.stages import STAGE_TYPES
         for name, target in STAGE_TYPES.items():
             _TYPES.setdefault(name, target)
         _builtins_loaded = True

@@ -26,6 +26,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from .builtin import builtin_names, find_graph_file, is_path
 from .registry import UnknownStageType, resolve
 from .stage import Stage
 
@@ -275,13 +276,15 @@ def shortcut_sets(path: str, values: dict) -> list[str]:
 
 
 def load_graph(path: str, overrides: Iterable[str] | dict = ()) -> GraphSpec:
-    """Load and validate a graph file; `overrides` are ``stage.param=value`` strings or a
+    """Load and validate a graph file (or a built-in graph by name); `overrides` are ``stage.param=value`` strings or a
     ``{"stage.param": value}`` mapping applied on top of the file's params."""
+    path = find_graph_file(path)
     try:
         with open(path, encoding="utf-8") as f:
             raw = yaml.load(f, Loader=_Loader)
     except FileNotFoundError:
-        raise GraphError([f"{path}: no such graph file"]) from None
+        hint = "" if is_path(path) else f" (built-in graphs: {', '.join(builtin_names())})"
+        raise GraphError([f"{path}: no such graph file{hint}"]) from None
     except yaml.YAMLError as exc:
         raise GraphError([f"{path}: not valid YAML: {exc}"]) from None
     if isinstance(overrides, dict):

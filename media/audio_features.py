@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.whisper import (
+from lipgraph.models.whisper import (
     HOP_LENGTH,
     N_FFT,
     SAMPLE_RATE,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 
-from graph.shm import pid_alive
+from lipgraph.graph.shm import pid_alive
 
 _PARTIAL_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)x[0-9a-f]{8}\.partial$")
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.weights import StateDictMismatchError, check_state_dict
+from lipgraph.models.weights import StateDictMismatchError, check_state_dict
 
 PARSE_SIZE = 512
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
-from models.face_detection import box_iou
+from lipgraph.models.face_detection import box_iou
 
 DETECTOR_FILE = "det_10g.onnx"
 LANDMARK_FILE = "2d106det.onnx"

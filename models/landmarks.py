@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.weights import StateDictMismatchError, check_state_dict
+from lipgraph.models.weights import StateDictMismatchError, check_state_dict
 
 NUM_LANDMARKS = 68
 INPUT_SIZE = 256

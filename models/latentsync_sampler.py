@@ -53,7 +53,7 @@ class LatentSyncSampler:
     def unet_calls(self) -> tuple[int, int]:
         """(full, shallow) UNet passes per window."""
         if self.cache_interval > 1:
-            from models.latentsync.unet3d import deepcache_is_full_step
+            from lipgraph.models.latentsync.unet3d import deepcache_is_full_step
             full = sum(deepcache_is_full_step(j, self.cache_interval) for j in range(self.steps))
             return full, self.steps - full
         return self.steps, 0
@@ -63,7 +63,7 @@ class LatentSyncSampler:
                ref: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """noise [4, h, w]; mask [F, 1, h, w]; masked, ref [F, 4, h, w]; audio [F, T, C].
         Returns the denoised latents [F, 4, h, w]."""
-        from models.latentsync.unet3d import deepcache_is_full_step
+        from lipgraph.models.latentsync.unet3d import deepcache_is_full_step
         dtype = self.unet.dtype
         device = masked.device
         f = masked.shape[0]

@@ -5,10 +5,10 @@ The implementation lives in ``models/latentsync/``: ``config.py`` (the ``model:`
 DeepCache) and ``loading.py`` (``load_latentsync_unet``).
 """
 
-from models.latentsync.config import MotionModuleConfig, UNet3DConfig, read_unet_config
-from models.latentsync.layers import sinusoid_table
-from models.latentsync.loading import UNetCheckpointError, load_latentsync_unet
-from models.latentsync.unet3d import DeepCacheState, UNet3DConditionModel, deepcache_is_full_step
+from lipgraph.models.latentsync.config import MotionModuleConfig, UNet3DConfig, read_unet_config
+from lipgraph.models.latentsync.layers import sinusoid_table
+from lipgraph.models.latentsync.loading import UNetCheckpointError, load_latentsync_unet
+from lipgraph.models.latentsync.unet3d import DeepCacheState, UNet3DConditionModel, deepcache_is_full_step
 
 __all__ = [
     "DeepCacheState",

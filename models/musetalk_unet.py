@@ -18,7 +18,7 @@ from .positional import sinusoid_table
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
-from models.weights import check_state_dict, load_checkpoint
+from lipgraph.models.weights import check_state_dict, load_checkpoint
 
 # Upstream's PositionalEncoding(d_model=384, max_len=5000).
 PE_MAX_LEN = 5000

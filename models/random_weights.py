@@ -75,7 +75,7 @@ def tiny_weights(root: str, bisenet: bool = False) -> dict:
     paths = {"root": root, "unet": unet_path, "unet_config": cfg_path, "vae": vae_dir,
              "whisper": whisper_dir, "parser": ""}
     if bisenet:
-        from models.bisenet import BiSeNet
+        from lipgraph.models.bisenet import BiSeNet
         parse_dir = os.path.join(root, "face-parse-bisent")
         os.makedirs(parse_dir, exist_ok=True)
         net = BiSeNet(19)
@@ -96,9 +96,9 @@ def full_size_weights(root: str) -> dict:
     from diffusers import AutoencoderKL
     from transformers import WhisperModel
 
-    from models.musetalk_unet import MUSETALK_V15_UNET_CONFIG
-    from models.vae import SD_VAE_FT_MSE_CONFIG
-    from models.whisper import config_from_openai_dims
+    from lipgraph.models.musetalk_unet import MUSETALK_V15_UNET_CONFIG
+    from lipgraph.models.vae import SD_VAE_FT_MSE_CONFIG
+    from lipgraph.models.whisper import config_from_openai_dims
     torch.manual_seed(0)
     unet_path, cfg_path = _musetalk_unet(root, MUSETALK_V15_UNET_CONFIG)
     vae_dir = os.path.join(root, "sd-vae")
@@ -132,8 +132,8 @@ def randomise_unet3d(model: torch.nn.Module, seed: int = 0) -> None:
 def tiny_latentsync(root: str, folder_name: str = "latentsync") -> dict:
     """A tiny random LatentSync UNet3D as `latentsync_unet.pt` ({"state_dict": ...}) plus
     the config it was built from (the published one with smaller widths)."""
-    from models.latentsync.config import LATENTSYNC_STAGE2_CONFIG
-    from models.latentsync_unet3d import UNet3DConditionModel
+    from lipgraph.models.latentsync.config import LATENTSYNC_STAGE2_CONFIG
+    from lipgraph.models.latentsync_unet3d import UNet3DConditionModel
     cfg = dict(LATENTSYNC_STAGE2_CONFIG, **TINY_UNET3D)
     torch.manual_seed(0)
     model = UNet3DConditionModel.from_config(cfg)
@@ -155,8 +155,8 @@ _DONE = ".complete"
 
 def full_latentsync(root: str, folder_name: str = LATENTSYNC_FOLDER) -> dict:
     """LatentSync 1.5's UNet3D at its published size (1.27 B parameters) with random weights."""
-    from models.latentsync.config import LATENTSYNC_STAGE2_CONFIG
-    from models.latentsync_unet3d import UNet3DConditionModel
+    from lipgraph.models.latentsync.config import LATENTSYNC_STAGE2_CONFIG
+    from lipgraph.models.latentsync_unet3d import UNet3DConditionModel
     torch.manual_seed(0)
     model = UNet3DConditionModel.from_config(dict(LATENTSYNC_STAGE2_CONFIG))
     randomise_unet3d(model, 4)

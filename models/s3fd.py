@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.weights import StateDictMismatchError, check_state_dict
+from lipgraph.models.weights import StateDictMismatchError, check_state_dict
 
 WEIGHTS_FILENAME = "s3fd-619a316812.pth"
 # Names a MuseTalk checkout or a manual download may use for the same file.

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
-from models.musetalk_unet import default_dtype
-from models.weights import check_state_dict, load_checkpoint
+from lipgraph.models.musetalk_unet import default_dtype
+from lipgraph.models.weights import check_state_dict, load_checkpoint
 
 SCALING_FACTOR = 0.18215
 SHIFT_FACTOR = 0.0

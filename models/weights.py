@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Container, Iterable, Mapping
 
 HF_URL = "https://huggingface.co/{repo}/resolve/main/{filename}"
-DOWNLOAD_COMMAND = "python -m tools.download_weights --dest {dest} --set {set}"
+DOWNLOAD_COMMAND = "python -m lipgraph.tools.download_weights --dest {dest} --set {set}"
 
 BACKENDS = ("musetalk", "latentsync-1.5", "latentsync-1.6")
 # Download sets: each backend by name, "latentsync" = the current upstream release (1.6).

@@ -26,7 +26,7 @@ from torch import nn
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from models.weights import check_state_dict, load_checkpoint
+from lipgraph.models.weights import check_state_dict, load_checkpoint
 
 SAMPLE_RATE = 16000
 N_FFT = 400

@@ -16,10 +16,10 @@ import threading
 import time
 import warnings
 
-from graph.channels import Aborted, Inbox
-from graph.items import EOS
-from graph.stage import StageContext
-from graph.stats import (DepthSeries, StageStats, TraceWriter, cuda_peak_bytes, current_rss_bytes,
+from lipgraph.graph.channels import Aborted, Inbox
+from lipgraph.graph.items import EOS
+from lipgraph.graph.stage import StageContext
+from lipgraph.graph.stats import (DepthSeries, StageStats, TraceWriter, cuda_peak_bytes, current_rss_bytes,
                          peak_rss_bytes)
 
 from .runtime import StageFailure, StageRuntime

@@ -23,10 +23,10 @@ import tempfile
 import threading
 import time
 
-from graph.items import EOS
-from graph.stage import StageContext
-from graph.stats import StageStats, TraceWriter, cuda_peak_bytes, peak_rss_bytes
-from media.partial import sweep_partials
+from lipgraph.graph.items import EOS
+from lipgraph.graph.stage import StageContext
+from lipgraph.graph.stats import StageStats, TraceWriter, cuda_peak_bytes, peak_rss_bytes
+from lipgraph.media.partial import sweep_partials
 
 from .report import Interrupted, Reporter, RunOptions, RunResult, interrupted_error
 from .runtime import StageFailure, StageRuntime

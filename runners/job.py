@@ -14,8 +14,8 @@ import hashlib
 import json
 import os
 
-from media.identity import file_identity, same_content
-from media.segments import Manifest, remove_work_dir, work_dir
+from lipgraph.media.identity import file_identity, same_content
+from lipgraph.media.segments import Manifest, remove_work_dir, work_dir
 
 # params that do not change what a run computes (or are set here)
 _NOT_IN_DIGEST = {"mux": {"path", "sidecar", "workdir", "join"}, "video_source": {"start", "stop"}}

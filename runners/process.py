@@ -27,9 +27,9 @@ import tempfile
 import threading
 import time
 
-from graph import shm
-from graph.stats import peak_rss_bytes
-from media.partial import sweep_partials
+from lipgraph.graph import shm
+from lipgraph.graph.stats import peak_rss_bytes
+from lipgraph.media.partial import sweep_partials
 
 from .group import GroupLaunch, SharedFlag, group_main
 from .report import Interrupted, Reporter, RunOptions, RunResult, interrupted_error, raise_interrupted

@@ -26,8 +26,8 @@ import tempfile
 import threading
 import time
 
-from graph import shm
-from media.partial import sweep_partials
+from lipgraph.graph import shm
+from lipgraph.media.partial import sweep_partials
 
 from .group import GroupLaunch, GroupProcess
 from .process import ProcessRunner

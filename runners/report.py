@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from graph.profile import build_profile, format_table, merge_traces, write_json_atomic
+from lipgraph.graph.profile import build_profile, format_table, merge_traces, write_json_atomic
 
 
 @dataclasses.dataclass

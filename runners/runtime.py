@@ -10,9 +10,9 @@ import time
 import traceback
 from typing import Any, Protocol
 
-from graph.items import EOS, Batch, Flush, Info, Item, count_items
-from graph.stage import Stage
-from graph.stats import StageStats, TraceWriter
+from lipgraph.graph.items import EOS, Batch, Flush, Info, Item, count_items
+from lipgraph.graph.stage import Stage
+from lipgraph.graph.stats import StageStats, TraceWriter
 
 
 class Output(Protocol):

@@ -28,8 +28,8 @@ import time
 
 import yaml
 
-from graph.spec import GraphError, load_graph, shortcut_sets
-from media.segments import Manifest, join_segments, remove_work_dir
+from lipgraph.graph.spec import GraphError, load_graph, shortcut_sets
+from lipgraph.media.segments import Manifest, join_segments, remove_work_dir
 
 from . import get_runner, job
 from .report import Interrupted, RunOptions, interrupted_error, raise_interrupted
@@ -84,7 +84,7 @@ class SplitResult:
 def run_split(graph, parts: int, runner: str = "ray", address: str | None = None,
               options: RunOptions | None = None, stream=None) -> SplitResult:
     """Run `graph` (validated, its mux writing segments) as `parts` pipelines side by side."""
-    from stages.video_source import VideoSource
+    from lipgraph.stages.video_source import VideoSource
     stream = stream or sys.stderr
     options = options or RunOptions()
     if runner == "ray":                 # connect once, before the parts' threads start
@@ -205,7 +205,7 @@ def run_jobs(specs: list[JobSpec], runner: str = "ray", address: str | None = No
              stall_timeout_s: float = 300.0) -> list[dict]:
     """Run every job (up to `concurrency` at once), retrying failures; one job's failure
     never stops another. Returns one status record per job, in order."""
-    from stages.preflight import preflight
+    from lipgraph.stages.preflight import preflight
     from .report import format_error
     stream = stream or sys.stderr
     if runner == "ray":

@@ -17,9 +17,9 @@ from __future__ import annotations
 import threading
 import time
 
-from graph import shm
-from graph.channels import Aborted, Channel
-from graph.items import EOS, Batch, Info, Item
+from lipgraph.graph import shm
+from lipgraph.graph.channels import Aborted, Channel
+from lipgraph.graph.items import EOS, Batch, Info, Item
 
 TURN = b""          # never a valid pickle: marks "next replica" on replicated outputs
 

@@ -10,13 +10,13 @@ import os
 
 
 def resolve(stage, names: list[str]) -> dict:
-    from models.weights import resolve_weights
+    from lipgraph.models.weights import resolve_weights
     return resolve_weights(stage.p.get("weights") or None, names)
 
 
 def check_weights(graph) -> None:
     """Resolve every stage's required model files; one MissingWeightsError for all."""
-    from models.weights import MissingWeightsError, resolve_weights
+    from lipgraph.models.weights import MissingWeightsError, resolve_weights
     by_dir: dict = {}
     for spec in graph.stages.values():
         need = getattr(spec.cls, "required_weights", None)
@@ -55,7 +55,7 @@ def vae_folder(stage) -> str:
 
 
 def load_shared_vae(stage):
-    from models.vae import load_vae
+    from lipgraph.models.vae import load_vae
 
     from ._torch import resolve_device, resolve_dtype, shared_model
     device = resolve_device(stage.p["device"])

@@ -6,8 +6,8 @@ such packet is counted in the profile as `audio_packets_undecodable`, and the fi
 warned about with the file and its time."""
 from __future__ import annotations
 
-from graph.items import Info, Item
-from graph.stage import Stage
+from lipgraph.graph.items import Info, Item
+from lipgraph.graph.stage import Stage
 
 SAMPLE_RATE = 16000
 
@@ -39,8 +39,8 @@ class AudioSource(Stage):
 
     @classmethod
     def check_files(cls, params):
-        from media.audio import probe_audio
-        from media.video import MediaError
+        from lipgraph.media.audio import probe_audio
+        from lipgraph.media.video import MediaError
         try:
             info = probe_audio(params["path"])
         except MediaError as exc:
@@ -50,12 +50,12 @@ class AudioSource(Stage):
         return []
 
     def generate(self):
-        from media.audio import AudioReader, probe_audio
+        from lipgraph.media.audio import AudioReader, probe_audio
         info = probe_audio(self.p["path"])
         facts = {"start_index": 0, "sample_rate": SAMPLE_RATE, "duration": info.duration_s,
                  "audio_path": self.p["path"]}
         if self.p["peak"] == "yes":
-            from media.audio_features import latentsync_mel_peak
+            from lipgraph.media.audio_features import latentsync_mel_peak
             with AudioReader(self.p["path"], SAMPLE_RATE, self.p["chunk_s"]) as r:
                 facts["mel_peak"] = float(latentsync_mel_peak(r))
         yield "out", Info(facts)

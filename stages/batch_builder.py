@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from graph.batching import BatchRouter
-from graph.items import Batch
-from graph.stage import Stage
+from lipgraph.graph.batching import BatchRouter
+from lipgraph.graph.items import Batch
+from lipgraph.graph.stage import Stage
 
 # per-frame model inputs stacked for the GPU stages: new frames only, or context first
 _NEW_ONLY = ("crop", "audio", "latents")

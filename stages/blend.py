@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graph.stage import Stage
+from lipgraph.graph.stage import Stage
 
 # per-frame working data not needed after blending (lighter messages downstream)
 _DROP = ("crop", "face", "mask", "audio", "audio_ls", "crop_box", "aligned", "affine", "latents",
@@ -37,7 +37,7 @@ class Blend(Stage):
 
     @staticmethod
     def _musetalk(d) -> None:
-        from vision.musetalk_face import paste_face
+        from lipgraph.vision.musetalk_face import paste_face
         d["frame"] = paste_face(d["frame"], d["face"], d["face_box"], d["crop_box"], d["mask"])
         ys, xs = np.nonzero(d["mask"] > 0)
         if len(ys):
@@ -50,8 +50,8 @@ class Blend(Stage):
     def _latentsync(self, d) -> None:
         import cv2
 
-        from vision.latentsync_align import face_box_size, paste_region, restore_face
-        from vision.latentsync_mask import keep_mask, keep_surroundings
+        from lipgraph.vision.latentsync_align import face_box_size, paste_region, restore_face
+        from lipgraph.vision.latentsync_mask import keep_mask, keep_surroundings
         res = d["aligned"].shape[0]
         keep = keep_mask(res, self.info.get("ls_mask") or "")
         # in 0..255 floats (both are, so no range conversion happens)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graph.stage import Stage
+from lipgraph.graph.stage import Stage
 
 
 class FaceAlign(Stage):
@@ -34,7 +34,7 @@ class FaceAlign(Stage):
         if not params["resolution"]:
             params["resolution"] = unet_resolution(graph)
         if not params["mask"] and params["enabled"] == "yes":
-            from vision.latentsync_mask import find_official_mask
+            from lipgraph.vision.latentsync_mask import find_official_mask
             params["mask"] = find_official_mask(params["weights"])
         return params
 
@@ -50,7 +50,7 @@ class FaceAlign(Stage):
     def open(self):
         self.on = self.p["enabled"] == "yes"
         if self.on:
-            from vision.latentsync_align import AlignmentSmoother
+            from lipgraph.vision.latentsync_align import AlignmentSmoother
             self.smoother = AlignmentSmoother() if self.p["smooth"] else None
         self.prev_index = None
 
@@ -82,8 +82,8 @@ class FaceAlign(Stage):
     def _align(self, d: dict) -> None:
         import cv2
 
-        from models.landmarks import box_landmarks
-        from vision.latentsync_align import align_face, estimate_affine, estimate_affine_106
+        from lipgraph.models.landmarks import box_landmarks
+        from lipgraph.vision.latentsync_align import align_face, estimate_affine, estimate_affine_106
         res = self.p["resolution"]
         if d.get("lm106") is not None:
             affine = estimate_affine_106(d["lm106"], res, self.smoother)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graph.stage import Stage
+from lipgraph.graph.stage import Stage
 
 
 class FaceCrop(Stage):
@@ -35,7 +35,7 @@ class FaceCrop(Stage):
         return problems
 
     def process(self, item, port):
-        from vision.musetalk_face import crop_face, face_box, landmark_box
+        from lipgraph.vision.musetalk_face import crop_face, face_box, landmark_box
         if self.p["enabled"] == "no":
             yield "out", item
             return

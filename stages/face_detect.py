@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from graph.stage import Stage
+from lipgraph.graph.stage import Stage
 
 from ._torch import (DEVICE_PARAMS, check_device_params, inference, resolve_device,
                      resolve_dtype, run_halving)
@@ -59,7 +59,7 @@ class FaceDetect(Stage):
         return problems
 
     def open(self):
-        from models.face_detection import build_face_detector
+        from lipgraph.models.face_detection import build_face_detector
         device = resolve_device(self.p["device"])
         dtype = resolve_dtype(self.p["dtype"], device) if self.p["dtype"] != "auto" else None
         with warnings.catch_warnings(record=True) as caught:
@@ -178,7 +178,7 @@ class FaceDetect(Stage):
         """Boxes for frames between two detected keyframes."""
         if not between:
             return
-        from models.face_detection import iou
+        from lipgraph.models.face_detection import iou
         same = (box_a is not None and box_b is not None
                 and iou(box_a, box_b) >= TRACK_IOU)
         if same:
@@ -201,7 +201,7 @@ class FaceDetect(Stage):
 
 
 def _pick(boxes, previous):
-    from models.face_detection import pick_face
+    from lipgraph.models.face_detection import pick_face
     box = pick_face(boxes, previous)
     return None if box is None else np.asarray(box, np.float32)
 

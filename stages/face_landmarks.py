@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graph.stage import Stage
+from lipgraph.graph.stage import Stage
 
 from ._torch import (DEVICE_PARAMS, check_device_params, inference, resolve_device,
                      resolve_dtype, run_halving)
@@ -65,7 +65,7 @@ class FaceLandmarks(Stage):
         self.fan = self.lm106 = None
         weights = self.p["weights"] or None
         if "106" in sets:
-            from models.insightface import (DETECTOR_FILE, LANDMARK_FILE, InsightFaceLandmarker,
+            from lipgraph.models.insightface import (DETECTOR_FILE, LANDMARK_FILE, InsightFaceLandmarker,
                                             find_insightface_models, insightface_search_folders)
             folder = self.p["insightface"] or weights
             found = find_insightface_models(folder)
@@ -82,7 +82,7 @@ class FaceLandmarks(Stage):
                               f"are aligned with 68 FAN points instead. Get {INSIGHTFACE_SOURCE}")
                 sets.add("68")
         if "68" in sets:
-            from models.landmarks import FANLandmarks, fan_search_folders, find_fan_weights, load_fan
+            from lipgraph.models.landmarks import FANLandmarks, fan_search_folders, find_fan_weights, load_fan
             path = self.p["fan"] or find_fan_weights(weights)
             if path is None:
                 self.ctx.warn(f"FAN landmark weights not found (looked in "

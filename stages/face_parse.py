@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graph.stage import Stage
+from lipgraph.graph.stage import Stage
 
 from ._torch import (DEVICE_PARAMS, check_device_params, inference, resolve_device,
                      resolve_dtype, run_halving)
@@ -30,7 +30,7 @@ class FaceParse(Stage):
         return problems
 
     def open(self):
-        from models.bisenet import FaceParser, find_bisenet_weights, load_bisenet
+        from lipgraph.models.bisenet import FaceParser, find_bisenet_weights, load_bisenet
         self.parser = None
         path, resnet = self.p["parser"] or None, None
         if path is None and self.p["weights"]:
@@ -58,7 +58,7 @@ class FaceParse(Stage):
             self.anchor = None        # LatentSync restores through its own mask
             yield "out", batch
             return
-        from vision.musetalk_face import blend_mask, crop_padded, expanded_crop_box, reuse_mask
+        from lipgraph.vision.musetalk_face import blend_mask, crop_padded, expanded_crop_box, reuse_mask
         items = list(batch.members())
         # which frames to parse: the first of each shot, then every parse_every-th
         fresh = []

@@ -1,9 +1,9 @@
 """merge: several index-ordered inputs in, one index-ordered stream out."""
 from __future__ import annotations
 
-from graph.items import Batch
-from graph.ordering import OrderedMerge
-from graph.stage import Stage
+from lipgraph.graph.items import Batch
+from lipgraph.graph.ordering import OrderedMerge
+from lipgraph.graph.stage import Stage
 
 
 class Merge(Stage):

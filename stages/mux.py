@@ -17,8 +17,8 @@ the end (see media/segments.py); a killed run resumes from its last complete seg
 `join: false` leaves the segments for whoever joins the parts of a split job."""
 from __future__ import annotations
 
-from graph.ordering import OrderedMerge
-from graph.stage import Stage
+from lipgraph.graph.ordering import OrderedMerge
+from lipgraph.graph.stage import Stage
 
 
 class Mux(Stage):
@@ -43,7 +43,7 @@ class Mux(Stage):
     def check_files(cls, params):
         import os
 
-        from media.writer import _FORMATS
+        from lipgraph.media.writer import _FORMATS
         path = os.path.abspath(params["path"])
         folder, name = os.path.split(path)
         ext = os.path.splitext(name)[1].lower()
@@ -59,7 +59,7 @@ class Mux(Stage):
         return []
 
     def open(self):
-        from media.partial import sweep_partials
+        from lipgraph.media.partial import sweep_partials
         # temporary files an earlier run left when it was killed whole (its pid is gone)
         sweep_partials(self.p["path"], self.p["sidecar"])
         self.merge = OrderedMerge(list(self.in_ports), name=self.name)
@@ -68,13 +68,13 @@ class Mux(Stage):
         self.sidecar = None
         self.have_below = 0         # frames below this index are in completed segments
         if self.p["workdir"]:
-            from media.segments import Manifest
+            from lipgraph.media.segments import Manifest
             self.manifest = Manifest.load(self.p["workdir"])
             if self.manifest is None:
                 raise RuntimeError(f"{self.p['workdir']}: no job manifest")
             self.have_below = self.manifest.next_frame()
         elif self.p["sidecar"]:
-            from media.partial import partial_path
+            from lipgraph.media.partial import partial_path
             self.sidecar_tmp = partial_path(self.p["sidecar"])
             self.ctx.register_temp(self.sidecar_tmp)
             self.sidecar = open(self.sidecar_tmp, "w")
@@ -107,18 +107,18 @@ class Mux(Stage):
         encoder = dict(crf=self.p["crf"], preset=self.p["preset"], codec=self.p["codec"],
                        pix_fmt=self.p["pix_fmt"])
         if self.manifest is not None:
-            from media.segments import SegmentWriter, segment_frames
+            from lipgraph.media.segments import SegmentWriter, segment_frames
             self.writer = SegmentWriter(self.manifest, w, h, fps,
                                         segment_frames(self.p["segment_s"], fps),
                                         on_temp=self.ctx.register_temp, **encoder)
             return
-        from media.writer import VideoWriter
+        from lipgraph.media.writer import VideoWriter
         self.writer = VideoWriter(self.p["path"], w, h, fps, audio_path=self.p["audio"] or None,
                                   metadata=self.metadata(self.p), **encoder)
         self.ctx.register_temp(self.writer.temp_path)
 
     def _write(self, msgs) -> None:
-        from media.writer import output_errors
+        from lipgraph.media.writer import output_errors
         with output_errors(self.p["path"]):      # a full disk is named after the output
             self._write_items(msgs)
 
@@ -154,7 +154,7 @@ class Mux(Stage):
             **({"restore": d["restore"]} if face and d.get("restore") else {})})
 
     def finish(self):
-        from media.writer import output_errors
+        from lipgraph.media.writer import output_errors
         with output_errors(self.p["path"]):
             return self._finish()
 
@@ -162,7 +162,7 @@ class Mux(Stage):
         import os
         self.merge.finish()
         if self.manifest is not None:
-            from media.segments import join_segments, remove_work_dir
+            from lipgraph.media.segments import join_segments, remove_work_dir
             if self.writer is not None:
                 self.writer.close()
                 self.writer = None

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 
-from graph.stage import Stage
+from lipgraph.graph.stage import Stage
 
 # stage types whose params shape the stored work
 _VIDEO_SIDE = ("face_detect", "face_landmarks", "face_crop", "face_align", "vae_encode", "face_parse")
@@ -27,7 +27,7 @@ _MODEL_PARAMS = ("weights", "vae", "parser", "fan", "insightface", "mask")
 def cache_key(graph: dict) -> tuple[str, str]:
     """(video id, params key) for the graph being bound: the key digests the video's
     identity and every param and model file that shapes the video-side work."""
-    from media.identity import file_identity
+    from lipgraph.media.identity import file_identity
     video = next(s.params["path"] for s in graph.values() if s.type == "video_source")
     ident = file_identity(video)
     shaping = {}
@@ -62,7 +62,7 @@ class _CacheStage(Stage):
         self.store = None
         if not self.p["dir"]:
             return
-        from media.video import probe_video
+        from lipgraph.media.video import probe_video
 
         from ._prepared import PreparedStore
         from ._torch import shared_model

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graph.stage import Stage
+from lipgraph.graph.stage import Stage
 
 
 class PatternFaces(Stage):
@@ -21,7 +21,7 @@ class PatternFaces(Stage):
     params = {"pattern": "", "box": [0, 0, 1, 1]}
 
     def process(self, item, port):
-        from tools.synthetic import read_id
+        from lipgraph.tools.synthetic import read_id
         pattern = self.p["pattern"]
         face = pattern[read_id(item.data["frame"]) % len(pattern)] == "F"
         item.data["box"] = np.array([*self.p["box"], 1.0], np.float32) if face else None

@@ -15,7 +15,7 @@ With `fallback: none` a failure stops the run with the stage, window and reason.
 """
 from __future__ import annotations
 
-from graph.stage import Stage
+from lipgraph.graph.stage import Stage
 
 from ._torch import DEVICE_PARAMS, check_device_params, free_cuda_cache, is_oom
 
@@ -66,7 +66,7 @@ class SurgicalUNet(Stage):
             if not os.path.exists(params["unet3d"]):
                 missing = f"{params['unet3d']} does not exist"
         else:
-            from models.weights import MissingWeightsError, resolve_weights
+            from lipgraph.models.weights import MissingWeightsError, resolve_weights
             try:
                 resolve_weights(params["weights"] or None, need)
             except MissingWeightsError as exc:
@@ -150,7 +150,7 @@ def checkpoint_version(unet3d: str, weights: str) -> str:
     size, in our layout by its folder); 1.5 when nothing tells."""
     import os
 
-    from models.weights import WEIGHT_FILES, find_weight, shared_variant
+    from lipgraph.models.weights import WEIGHT_FILES, find_weight, shared_variant
     by_name = {"latentsync15_unet": "1.5", "latentsync16_unet": "1.6"}
     if unet3d:
         return by_name.get(shared_variant(unet3d), "1.5") if os.path.isfile(unet3d) else "1.5"

@@ -16,10 +16,10 @@ import time
 
 import numpy as np
 
-from graph.batching import BatchRouter, Rebatcher
-from graph.items import Info, Item
-from graph.ordering import OrderedMerge
-from graph.stage import Stage
+from lipgraph.graph.batching import BatchRouter, Rebatcher
+from lipgraph.graph.items import Info, Item
+from lipgraph.graph.ordering import OrderedMerge
+from lipgraph.graph.stage import Stage
 
 
 class SyntheticFailure(RuntimeError):
@@ -260,7 +260,7 @@ class SyntheticSink(Stage):
         self.f = None
         self.tmp = None
         if self.p["path"]:
-            from media.partial import partial_path, sweep_partials
+            from lipgraph.media.partial import partial_path, sweep_partials
             sweep_partials(self.p["path"])
             self.tmp = partial_path(self.p["path"])
             self.ctx.register_temp(self.tmp)

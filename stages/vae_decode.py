@@ -1,7 +1,7 @@
 """vae_decode: predicted latents to 256x256 faces (uint8 RGB), one per batch member."""
 from __future__ import annotations
 
-from graph.stage import Stage
+from lipgraph.graph.stage import Stage
 
 from ._torch import DEVICE_PARAMS, check_device_params, inference, run_halving
 from ._weights import load_shared_vae, vae_required_weights

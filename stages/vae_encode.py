@@ -11,7 +11,7 @@ distribution mean by default (deterministic), `sample: true` draws like upstream
 """
 from __future__ import annotations
 
-from graph.stage import Stage
+from lipgraph.graph.stage import Stage
 
 from ._torch import DEVICE_PARAMS, check_device_params, inference, run_halving
 from ._weights import load_shared_vae, vae_required_weights
@@ -80,7 +80,7 @@ class VAEEncode(Stage):
     def _encode_latentsync(self, batch) -> None:
         import torch
 
-        from vision.latentsync_mask import keep_mask, latent_mask, masked_image
+        from lipgraph.vision.latentsync_mask import keep_mask, latent_mask, masked_image
         d = batch.data
         mask = keep_mask(d["aligned"].shape[1], self.info.get("ls_mask") or "")
         n = d["aligned"].shape[0]

@@ -47,8 +47,8 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
-from graph.items import Info, Item
-from graph.stage import Stage
+from lipgraph.graph.items import Info, Item
+from lipgraph.graph.stage import Stage
 
 
 class VideoSource(Stage):
@@ -99,7 +99,7 @@ class VideoSource(Stage):
 
     @classmethod
     def check_files(cls, params):
-        from media.video import MediaError, probe_video
+        from lipgraph.media.video import MediaError, probe_video
         try:
             probe_video(params["path"])
         except MediaError as exc:
@@ -109,12 +109,12 @@ class VideoSource(Stage):
     @staticmethod
     def plan(params: dict):
         """(video info, output frame count, audio duration or None) for these params."""
-        from media.video import probe_video, resampled_frames
+        from lipgraph.media.video import probe_video, resampled_frames
         vinfo = probe_video(params["path"])
         rate = VideoSource.output_rate(params)
         fps = vinfo.fps if rate is None else float(rate)
         if params["length"] == "audio":
-            from media.audio import probe_audio
+            from lipgraph.media.audio import probe_audio
             limit_s = probe_audio(params["audio"]).duration_s
             return vinfo, int(math.floor(limit_s * fps + 1e-6)), limit_s
         if rate is not None:
@@ -126,7 +126,7 @@ class VideoSource(Stage):
         """Output indices, within the first forward pass, where a keyframe of the source
         is (or, resampling, the first output frame from that keyframe on): where a split
         job prefers to cut."""
-        from media.video import keyframe_indices, resampled_frames
+        from lipgraph.media.video import keyframe_indices, resampled_frames
         keys = keyframe_indices(params["path"])
         rate = VideoSource.output_rate(params)
         if rate is None:
@@ -143,7 +143,7 @@ class VideoSource(Stage):
         self.fps = self.vinfo.fps if self.rate is None else float(self.rate)
 
     def _frames(self):
-        from media.video import PingPongReader, ResampledReader, VideoReader
+        from lipgraph.media.video import PingPongReader, ResampledReader, VideoReader
         if self.rate is not None:
             with ResampledReader(self.p["path"], self.rate, self.total, chunk=self.p["chunk"],
                                  threads=self.p["threads"], start=self.first) as r:

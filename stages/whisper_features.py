@@ -10,7 +10,7 @@ what the graph's UNet stage needs (both when LatentSync falls back to MuseTalk).
 """
 from __future__ import annotations
 
-from graph.stage import Stage
+from lipgraph.graph.stage import Stage
 
 from ._torch import (DEVICE_PARAMS, check_device_params, inference, quiet_model_libraries,
                      resolve_device, resolve_dtype)
@@ -48,7 +48,7 @@ class WhisperFeatures(Stage):
             else ["whisper_tiny_openai"]
 
     def open(self):
-        from models.whisper import load_whisper_encoder
+        from lipgraph.models.whisper import load_whisper_encoder
 
         from ._weights import resolve
         self.device = resolve_device(self.p["device"])
@@ -75,7 +75,7 @@ class WhisperFeatures(Stage):
 
     def _streams(self) -> dict:
         if self.streams is None:
-            from media.audio_features import AudioFeatureStream
+            from lipgraph.media.audio_features import AudioFeatureStream
             fps = self.info.get("fps")
             if not fps:
                 raise RuntimeError("no frame rate: the frame stream carried no Info with 'fps'")
@@ -111,7 +111,7 @@ class WhisperFeatures(Stage):
         return ()
 
     def _release(self):
-        from media.audio_features import NeedMoreAudio
+        from lipgraph.media.audio_features import NeedMoreAudio
         item = self.pending
         if item is None:
             return

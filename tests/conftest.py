@@ -20,5 +20,5 @@ def specs_dir():
 def tiny_models(tmp_path_factory):
     """Tiny random MuseTalk models in the real formats (tools.synthetic.tiny_weights), built
     once per test session."""
-    from tools.synthetic import tiny_weights
+    from lipgraph.tools.synthetic import tiny_weights
     return tiny_weights(str(tmp_path_factory.mktemp("tiny-models")))

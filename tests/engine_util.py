@@ -6,8 +6,8 @@ import os
 
 import yaml
 
-from graph.spec import load_graph
-from runners import RunOptions, get_runner
+from lipgraph.graph.spec import load_graph
+from lipgraph.runners import RunOptions, get_runner
 
 
 def write_graph(tmp_path, doc: dict, name: str = "g.yaml") -> str:

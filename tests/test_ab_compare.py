@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from media.audio import probe_audio
-from media.video import VideoReader, pingpong_indices, probe_video
-from media.writer import VideoWriter
-from tools.ab_compare import (
+from lipgraph.media.audio import probe_audio
+from lipgraph.media.video import VideoReader, pingpong_indices, probe_video
+from lipgraph.media.writer import VideoWriter
+from lipgraph.tools.ab_compare import (
     PSNR_CAP_DB,
     OutputFigures,
     Run,
@@ -26,7 +26,7 @@ from tools.ab_compare import (
     ssim,
     ssim_valid,
 )
-from tools.synthetic import clip_frames, make_clip, model_sets, read_id, speech_like, write_wav
+from lipgraph.tools.synthetic import clip_frames, make_clip, model_sets, read_id, speech_like, write_wav
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRAPH = os.path.join(ROOT, "configs", "graphs", "musetalk.yaml")
@@ -115,7 +115,7 @@ def test_temporal_stability_on_a_hand_made_sequence():
 
 
 def test_source_frames_serve_ping_pong_with_bounded_decoding(tmp_path, monkeypatch):
-    import media.video
+    import lipgraph.media.video
     opened = []
     init = media.video.VideoReader.__init__
     monkeypatch.setattr(media.video.VideoReader, "__init__",
@@ -249,7 +249,7 @@ def weights(tiny_models):
 
 
 def compare_cli(args):
-    cmd = [sys.executable, "-m", "tools.ab_compare", *args]
+    cmd = [sys.executable, "-m", "lipgraph.tools.ab_compare", *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
@@ -257,7 +257,7 @@ def test_compare_two_musetalk_graphs_end_to_end(tmp_path, weights):
     video, audio = make_clip(str(tmp_path), "FFFFFFFFCCCCFFFFFFFF")
     torch.manual_seed(0)
     syncnet = str(tmp_path / "syncnet_v2.model")
-    from models.syncnet import SyncNet
+    from lipgraph.models.syncnet import SyncNet
     torch.save(SyncNet().state_dict(), syncnet)
     out = tmp_path / "ab"
     args = ["--graphs", GRAPH, GRAPH, "--video", video, "--audio", audio, "--out", str(out),
@@ -316,7 +316,7 @@ def test_compare_musetalk_with_latentsync_counts_fallbacks_and_upper_face(tmp_pa
     resamples the whole face box, so its identity figure (measured outside the mouth region
     it may redraw) is high but not exact, where MuseTalk's is exact; a window that fails is
     redone with MuseTalk and counted."""
-    from models.random_weights import tiny_latentsync
+    from lipgraph.models.random_weights import tiny_latentsync
     video, audio = make_clip(str(tmp_path), "F" * 24 + "CCCC")
     ls = tiny_latentsync(str(tmp_path / "ls"))
     surgical = os.path.join(ROOT, "configs", "graphs", "surgical.yaml")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from media.audio_features import (
+from lipgraph.media.audio_features import (
     WINDOW_SAMPLES,
     AudioFeatureStream,
     NeedMoreAudio,
@@ -18,7 +18,7 @@ from media.audio_features import (
     reference_features,
     time_start_step,
 )
-from models.whisper import (
+from lipgraph.models.whisper import (
     N_FFT,
     WhisperAudioEncoder,
     config_from_openai_dims,

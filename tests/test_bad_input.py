@@ -8,9 +8,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from media.video import probe_video
+from lipgraph.media.video import probe_video
 from tests.test_pipeline_musetalk import GRAPH, LOSSLESS, ROOT
-from tools.synthetic import clip_frames, graph_command, make_clip, model_sets, read_id
+from lipgraph.tools.synthetic import clip_frames, graph_command, make_clip, model_sets, read_id
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_unwritable_output(tmp_path, weights, clip, case):
 def test_read_only_output_folder_is_refused(tmp_path, monkeypatch):
     """What the run above checks for a read-only folder, here even when run as root (root
     may write anywhere, so the permission answer is simulated)."""
-    from stages.mux import Mux
+    from lipgraph.stages.mux import Mux
     real = os.access
     monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(tmp_path) else real(p, mode))
     problems = Mux.check_files({"path": str(tmp_path / "o.mp4")})
@@ -130,7 +130,7 @@ def test_truncated_video_keeps_what_decodes_and_warns(tmp_path, weights):
     _, audio = make_clip(str(tmp_path), "F", audio_s=40 / 25)
     out = str(tmp_path / "o.mkv")
     proc = run(cut, audio, out, weights, LOSSLESS + ["video.length=video"], timeout=120)
-    from media.video import VideoReader
+    from lipgraph.media.video import VideoReader
     got = [read_id(f.image) for f in VideoReader(out)]
     assert 5 <= len(got) < 40
     assert got == list(range(len(got)))
@@ -142,7 +142,7 @@ def test_no_face_anywhere_warns_and_passes_the_video_through(tmp_path, weights):
     out = str(tmp_path / "o.mkv")
     proc = run(video, audio, out, weights, LOSSLESS)
     assert "no face found in any of the 12 frames" in proc.stderr
-    from media.video import VideoReader
+    from lipgraph.media.video import VideoReader
     src = [f.image for f in VideoReader(video)]
     got = [f.image for f in VideoReader(out)]
     assert len(got) == 12 and all(np.array_equal(a, b) for a, b in zip(src, got))
@@ -154,7 +154,7 @@ def test_one_frame_video(tmp_path, weights):
     _, audio = make_clip(str(tmp_path), "F", audio_s=0.4, name="dub")
     out = str(tmp_path / "o.mkv")
     run(video, audio, out, weights, LOSSLESS)
-    from media.video import VideoReader
+    from lipgraph.media.video import VideoReader
     got = list(VideoReader(out))
     assert len(got) == 10
     assert {read_id(f.image) for f in got} == {0}

@@ -13,10 +13,10 @@ import torch
 pytest.importorskip("diffusers")
 DeepCacheSDHelper = pytest.importorskip("DeepCache").DeepCacheSDHelper
 
-from models.latentsync.config import LATENTSYNC_STAGE2_CONFIG  # noqa: E402
-from models.latentsync_sampler import LatentSyncSampler, make_scheduler  # noqa: E402
-from models.latentsync_unet3d import UNet3DConditionModel  # noqa: E402
-from models.random_weights import TINY_UNET3D, randomise_unet3d  # noqa: E402
+from lipgraph.models.latentsync.config import LATENTSYNC_STAGE2_CONFIG  # noqa: E402
+from lipgraph.models.latentsync_sampler import LatentSyncSampler, make_scheduler  # noqa: E402
+from lipgraph.models.latentsync_unet3d import UNet3DConditionModel  # noqa: E402
+from lipgraph.models.random_weights import TINY_UNET3D, randomise_unet3d  # noqa: E402
 
 torch.set_num_threads(2)
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from graph.items import Item
-from graph.stage import StageContext
-from tools.device_audit import DeviceAudit, DevicePlacementError
+from lipgraph.graph.items import Item
+from lipgraph.graph.stage import StageContext
+from lipgraph.tools.device_audit import DeviceAudit, DevicePlacementError
 
 
 class Toy(torch.nn.Module):
@@ -65,10 +65,10 @@ def _audited(makers, batch):
 
 
 def test_musetalk_model_stages_place_every_tensor(tiny_models):
-    from stages.batch_builder import stack_batch
-    from stages.surgical_unet import SurgicalUNet
-    from stages.vae_decode import VAEDecode
-    from stages.vae_encode import VAEEncode
+    from lipgraph.stages.batch_builder import stack_batch
+    from lipgraph.stages.surgical_unet import SurgicalUNet
+    from lipgraph.stages.vae_decode import VAEDecode
+    from lipgraph.stages.vae_encode import VAEEncode
     w = tiny_models
     rng = np.random.default_rng(0)
     items = [Item(i, {"frame": rng.integers(0, 255, (120, 160, 3), np.uint8),
@@ -84,9 +84,9 @@ def test_musetalk_model_stages_place_every_tensor(tiny_models):
 
 
 def test_latentsync_unet_places_every_tensor(tmp_path):
-    from models.latentsync_unet3d import load_latentsync_unet
-    from models.latentsync_sampler import LatentSyncSampler
-    from models.random_weights import tiny_latentsync
+    from lipgraph.models.latentsync_unet3d import load_latentsync_unet
+    from lipgraph.models.latentsync_sampler import LatentSyncSampler
+    from lipgraph.models.random_weights import tiny_latentsync
     ls = tiny_latentsync(str(tmp_path))
     g = torch.Generator().manual_seed(0)
     # as the backend hands them over: made on the host, moved to the stage's device
@@ -101,7 +101,7 @@ def test_latentsync_unet_places_every_tensor(tmp_path):
 
 
 def test_s3fd_detector_places_every_tensor():
-    from models.s3fd import S3FD, S3FDDetector
+    from lipgraph.models.s3fd import S3FD, S3FDDetector
     torch.manual_seed(0)
     frame = np.random.default_rng(1).integers(0, 255, (64, 96, 3), np.uint8)
     with DeviceAudit() as audit:            # built inside: what it makes at set-up is tracked too

@@ -6,7 +6,7 @@ import re
 
 import yaml
 
-from graph import registry
+from lipgraph.graph import registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,10 +7,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from media.video import VideoReader
+from lipgraph.media.video import VideoReader
 from media_fixtures import psnr
-from models.random_weights import tiny_latentsync
-from tools.synthetic import graph_command, make_clip, model_sets, read_id
+from lipgraph.models.random_weights import tiny_latentsync
+from lipgraph.tools.synthetic import graph_command, make_clip, model_sets, read_id
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PATTERN = "FFFFCCFFFF"

@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from graph import shm
+from lipgraph.graph import shm
 from tests.engine_util import bypass_graph, write_graph
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

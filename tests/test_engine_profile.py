@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from graph.stats import DepthSeries, LatencyHistogram
-from runners.report import Progress
+from lipgraph.graph.stats import DepthSeries, LatencyHistogram
+from lipgraph.runners.report import Progress
 from tests.engine_util import bypass_graph, run, write_graph
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

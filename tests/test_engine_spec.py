@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from graph.spec import GraphError, load_graph
+from lipgraph.graph.spec import GraphError, load_graph
 from tests.engine_util import write_graph
 
 ROOT = __import__("os").path.dirname(__import__("os").path.dirname(__file__))
@@ -122,7 +122,7 @@ def test_group_mixing_incompatible_stages(tmp_path):
 
 
 def test_cuda_stage_in_gpuless_group(tmp_path):
-    from graph.registry import register
+    from lipgraph.graph.registry import register
     register("cuda_dummy", "tests.test_engine_spec:CudaDummy")
     doc = base()
     doc["stages"]["work"] = {"type": "cuda_dummy", "group": "b", "params": {"device": "cuda:0"}}
@@ -136,7 +136,7 @@ def test_cuda_stage_in_gpuless_group(tmp_path):
     assert any("mixes CUDA devices" in p for p in probs)
 
 
-from graph.stage import Stage  # noqa: E402
+from lipgraph.graph.stage import Stage  # noqa: E402
 
 
 class CudaDummy(Stage):

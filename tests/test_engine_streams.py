@@ -4,9 +4,9 @@ import signal
 
 import pytest
 
-from graph.items import Batch, Item
-from graph.ordering import OrderedMerge, OrderError
-from stages.synthetic import bypass_predicate
+from lipgraph.graph.items import Batch, Item
+from lipgraph.graph.ordering import OrderedMerge, OrderError
+from lipgraph.stages.synthetic import bypass_predicate
 from tests.engine_util import bypass_graph, rows, run, write_graph
 
 
@@ -202,7 +202,7 @@ def test_ordered_merge_unknown_start_waits_for_all_heads():
 
 
 # ----- deadlock detection in the inline runner ----------------------------------------------
-from graph.stage import Stage  # noqa: E402
+from lipgraph.graph.stage import Stage  # noqa: E402
 
 
 class GreedyBatcher(Stage):
@@ -225,7 +225,7 @@ class GreedyBatcher(Stage):
 
 
 def test_inline_runner_reports_deadlock_of_rule_breaking_stage(tmp_path):
-    from graph.registry import register
+    from lipgraph.graph.registry import register
     register("greedy_batcher", "tests.test_engine_streams:GreedyBatcher")
     out = str(tmp_path / "o.jsonl")
     doc = bypass_graph(out, 100, "runs:2:30", queue_size=1)

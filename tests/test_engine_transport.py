@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from graph import shm
-from graph.items import EOS, Batch, Flush, Info, Item
+from lipgraph.graph import shm
+from lipgraph.graph.items import EOS, Batch, Flush, Info, Item
 
 
 def test_large_array_goes_through_shared_memory():

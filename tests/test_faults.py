@@ -24,11 +24,11 @@ import av
 import numpy as np
 import pytest
 
-from media.audio import iter_audio_blocks, read_audio
-from media.segments import Manifest, work_dir
-from media.video import PingPongReader, ResampledReader, VideoReader, keyframe_indices
+from lipgraph.media.audio import iter_audio_blocks, read_audio
+from lipgraph.media.segments import Manifest, work_dir
+from lipgraph.media.video import PingPongReader, ResampledReader, VideoReader, keyframe_indices
 from media_fixtures import make_audio, pattern_frame
-from tools.synthetic import clip_frames, graph_command, model_sets, speech_like
+from lipgraph.tools.synthetic import clip_frames, graph_command, model_sets, speech_like
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRAPH = os.path.join(ROOT, "configs", "graphs", "musetalk.yaml")
@@ -158,7 +158,7 @@ def test_undecodable_first_frames_take_the_first_decoded_one(tmp_path):
 def test_seek_onto_an_undecodable_keyframe_starts_a_keyframe_earlier(tmp_path, monkeypatch):
     """Resuming (or a backward pass) right after a damaged keyframe finds the previous
     decoded frame from the keyframe before, not by decoding the file from the top."""
-    import media.video as video
+    import lipgraph.media.video as video
     clean, bad = tmp_path / "clean.mp4", tmp_path / "bad.mp4"
     encode_clip(clean, [pattern_frame(i, 160, 96) for i in range(40)])
     assert 20 in keyframe_indices(clean)
@@ -289,7 +289,7 @@ def test_damaged_audio_through_the_graph(clip, tmp_path):
 WRITE_UNDER_LIMIT = r'''
 import resource, signal, sys
 import numpy as np
-from media.writer import DiskFullError, VideoWriter, output_errors
+from lipgraph.media.writer import DiskFullError, VideoWriter, output_errors
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)        # write() then fails with EFBIG instead
 resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
 out = sys.argv[1]

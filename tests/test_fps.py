@@ -13,13 +13,13 @@ import av
 import numpy as np
 import pytest
 
-from graph.spec import GraphError, load_graph
-from media.audio import probe_audio, read_audio
-from media.video import (ResampledReader, VideoReader, covering_count, fps_slot, keyframe_indices,
+from lipgraph.graph.spec import GraphError, load_graph
+from lipgraph.media.audio import probe_audio, read_audio
+from lipgraph.media.video import (ResampledReader, VideoReader, covering_count, fps_slot, keyframe_indices,
                          pingpong_indices, probe_video, resample_picks, resampled_frames)
 from media_fixtures import make_video, read_pattern_index, vfr_times
-from stages.video_source import VideoSource
-from tools.synthetic import graph_command, make_clip, model_sets, read_id
+from lipgraph.stages.video_source import VideoSource
+from lipgraph.tools.synthetic import graph_command, make_clip, model_sets, read_id
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MUSETALK = os.path.join(ROOT, "configs", "graphs", "musetalk.yaml")
@@ -197,7 +197,7 @@ def test_reader_repeats_are_copies(tmp_path):
 
 
 def test_stage_counts_times_and_resume_window(clip60, tmp_path):
-    from tools.synthetic import speech_like, write_wav
+    from lipgraph.tools.synthetic import speech_like, write_wav
     audio = str(tmp_path / "a.wav")
     write_wav(audio, speech_like(0.7))
     params = {"path": clip60, "audio": audio, "fps": "25"}

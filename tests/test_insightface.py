@@ -12,7 +12,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from models.insightface import (  # noqa: E402
+from lipgraph.models.insightface import (  # noqa: E402
     InsightFaceLandmarker,
     InsightFaceModelError,
     Landmark106,
@@ -22,7 +22,7 @@ from models.insightface import (  # noqa: E402
     latentsync_face_choice,
     nms,
 )
-from vision import latentsync_align as la  # noqa: E402
+from lipgraph.vision import latentsync_align as la  # noqa: E402
 
 DET_OUTPUTS = ["448", "471", "494", "451", "474", "497", "454", "477", "500"]
 STRIDES = (8, 16, 32)

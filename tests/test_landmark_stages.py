@@ -5,14 +5,14 @@ import cv2
 import numpy as np
 import pytest
 
-from graph.items import Item
-from graph.stage import StageContext
-from models.landmarks import box_landmarks
-from stages.face_align import FaceAlign
-from stages.face_crop import FaceCrop
-from stages.face_landmarks import FaceLandmarks
-from vision.latentsync_align import AlignmentSmoother, align_face, estimate_affine, estimate_affine_106
-from vision.musetalk_face import face_box, landmark_box
+from lipgraph.graph.items import Item
+from lipgraph.graph.stage import StageContext
+from lipgraph.models.landmarks import box_landmarks
+from lipgraph.stages.face_align import FaceAlign
+from lipgraph.stages.face_crop import FaceCrop
+from lipgraph.stages.face_landmarks import FaceLandmarks
+from lipgraph.vision.latentsync_align import AlignmentSmoother, align_face, estimate_affine, estimate_affine_106
+from lipgraph.vision.musetalk_face import face_box, landmark_box
 
 
 class Ctx(StageContext):

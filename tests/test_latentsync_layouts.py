@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from graph.spec import load_graph
-from models.weights import WEIGHT_FILES, resolve_weights
-from tools import download_weights as D
+from lipgraph.graph.spec import load_graph
+from lipgraph.models.weights import WEIGHT_FILES, resolve_weights
+from lipgraph.tools import download_weights as D
 
 SURGICAL = "configs/graphs/surgical.yaml"
 MASK_PNG = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "specs", "latentsync_mask.png")
@@ -54,7 +54,7 @@ def test_upstream_folders_run_the_surgical_graph_without_renaming(tmp_path, monk
     found = resolve_weights(str(weights), ["whisper_tiny_openai", f"latentsync{version.replace('.', '')}_unet"],
                             search_caches=False)
     assert all(str(path).startswith(str(ckpt)) for path in found.values())
-    from models.insightface import find_insightface_models
+    from lipgraph.models.insightface import find_insightface_models
     assert all(find_insightface_models(str(weights)).values())
 
 

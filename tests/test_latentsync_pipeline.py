@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from graph.items import Batch, Flush, Item
-from graph.spec import load_graph
-from models.latentsync_sampler import LatentSyncSampler, guided, make_scheduler
-from stages.batch_builder import WindowRouter
-from models.random_weights import tiny_latentsync
-from tools.synthetic import graph_command, make_clip, model_sets, read_id, tiny_weights
+from lipgraph.graph.items import Batch, Flush, Item
+from lipgraph.graph.spec import load_graph
+from lipgraph.models.latentsync_sampler import LatentSyncSampler, guided, make_scheduler
+from lipgraph.stages.batch_builder import WindowRouter
+from lipgraph.models.random_weights import tiny_latentsync
+from lipgraph.tools.synthetic import graph_command, make_clip, model_sets, read_id, tiny_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SURGICAL = os.path.join(ROOT, "configs", "graphs", "surgical.yaml")
@@ -72,7 +72,7 @@ def test_preroll_frames_bypass_so_windows_start_at_the_boundary():
     """A resumed or split run decodes a few frames before its first output frame (tracking
     and smoothing warm up on them); they bypass the models, so no window spans the
     boundary with the previous part."""
-    from stages.batch_builder import BatchBuilder
+    from lipgraph.stages.batch_builder import BatchBuilder
     b = BatchBuilder("batch", {"mode": "windows", "window": 16, "batch_size": 8})
     b.open()
     out = []
@@ -90,7 +90,7 @@ def test_preroll_frames_bypass_so_windows_start_at_the_boundary():
 
 
 def test_window_limit_enforced_by_graph(tmp_path):
-    from graph.spec import GraphError
+    from lipgraph.graph.spec import GraphError
     with pytest.raises(GraphError, match="1..24"):
         load_graph(SURGICAL, ["batch.window=25", "video.path=a", "video.audio=b", "audio.path=b",
                               "mux.path=c.mp4"])
@@ -178,7 +178,7 @@ def test_deepcache_schedule_and_interval_one_is_exact():
 
 
 def test_deepcache_on_a_real_unet3d_is_close_but_not_equal(tmp_path):
-    from models.latentsync_unet3d import load_latentsync_unet
+    from lipgraph.models.latentsync_unet3d import load_latentsync_unet
     paths = tiny_latentsync(str(tmp_path))
     unet = load_latentsync_unet(paths["unet3d"], paths["unet3d_config"])
     noise, mask, masked, ref, _ = window_inputs(frames=4, h=16)
@@ -206,7 +206,7 @@ def run_graph(video, audio, output, sets, expect=0):
 
 
 def read_run(video, out, side):
-    from media.video import VideoReader
+    from lipgraph.media.video import VideoReader
     src = [f.image for f in VideoReader(video)]
     frames = [f.image for f in VideoReader(out)]
     rows = [json.loads(line) for line in open(side)]
@@ -241,7 +241,7 @@ class FlakyLatentSync:
     convention = "latentsync"
 
     def __init__(self, stage):
-        from stages.backends.latentsync import LatentSyncBackend
+        from lipgraph.stages.backends.latentsync import LatentSyncBackend
         self.inner = LatentSyncBackend(stage)
 
     required_weights = staticmethod(lambda params: [])
@@ -275,7 +275,7 @@ class DivergingLatentSync:
     required_weights = staticmethod(lambda params: [])
 
     def __init__(self, stage):
-        from stages.backends.latentsync import LatentSyncBackend
+        from lipgraph.stages.backends.latentsync import LatentSyncBackend
         self.inner = LatentSyncBackend(stage)
         sample = self.inner.sampler.sample
 
@@ -290,7 +290,7 @@ class DivergingLatentSync:
 
 
 def test_non_finite_window_falls_back_and_the_table_says_why(tmp_path, models):
-    from graph.profile import format_table
+    from lipgraph.graph.profile import format_table
     mt, ls = models
     video, audio = make_clip(str(tmp_path), "F" * 24)
     out, side = str(tmp_path / "o.mkv"), str(tmp_path / "o.jsonl")
@@ -307,7 +307,7 @@ def test_noise_is_seeded_and_shared_by_every_window():
     """One noise map for the whole run: the same for every window (and every frame of it),
     the same on every run with the same seed, another with another seed."""
     import types
-    from stages.backends.latentsync import LatentSyncBackend
+    from lipgraph.stages.backends.latentsync import LatentSyncBackend
 
     def backend(seed):
         return types.SimpleNamespace(noise=None, seed=seed, device="cpu")

@@ -7,7 +7,7 @@ which is noise against the 10% bound. Holding one 160x120 frame per source frame
 about 170 MiB to the long run (ratio > 1.15), so a leak per frame still fails."""
 
 from bench.longvideo import run_length
-from tools.synthetic import tiny_weights
+from lipgraph.tools.synthetic import tiny_weights
 
 
 def test_peak_rss_does_not_grow_with_video_length(tmp_path):

@@ -3,8 +3,8 @@ import inspect
 import numpy as np
 import pytest
 
-from media.audio import AudioReader, iter_audio_blocks, probe_audio, read_audio
-from media.video import MediaError
+from lipgraph.media.audio import AudioReader, iter_audio_blocks, probe_audio, read_audio
+from lipgraph.media.video import MediaError
 from media_fixtures import dominant_frequency, make_audio, make_video, sine
 
 SR = 16000

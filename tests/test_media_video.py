@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from media.video import (
+from lipgraph.media.video import (
     MediaError,
     MediaFileNotFoundError,
     PingPongReader,

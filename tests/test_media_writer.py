@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from skimage import data
 
-import media.writer as writer_module
-from media.audio import read_audio
-from media.video import VideoReader, probe_video
-from media.writer import VideoWriter
+import lipgraph.media.writer as writer_module
+from lipgraph.media.audio import read_audio
+from lipgraph.media.video import VideoReader, probe_video
+from lipgraph.media.writer import VideoWriter
 from media_fixtures import dominant_frequency, make_audio, pattern_frame, psnr, read_pattern_index, vfr_times
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.bisenet import (
+from lipgraph.models.bisenet import (
     BiSeNet,
     BiSeNetWeightsError,
     FaceParser,

@@ -6,9 +6,9 @@ import pytest
 import torch
 from skimage import data
 
-from models.face_detection import FallbackWarning, box_iou, build_face_detector, pick_face
-from models.haar_face import HaarFaceDetector
-from models.s3fd import S3FD, S3FDDetector, WEIGHTS_FILENAME
+from lipgraph.models.face_detection import FallbackWarning, box_iou, build_face_detector, pick_face
+from lipgraph.models.haar_face import HaarFaceDetector
+from lipgraph.models.s3fd import S3FD, S3FDDetector, WEIGHTS_FILENAME
 
 # Astronaut's face measured on the image: cheek to cheek x 180..270, hairline y ~72 to chin ~176.
 ASTRONAUT_FACE = np.array([180, 72, 270, 176], np.float64)

@@ -4,8 +4,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models import landmarks as lmk
-from models.landmarks import (
+from lipgraph.models import landmarks as lmk
+from lipgraph.models.landmarks import (
     FAN,
     FAN_CONFIG,
     BoxLandmarks,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.latentsync_unet3d import (
+from lipgraph.models.latentsync_unet3d import (
     DeepCacheState,
     UNet3DConditionModel,
     UNetCheckpointError,
@@ -16,7 +16,7 @@ from models.latentsync_unet3d import (
     sinusoid_table,
 )
 from tests.spec_keys import read_keys_tsv, state_dict_keys
-from models.random_weights import randomise_unet3d
+from lipgraph.models.random_weights import randomise_unet3d
 
 torch.set_num_threads(2)
 

@@ -13,15 +13,15 @@ import torch
 from diffusers import AutoencoderKL
 from skimage import data as skdata
 
-from models.musetalk_unet import (
+from lipgraph.models.musetalk_unet import (
     MuseTalkUNet,
     audio_positional_encoding,
     build_musetalk_unet,
     load_musetalk_unet,
     unet_config,
 )
-from models.vae import SCALING_FACTOR, SD_VAE_FT_MSE_CONFIG, SDVAE, build_vae, load_vae
-from models.weights import StateDictMismatchError
+from lipgraph.models.vae import SCALING_FACTOR, SD_VAE_FT_MSE_CONFIG, SDVAE, build_vae, load_vae
+from lipgraph.models.weights import StateDictMismatchError
 from tests.spec_keys import read_keys_tsv, state_dict_keys
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.s3fd import (
+from lipgraph.models.s3fd import (
     MEAN_BGR,
     S3FD,
     S3FDDetector,
@@ -330,7 +330,7 @@ def test_channel_order_is_what_the_network_sees():
 
 
 def test_musetalk_graph_feeds_the_detector_rgb():
-    from graph.spec import load_graph
+    from lipgraph.graph.spec import load_graph
     g = load_graph("configs/graphs/musetalk.yaml", {"video.path": "x.mp4", "audio.path": "x.wav",
                                                     "video.audio": "x.wav", "mux.path": "o.mp4"})
     assert g.stages["detect"].params["channel_order"] == "rgb"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.syncnet import (
+from lipgraph.models.syncnet import (
     SyncNet,
     _mel_filterbank,
     _median_filter,
@@ -22,7 +22,7 @@ from models.syncnet import (
     sync_score,
     syncnet_mfcc,
 )
-from models.weights import StateDictMismatchError
+from lipgraph.models.weights import StateDictMismatchError
 from tests.spec_keys import check_rejects_bad_files
 
 # state_dict() of joonson/syncnet_python SyncNetModel.S(num_layers_in_fc_layers=1024), in order:
@@ -374,7 +374,7 @@ def test_lse_tracks_skip_cutaways_and_average():
     c, d = lse_scores(iter(frames), boxes, audio, 25.0, model=_Planted(), min_track=10, min_face_size=0)
     assert c == pytest.approx(np.mean([t["lse_c"] for t in tracks]))
     assert d == pytest.approx(np.mean([t["lse_d"] for t in tracks]))
-    from models.syncnet import NoFaceTrackError
+    from lipgraph.models.syncnet import NoFaceTrackError
     with pytest.raises(NoFaceTrackError, match="more than 100 frames"):
         lse_scores(iter(frames), boxes, audio, 25.0, model=_Planted())
 

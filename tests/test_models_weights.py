@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import weights as W
-from models.weights import (
+from lipgraph.models import weights as W
+from lipgraph.models.weights import (
     WEIGHT_FILES,
     MissingWeightsError,
     StateDictMismatchError,
@@ -21,7 +21,7 @@ from models.weights import (
     resolve_weights,
     weights_for,
 )
-from tools import download_weights as D
+from lipgraph.tools import download_weights as D
 
 
 @pytest.fixture
@@ -124,8 +124,8 @@ def test_missing_files_raise_one_error_listing_all(tmp_path, caches):
         assert str(tmp_path / WEIGHT_FILES[name].paths[0]) in msg  # where it looked
         assert WEIGHT_FILES[name].source_url in msg  # how to get it
     assert "Hugging Face cache (TMElyralab/MuseTalk: musetalkV15/unet.pth)" in msg
-    assert f"python -m tools.download_weights --dest {tmp_path} --set musetalk" in msg
-    assert f"python -m tools.download_weights --dest {tmp_path} --set latentsync" in msg
+    assert f"python -m lipgraph.tools.download_weights --dest {tmp_path} --set musetalk" in msg
+    assert f"python -m lipgraph.tools.download_weights --dest {tmp_path} --set latentsync" in msg
     assert e.looked["musetalk_unet"][0] == str(tmp_path / "musetalkV15" / "unet.pth")
 
 

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from models.weights import StateDictMismatchError
-from models.whisper import (
+from lipgraph.models.weights import StateDictMismatchError
+from lipgraph.models.whisper import (
     WINDOW_SAMPLES,
     WhisperAudioEncoder,
     WhisperCheckpointError,

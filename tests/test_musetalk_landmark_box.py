@@ -3,11 +3,11 @@ detector box where it is invalid, and the face_crop stage that applies it."""
 import numpy as np
 import pytest
 
-from graph.items import Item
-from graph.stage import StageContext
-from models.landmarks import box_landmarks
-from stages.face_crop import FaceCrop
-from vision.musetalk_face import crop_face, face_box, landmark_box
+from lipgraph.graph.items import Item
+from lipgraph.graph.stage import StageContext
+from lipgraph.models.landmarks import box_landmarks
+from lipgraph.stages.face_crop import FaceCrop
+from lipgraph.vision.musetalk_face import crop_face, face_box, landmark_box
 
 
 def upstream_rule(lm, det):

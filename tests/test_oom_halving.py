@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from graph.items import Item
-from graph.stage import StageContext
-from stages import _torch
-from stages._torch import is_oom, run_halving
+from lipgraph.graph.items import Item
+from lipgraph.graph.stage import StageContext
+from lipgraph.stages import _torch
+from lipgraph.stages._torch import is_oom, run_halving
 
 OOM = "CUDA out of memory. Tried to allocate 2.00 GiB"
 
@@ -162,7 +162,7 @@ def test_grows_back_now_and_then(monkeypatch):
 
 
 def test_latentsync_window_reason_for_any_out_of_memory():
-    from stages.surgical_unet import _reason
+    from lipgraph.stages.surgical_unet import _reason
     assert _reason(torch.cuda.OutOfMemoryError(OOM)) == "CUDA out of memory"
     assert _reason(RuntimeError("DefaultCPUAllocator: can't allocate memory")) == "out of memory"
 
@@ -206,10 +206,10 @@ def face_items(n, first=0):
 
 
 def musetalk_stages(weights):
-    from stages.face_parse import FaceParse
-    from stages.surgical_unet import SurgicalUNet
-    from stages.vae_decode import VAEDecode
-    from stages.vae_encode import VAEEncode
+    from lipgraph.stages.face_parse import FaceParse
+    from lipgraph.stages.surgical_unet import SurgicalUNet
+    from lipgraph.stages.vae_decode import VAEDecode
+    from lipgraph.stages.vae_encode import VAEEncode
     cpu = {"device": "cpu"}
     stages = [VAEEncode("encode", {"vae": weights["vae"], "convention": "musetalk", "keep": "no", **cpu}, Ctx()),
               SurgicalUNet("unet", {"backend": "musetalk", "unet": weights["unet"],
@@ -225,7 +225,7 @@ def musetalk_stages(weights):
 
 def run_musetalk(stages, batches):
     """Each batch through encode -> unet -> decode -> parse; per frame: latents, pred, face, mask."""
-    from stages.batch_builder import stack_batch
+    from lipgraph.stages.batch_builder import stack_batch
     out = {}
     for items in batches:
         batch = stack_batch(items)
@@ -280,8 +280,8 @@ def test_musetalk_stages_halve_on_out_of_memory(weights, monkeypatch):
 
 def test_latentsync_window_is_encoded_in_pieces(weights, monkeypatch):
     """The VAE is per frame: a LatentSync window (context first) may be encoded in pieces."""
-    from stages.batch_builder import stack_batch
-    from stages.vae_encode import VAEEncode
+    from lipgraph.stages.batch_builder import stack_batch
+    from lipgraph.stages.vae_encode import VAEEncode
 
     def window():
         rng = np.random.default_rng(3)
@@ -307,8 +307,8 @@ def test_latentsync_window_is_encoded_in_pieces(weights, monkeypatch):
 
 # ----- face detection and landmarks --------------------------------------------------------------
 def test_detection_and_landmarks_halve(monkeypatch):
-    from stages.face_detect import FaceDetect
-    from stages.face_landmarks import FaceLandmarks
+    from lipgraph.stages.face_detect import FaceDetect
+    from lipgraph.stages.face_landmarks import FaceLandmarks
 
     class Detector:
         name = "fake"
@@ -357,13 +357,13 @@ class OOMMuseTalk:
     convention = "musetalk"
 
     def __init__(self, stage):
-        from stages.backends.musetalk import MuseTalkBackend
+        from lipgraph.stages.backends.musetalk import MuseTalkBackend
         self.inner = MuseTalkBackend(stage)
         self.inner.unet = OOMAbove(self.inner.unet, 2)
 
     @staticmethod
     def required_weights(params):
-        from stages.backends.musetalk import MuseTalkBackend
+        from lipgraph.stages.backends.musetalk import MuseTalkBackend
         return MuseTalkBackend.required_weights(params)
 
     def run(self, batch):
@@ -376,9 +376,9 @@ def test_graph_run_halves_and_profiles_it(tmp_path, weights):
     import os
     import subprocess
 
-    from graph.profile import format_table
-    from media.video import VideoReader
-    from tools.synthetic import graph_command, make_clip, model_sets
+    from lipgraph.graph.profile import format_table
+    from lipgraph.media.video import VideoReader
+    from lipgraph.tools.synthetic import graph_command, make_clip, model_sets
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     video, audio = make_clip(str(tmp_path), "F" * 12 + "CC" + "F" * 5)
     out = str(tmp_path / "o.mkv")

@@ -12,10 +12,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from media.audio import probe_audio, read_audio
-from media.video import VideoReader, pingpong_indices, probe_video
+from lipgraph.media.audio import probe_audio, read_audio
+from lipgraph.media.video import VideoReader, pingpong_indices, probe_video
 from media_fixtures import psnr
-from tools.synthetic import clip_frames, graph_command, make_clip, model_sets, read_id, tiny_weights
+from lipgraph.tools.synthetic import clip_frames, graph_command, make_clip, model_sets, read_id, tiny_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRAPH = os.path.join(ROOT, "configs", "graphs", "musetalk.yaml")
@@ -165,7 +165,7 @@ def test_missing_weights_one_error_listing_all(tmp_path):
     for name in ("musetalk_unet", "musetalk_unet_config", "sd_vae_config", "sd_vae_weights",
                  "whisper_config", "whisper_weights"):
         assert name in err, name
-    assert err.count("Missing") == 1 and "tools.download_weights" in err
+    assert err.count("Missing") == 1 and "lipgraph.tools.download_weights" in err
 
 
 def test_rotated_input_comes_out_upright(tmp_path, weights):
@@ -200,7 +200,7 @@ def test_face_and_cutaway_clip_h264_end_to_end(tmp_path, weights):
     cutaway runs and a dub. Frame count and duration, audio present and in sync, cutaways
     equal to the input within codec tolerance, face frames changed only inside the blend
     mask's box, and every stage in the profile."""
-    from media.writer import VideoWriter
+    from lipgraph.media.writer import VideoWriter
     pattern = "F" * 20 + "C" * 8 + "F" * 16 + "C" * 6 + "F" * 10
     video, audio = make_clip(str(tmp_path), pattern)
     out, sidecar = str(tmp_path / "out.mp4"), str(tmp_path / "frames.jsonl")

@@ -7,8 +7,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from media.video import VideoReader
-from tools.synthetic import graph_command, make_clip, model_sets, speech_like, tiny_weights, write_wav
+from lipgraph.media.video import VideoReader
+from lipgraph.tools.synthetic import graph_command, make_clip, model_sets, speech_like, tiny_weights, write_wav
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRAPH = os.path.join(ROOT, "configs", "graphs", "musetalk.yaml")
@@ -105,7 +105,7 @@ def test_changed_video_gets_a_new_entry_and_the_stale_one_goes(setup, tmp_path):
     assert len(now) == 1 and now != v2_entries
 
 def test_identity_sees_a_same_size_edit_anywhere(tmp_path):
-    from media.identity import file_identity, same_content
+    from lipgraph.media.identity import file_identity, same_content
     path = tmp_path / "v.bin"
     data = bytearray(os.urandom(5 << 20))
     path.write_bytes(bytes(data))
@@ -123,7 +123,7 @@ def test_damaged_records_are_recomputed_and_counted(setup, tmp_path):
     folder, video, dub1, dub2, sets = setup
     cache = str(tmp_path / "cache")
     run(video, dub1, str(tmp_path / "a.mkv"), sets, cache)
-    from stages._prepared import SLOT
+    from lipgraph.stages._prepared import SLOT
     (entry,) = entries(cache)
     data = os.path.join(entry, "data.bin")
     index = np.fromfile(os.path.join(entry, "index.bin"), SLOT)
@@ -158,7 +158,7 @@ def test_identity_is_hashed_once_for_a_settled_file(tmp_path, monkeypatch):
     """Several stages and the job ask for the video's identity: a file left alone is read
     once; a just-written one, or one changed since, is read again."""
     import time
-    import media.identity as identity
+    import lipgraph.media.identity as identity
     reads = []
     sha = identity.hashlib.sha256
     monkeypatch.setattr(identity.hashlib, "sha256", lambda: (reads.append(1), sha())[1])
@@ -185,7 +185,7 @@ def test_records_are_plain_data_and_a_crafted_pickle_never_runs(tmp_path):
     import pickle
     import zlib
 
-    from stages._prepared import PreparedStore, decode_record, encode_record
+    from lipgraph.stages._prepared import PreparedStore, decode_record, encode_record
 
     record = {"box": np.array([1, 2, 30, 40, 0.9], np.float32), "face_box": np.array([1, 2, 30, 40], np.int32),
               "mask": np.linspace(0, 1, 12, dtype=np.float16).reshape(3, 4), "align": "insightface",

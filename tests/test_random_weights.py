@@ -9,14 +9,14 @@ import sys
 import av
 import pytest
 
-from media.video import probe_video
+from lipgraph.media.video import probe_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
-    from tools.sample import main
+    from lipgraph.tools.sample import main
     folder = str(tmp_path_factory.mktemp("sample"))
     assert main([folder, "--seconds", "1.6", "--size", "320x240", "--extra", "0.4"]) == 0
     return folder
@@ -63,7 +63,7 @@ def test_random_weights_and_weights_exclude_each_other(sample, tmp_path):
 
 def test_interrupted_build_is_not_reused(tmp_path):
     """A build that dies half way leaves no folder that looks finished."""
-    from models import random_weights
+    from lipgraph.models import random_weights
 
     def boom(folder):
         open(os.path.join(folder, "half"), "w").close()

@@ -10,12 +10,12 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from graph.spec import load_graph  # noqa: E402
-from media.video import VideoReader  # noqa: E402
-from runners import RunOptions  # noqa: E402
-from runners.ray_runner import RayRunner, init_ray  # noqa: E402
+from lipgraph.graph.spec import load_graph  # noqa: E402
+from lipgraph.media.video import VideoReader  # noqa: E402
+from lipgraph.runners import RunOptions  # noqa: E402
+from lipgraph.runners.ray_runner import RayRunner, init_ray  # noqa: E402
 from tests.engine_util import bypass_graph, rows, run, write_graph  # noqa: E402
-from tools.synthetic import graph_command, make_clip, model_sets, read_id, tiny_weights  # noqa: E402
+from lipgraph.tools.synthetic import graph_command, make_clip, model_sets, read_id, tiny_weights  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRAPH = os.path.join(ROOT, "configs", "graphs", "musetalk.yaml")
@@ -110,7 +110,7 @@ def clip(tmp_path_factory):
 
 
 def test_part_ranges_cut_on_nearby_keyframes():
-    from runners.scaleout import part_ranges
+    from lipgraph.runners.scaleout import part_ranges
     assert part_ranges(100, 4) == [(0, 25), (25, 50), (50, 75), (75, 100)]
     # keyframes within a quarter part (6.25 frames) of a cut move it; the nearest wins
     assert part_ranges(100, 4, [0, 20, 28, 48, 53, 90]) == [(0, 28), (28, 48), (48, 75), (75, 100)]
@@ -127,8 +127,8 @@ def test_split_job_equals_one_pipeline(local_ray, clip, runner):
                                             "--quiet", "--no-trace", *extra),
                               cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
-    from media.video import keyframe_indices
-    from runners.scaleout import part_ranges
+    from lipgraph.media.video import keyframe_indices
+    from lipgraph.runners.scaleout import part_ranges
     (a0, b0), (a1, b1) = part_ranges(len(pattern), 2, keyframe_indices(video))
     assert f"2 parts ({a0}..{b0 - 1}, {a1}..{b1 - 1})" in proc.stderr
     assert a1 in keyframe_indices(video)                  # cut on a keyframe (here: a scene cut)
@@ -144,7 +144,7 @@ def test_split_job_equals_one_pipeline(local_ray, clip, runner):
     assert [json.loads(x)["src"] for x in open(side2)] == list(range(len(pattern)))
     assert not os.path.exists(os.path.join(folder, f".split-{runner}.mkv.lipgraph"))
     # the whole audio track, encoded once: the same as the single pipeline's
-    from media.audio import read_audio
+    from lipgraph.media.audio import read_audio
     pcm1, pcm2 = read_audio(one), read_audio(split)
     assert abs(len(pcm1) - len(pcm2)) <= 16000 // 25 and abs(len(pcm2) / 16000 - len(pattern) / 25) <= 1 / 25
     n = min(len(pcm1), len(pcm2))
@@ -154,7 +154,7 @@ def test_split_job_equals_one_pipeline(local_ray, clip, runner):
 def test_split_latentsync_windows_stay_inside_their_part(local_ray, clip):
     """A LatentSync graph split in two: the second part's pre-roll frames never reach the
     UNet (no window spans the cut), and every face frame is made by LatentSync once."""
-    from models.random_weights import tiny_latentsync
+    from lipgraph.models.random_weights import tiny_latentsync
     folder, _, _, _, sets = clip
     pattern = "F" * 40
     video, audio = make_clip(str(folder), pattern, name="shot")
@@ -246,7 +246,7 @@ class SlowThenFailingMuseTalk:
     required_weights = staticmethod(lambda params: [])
 
     def __init__(self, stage):
-        from stages.backends.musetalk import MuseTalkBackend
+        from lipgraph.stages.backends.musetalk import MuseTalkBackend
         self.inner = MuseTalkBackend(stage)
 
     def run(self, batch):
@@ -273,8 +273,8 @@ def test_a_failing_part_stops_the_others(local_ray, clip, runner):
 
 
 def test_actor_options_follow_the_group_declaration():
-    from graph.spec import GroupSpec
-    from runners.ray_runner import actor_options
+    from lipgraph.graph.spec import GroupSpec
+    from lipgraph.runners.ray_runner import actor_options
     gpu = GroupSpec("gpu", ["unet"], gpus=1, cpus=2, resources={"a100": 1})
     opts, unmet = actor_options(gpu, {"CPU": 16, "GPU": 4, "a100": 2})
     assert (opts["num_gpus"], opts["num_cpus"], opts["resources"], unmet) == (1, 2, {"a100": 1}, None)

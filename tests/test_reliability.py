@@ -12,10 +12,10 @@ import time
 import psutil
 import pytest
 
-from graph import shm
-from graph.stage import Stage
-from media.partial import partial_path, stale_partials, sweep_partials
-from media.segments import JOIN_PAUSE_ENV
+from lipgraph.graph import shm
+from lipgraph.graph.stage import Stage
+from lipgraph.media.partial import partial_path, stale_partials, sweep_partials
+from lipgraph.media.segments import JOIN_PAUSE_ENV
 from tests.engine_util import bypass_graph, run, write_graph
 from tests.test_engine_failure import assert_clean, wait_for_children
 
@@ -119,7 +119,7 @@ edges:
 @pytest.fixture(scope="module")
 def join_job(tmp_path_factory):
     """A graph without models whose mux writes 5 segments and joins them, and its inputs."""
-    from tools.synthetic import make_clip
+    from lipgraph.tools.synthetic import make_clip
     folder = tmp_path_factory.mktemp("join")
     video, audio = make_clip(str(folder), "C" * 50, width=64, height=48)
     graph = str(folder / "join.yaml")
@@ -198,7 +198,7 @@ def test_fault_during_join_leaves_no_temporary_file_and_resume_completes(join_jo
     assert shm.semaphores(proc.pid) == []
     assert not [n for n in shm.segments() if n.startswith(f"{shm.PREFIX}{proc.pid}x")]
     assert not os.path.exists(str(tmp_path / ".out.mkv.lipgraph"))
-    from media.video import VideoReader
+    from lipgraph.media.video import VideoReader
     assert len(list(VideoReader(out))) == 50
 
 

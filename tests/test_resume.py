@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from media.audio import read_audio
-from media.video import VideoReader
-from tools.synthetic import (graph_command, make_clip, model_sets, read_id, speech_like, tiny_weights,
+from lipgraph.media.audio import read_audio
+from lipgraph.media.video import VideoReader
+from lipgraph.tools.synthetic import (graph_command, make_clip, model_sets, read_id, speech_like, tiny_weights,
                              write_wav)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -3,7 +3,7 @@ files are safe-loaded YAML (the prepared cache's records: tests/test_prepared_ca
 import pytest
 import torch
 
-from graph.spec import GraphError, load_graph
+from lipgraph.graph.spec import GraphError, load_graph
 
 
 class Exploit:
@@ -20,16 +20,16 @@ def test_a_checkpoint_with_code_in_it_is_refused(tmp_path, loader):
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": Exploit(str(marker))}, path)
     if loader == "checkpoint":
-        from models.weights import load_checkpoint
+        from lipgraph.models.weights import load_checkpoint
         call = lambda: load_checkpoint(path)  # noqa: E731
     elif loader == "s3fd":
-        from models.s3fd import load_s3fd
+        from lipgraph.models.s3fd import load_s3fd
         call = lambda: load_s3fd(path)  # noqa: E731
     elif loader == "bisenet":
-        from models.bisenet import load_bisenet
+        from lipgraph.models.bisenet import load_bisenet
         call = lambda: load_bisenet(path)  # noqa: E731
     else:
-        from models.landmarks import load_fan
+        from lipgraph.models.landmarks import load_fan
         evil = tmp_path / "2DFAN4-evil.pth.tar"
         path.rename(evil)
         call = lambda: load_fan(str(evil))  # noqa: E731
@@ -48,7 +48,7 @@ def test_graph_files_are_safe_yaml(tmp_path):
 
 
 def test_jobs_files_are_safe_yaml(tmp_path):
-    from runners.scaleout import read_jobs
+    from lipgraph.runners.scaleout import read_jobs
     marker = tmp_path / "ran"
     jobs = tmp_path / "jobs.yaml"
     jobs.write_text(f"jobs: !!python/object/apply:os.system ['touch {marker}']\n")

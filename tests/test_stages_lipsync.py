@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from graph.items import Batch, Info, Item
-from graph.stage import StageContext
-from stages.batch_builder import BatchBuilder
-from stages.face_detect import FaceDetect
-from stages.whisper_features import WhisperFeatures
+from lipgraph.graph.items import Batch, Info, Item
+from lipgraph.graph.stage import StageContext
+from lipgraph.stages.batch_builder import BatchBuilder
+from lipgraph.stages.face_detect import FaceDetect
+from lipgraph.stages.whisper_features import WhisperFeatures
 
 
 class FakeDetector:
@@ -94,7 +94,7 @@ def test_detect_keeps_the_tracked_face_among_several():
 def encoder():
     from transformers import WhisperConfig
 
-    from models.whisper import WhisperAudioEncoder
+    from lipgraph.models.whisper import WhisperAudioEncoder
     torch.manual_seed(0)
     cfg = WhisperConfig(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,
                         num_mel_bins=80, max_source_positions=1500)
@@ -119,7 +119,7 @@ def make_whisper_stage(encoder, flavour="musetalk"):
 def test_whisper_stage_matches_reference_across_windows(encoder, fps):
     """Frames skipping cutaways, audio in 1 s chunks, 31 s of audio (two encoder windows):
     each face frame gets exactly the reference layout's tokens."""
-    from media.audio_features import reference_features
+    from lipgraph.media.audio_features import reference_features
     rng = np.random.default_rng(1)
     pcm = (0.1 * rng.standard_normal(int(31.0 * 16000))).astype(np.float32)
     ref = reference_features(pcm, fps, encoder, "musetalk")
@@ -155,7 +155,7 @@ def test_whisper_stage_matches_reference_across_windows(encoder, fps):
 def test_whisper_stage_gives_each_backend_its_flavour(encoder):
     """Both flavours from one stage: MuseTalk's in `audio`, LatentSync's (with the clip's mel
     peak from the audio source's Info) in `audio_ls`, each equal to its reference."""
-    from media.audio_features import latentsync_mel_peak, reference_features
+    from lipgraph.media.audio_features import latentsync_mel_peak, reference_features
     rng = np.random.default_rng(2)
     pcm = (0.1 * rng.standard_normal(3 * 16000)).astype(np.float32)
     stage = make_whisper_stage(encoder, "latentsync,musetalk")

@@ -6,9 +6,9 @@ import pytest
 import torch
 from skimage import data
 
-from models.landmarks import box_landmarks
+from lipgraph.models.landmarks import box_landmarks
 from tests.conftest import SPECS
-from vision.latentsync_align import (
+from lipgraph.vision.latentsync_align import (
     AlignmentSmoother,
     align_face,
     estimate_affine,
@@ -18,7 +18,7 @@ from vision.latentsync_align import (
     template_points,
     three_points,
 )
-from vision.latentsync_mask import (
+from lipgraph.vision.latentsync_mask import (
     MaskFileError,
     keep_surroundings,
     latent_mask,
@@ -82,7 +82,7 @@ def test_drawn_mask_equals_the_official_png(size):
 
 
 def test_official_mask_found_in_a_latentsync_checkout(tmp_path):
-    from vision.latentsync_mask import find_official_mask
+    from lipgraph.vision.latentsync_mask import find_official_mask
     checkout = tmp_path / "LatentSync"
     (checkout / "latentsync" / "utils").mkdir(parents=True)
     (checkout / "checkpoints").mkdir()

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from vision.musetalk_face import (
+from lipgraph.vision.musetalk_face import (
     blend_mask,
     blur_kernel_size,
     crop_face,

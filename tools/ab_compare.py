@@ -1,6 +1,6 @@
 """A/B comparison of two lip-sync graphs on one clip.
 
-    python -m tools.ab_compare --graphs configs/graphs/musetalk.yaml configs/graphs/surgical.yaml \\
+    python -m lipgraph.tools.ab_compare --graphs configs/graphs/musetalk.yaml configs/graphs/surgical.yaml \\
         --video in.mp4 --audio dub.wav --out ab/ --weights ~/MuseTalk/models --lossless \\
         [--syncnet syncnet_v2.model] [--set-a stage.p=v ...] [--set-b ...] [--set ...]
 
@@ -134,8 +134,8 @@ def redrawn_region(side: dict, shape: tuple[int, int]) -> np.ndarray | None:
     restore = side.get("restore")
     if not restore:
         return None
-    from vision.latentsync_align import mouth_region
-    from vision.latentsync_mask import keep_mask
+    from lipgraph.vision.latentsync_align import mouth_region
+    from lipgraph.vision.latentsync_mask import keep_mask
     keep = keep_mask(int(restore["res"]), restore.get("mask") or "")
     return mouth_region(np.asarray(restore["affine"]), keep, shape[1], shape[0])
 
@@ -172,7 +172,7 @@ class TemporalStability:
         if face is None or edit is None:
             self._prev = None
             return
-        from models.face_detection import iou
+        from lipgraph.models.face_detection import iou
         cur = (index, src, face, region(out, edit, self.size), region(inp, edit, self.size))
         prev = self._prev
         # same shot: next output frame, the source moved at most one frame, the face stayed
@@ -249,7 +249,7 @@ class OutputFigures:
                                  "index_mismatches": len(self.index_mismatch),
                                  "time_mismatches": len(self.time_mismatch)}
         if n_input:
-            from media.video import pingpong_indices
+            from lipgraph.media.video import pingpong_indices
             forward = list(range(min(n_input, self.frames)))
             order["in_order"] = self.srcs[:len(forward)] == forward
             expected = list(pingpong_indices(n_input, self.frames))
@@ -302,7 +302,7 @@ class SourceFrames:
 
     def _open(self, start: int) -> None:
         if self.reader is None:
-            from media.video import VideoReader
+            from lipgraph.media.video import VideoReader
             self.reader = VideoReader(self.path, start_index=start)
         else:
             self.reader.seek(start)
@@ -335,7 +335,7 @@ class SourceFrames:
 def _frames(path: str | None) -> Iterator:
     if not path or not os.path.isfile(path):
         return iter(())
-    from media.video import VideoReader
+    from lipgraph.media.video import VideoReader
     return iter(VideoReader(path))
 
 
@@ -387,7 +387,7 @@ def _graph_facts(path: str) -> tuple[str, dict, str, set]:
     """(name, args, sink stage, sink params) from a graph file, without validating it: the
     run itself validates, with the real arguments."""
     import yaml
-    from graph.registry import UnknownStageType, resolve
+    from lipgraph.graph.registry import UnknownStageType, resolve
     try:
         with open(path, encoding="utf-8") as f:
             raw = yaml.safe_load(f) or {}
@@ -502,8 +502,8 @@ def analyse(video: str, audio: str, runs: Sequence[Run], out_dir: str, lossless:
             side_by_side: bool = True) -> tuple[dict, list[str]]:
     """Read the input and both outputs once in lockstep: per-graph figures, side_by_side.mp4.
     Returns (figures per label, reasons for what could not be computed)."""
-    from media.video import probe_video
-    from media.writer import VideoWriter
+    from lipgraph.media.video import probe_video
+    from lipgraph.media.writer import VideoWriter
     info = probe_video(video)
     n_input = info.frame_count
     missing: list[str] = []
@@ -601,9 +601,9 @@ def analyse(video: str, audio: str, runs: Sequence[Run], out_dir: str, lossless:
 
 def lse_figures(run: Run, audio: str, syncnet, **options) -> dict:
     """LSE-C / LSE-D of one output (face boxes from its sidecar, sound from the output file)."""
-    from media.audio import read_audio
-    from media.video import VideoReader, probe_video
-    from models.syncnet import lse_tracks
+    from lipgraph.media.audio import read_audio
+    from lipgraph.media.video import VideoReader, probe_video
+    from lipgraph.models.syncnet import lse_tracks
     side = read_sidecar(run.sidecar) if run.sidecar else None
     if side is None:
         return {"computed": False, "why": "no per-frame face boxes (no sidecar)"}
@@ -748,8 +748,8 @@ def compare(graphs: Sequence[str], video: str, audio: str, out_dir: str, *, weig
             sets_b: Sequence[str] = (), runner: str = "process", lossless: bool = False,
             lse_min_track: int = 100, lse_min_face: float = 100.0) -> dict:
     """Run both graphs, measure, write side_by_side.mp4, report.json and report.md; return the report."""
-    from media.audio import probe_audio
-    from media.video import probe_video
+    from lipgraph.media.audio import probe_audio
+    from lipgraph.media.video import probe_video
     if len(graphs) != 2:
         raise SystemExit("ab_compare: --graphs takes exactly two graph files")
     for what, p in (("video", video), ("audio", audio)):
@@ -772,7 +772,7 @@ def compare(graphs: Sequence[str], video: str, audio: str, out_dir: str, *, weig
 
     model = None
     if syncnet:
-        from models.syncnet import load_syncnet
+        from lipgraph.models.syncnet import load_syncnet
         model = load_syncnet(syncnet)
     else:
         missing.append("LSE-C / LSE-D (both graphs): no SyncNet weights (pass --syncnet syncnet_v2.model)")
@@ -821,7 +821,7 @@ def compare(graphs: Sequence[str], video: str, audio: str, out_dir: str, *, weig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.ab_compare", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m lipgraph.tools.ab_compare", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--graphs", nargs=2, required=True, metavar=("A.yaml", "B.yaml"))
     p.add_argument("--video", required=True)

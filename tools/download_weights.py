@@ -1,8 +1,8 @@
 """Download model weights from the Hugging Face hub into a weights folder.
 
-    python -m tools.download_weights --dest models --set musetalk
-    python -m tools.download_weights --dest models --set latentsync --dry-run
-    python -m tools.download_weights --dest ~/LatentSync/checkpoints --set latentsync-1.5 --layout hub
+    python -m lipgraph.tools.download_weights --dest models --set musetalk
+    python -m lipgraph.tools.download_weights --dest models --set latentsync --dry-run
+    python -m lipgraph.tools.download_weights --dest ~/LatentSync/checkpoints --set latentsync-1.5 --layout hub
 
 `--layout ours` (the default) keeps MuseTalk's `models/` layout and puts each LatentSync
 version in its own folder (`latentsync-1.6/latentsync_unet.pt`), so every set fits in one
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from models.weights import (
+from lipgraph.models.weights import (
     DOWNLOAD_SETS,
     WEIGHT_FILES,
     WeightFile,
@@ -174,7 +174,7 @@ def run_plan(plan: list[PlannedFile], dest: str | os.PathLike, fetch: Fetcher = 
 
 def main(argv: list[str] | None = None, fetch: Fetcher = hf_fetch) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.download_weights",
+        prog="python -m lipgraph.tools.download_weights",
         description="Download model weights into a MuseTalk-style weights folder.",
     )
     parser.add_argument("--dest", required=True, help="weights folder (e.g. a MuseTalk models/ folder)")

@@ -15,7 +15,7 @@ import os
 import cv2
 import numpy as np
 
-from models.random_weights import full_size_weights, tiny_weights
+from lipgraph.models.random_weights import full_size_weights, tiny_weights
 
 ID_BITS = 10
 CELL = 8
@@ -114,7 +114,7 @@ def speech_like(seconds: float, sr: int = 16000) -> np.ndarray:
 def make_clip(folder: str, pattern: str, fps: float = 25.0, audio_s: float | None = None,
               name: str = "clip", width: int = 320, height: int = 240, crf: int = 12) -> tuple[str, str]:
     """Write the video (H.264, high quality) and a speech-like wav; return their paths."""
-    from media.writer import VideoWriter
+    from lipgraph.media.writer import VideoWriter
     video = os.path.join(folder, f"{name}.mp4")
     # 4:2:0 needs even sizes; keep odd test sizes odd with 4:4:4
     pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
@@ -154,7 +154,7 @@ def make_long_clip(folder: str, minutes: float, fps: float = 25.0, width: int = 
                    height: int = 120, face_run: int = 50, period: int = 500,
                    name: str = "long") -> tuple[str, str]:
     """A long clip written frame by frame and an audio track written in chunks (memory flat)."""
-    from media.writer import VideoWriter
+    from lipgraph.media.writer import VideoWriter
     n = int(round(minutes * 60 * fps))
     video = os.path.join(folder, f"{name}.mp4")
     cut_a, cut_b = (cv2.resize(photo(p), (width, height), interpolation=cv2.INTER_AREA)

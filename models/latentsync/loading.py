@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import torch
 
-from models.weights import StateDictMismatchError, check_state_dict, load_checkpoint
+from lipgraph.models.weights import StateDictMismatchError, check_state_dict, load_checkpoint
 
 from .config import read_unet_config
 from .layers import sinusoid_table

@@ -3,8 +3,8 @@ prepared in its conventions into predicted latents (`batch.data["pred"]`)."""
 from __future__ import annotations
 
 BACKENDS = {
-    "musetalk": "stages.backends.musetalk:MuseTalkBackend",
-    "latentsync": "stages.backends.latentsync:LatentSyncBackend",
+    "musetalk": "lipgraph.stages.backends.musetalk:MuseTalkBackend",
+    "latentsync": "lipgraph.stages.backends.latentsync:LatentSyncBackend",
 }
 
 # backends that failed to load in this process: stages before the UNet skip their inputs

@@ -22,9 +22,9 @@ class LatentSyncBackend:
         return ["latentsync16_unet" if str(params["version"]) == "1.6" else "latentsync15_unet"]
 
     def __init__(self, stage):
-        from models.latentsync.config import LATENTSYNC_STAGE2_CONFIG
-        from models.latentsync_sampler import LatentSyncSampler
-        from models.latentsync_unet3d import load_latentsync_unet
+        from lipgraph.models.latentsync.config import LATENTSYNC_STAGE2_CONFIG
+        from lipgraph.models.latentsync_sampler import LatentSyncSampler
+        from lipgraph.models.latentsync_unet3d import load_latentsync_unet
 
         from .._weights import resolve
         p = stage.p

@@ -22,7 +22,7 @@ class MuseTalkBackend:
         return need
 
     def __init__(self, stage):
-        from models.musetalk_unet import load_musetalk_unet
+        from lipgraph.models.musetalk_unet import load_musetalk_unet
 
         from .._weights import resolve
         self.stage = stage

@@ -1,0 +1,1 @@
+"""Built-in graph files (``graphs/NAME.yaml``), shipped as package data."""

@@ -1,0 +1,17 @@
+"""lipgraph: a stage-graph streaming lip-sync pipeline (MuseTalk v1.5, LatentSync 1.5/1.6).
+
+The subpackages (graph, runners, stages, models, media, vision, tools, configs) live at the
+top of the source repository and are installed inside this package, so `lipgraph` is the
+only import name an installation adds.
+"""
+import os as _os
+
+__version__ = "0.1.0"
+
+# In a source checkout the subpackages sit beside this folder rather than inside it.
+_here = _os.path.dirname(_os.path.abspath(__file__))
+_root = _os.path.dirname(_here)
+if (not _os.path.isdir(_os.path.join(_here, "graph"))
+        and _os.path.isfile(_os.path.join(_root, "graph", "__init__.py"))
+        and _os.path.isfile(_os.path.join(_root, "setup.cfg"))):
+    __path__.append(_root)

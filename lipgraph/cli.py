@@ -1,0 +1,246 @@
+"""Run a lipgraph graph file.
+
+    lipgraph musetalk --video in.mp4 --audio dub.wav --output out.mp4
+    lipgraph GRAPH.yaml --set detect.detect_every=5 --runner inline
+    lipgraph surgical --dry-run
+    lipgraph GRAPH.yaml ... --runner ray [--address ADDR] [--parallel 4]
+    lipgraph --jobs jobs.yaml [GRAPH.yaml] --runner ray [--retries 1] [--concurrency 4]
+
+(`python run_graph.py ...` in a source checkout is the same command.) Built-in graphs are
+found by name (musetalk, surgical); anything else is a graph file path.
+
+Shortcuts such as --video/--audio/--output come from the graph's `args:` section; any
+param can be set with --set stage.param=value. Every run writes a JSON profile and a Chrome
+trace beside the output (or where --profile/--trace say) and prints a per-stage table.
+Exit status: 0 ok, 1 a stage failed, 2 bad graph or arguments, 128+N stopped by signal N.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import yaml
+
+
+def _graph_args(path: str) -> dict[str, list[str]]:
+    """The graph's command-line shortcuts (validated later with the graph itself)."""
+    from lipgraph.graph.builtin import find_graph_file
+    try:
+        with open(find_graph_file(path), encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    args = raw.get("args") if isinstance(raw, dict) else None
+    if not isinstance(args, dict):
+        return {}
+    return {str(k): [v] if isinstance(v, str) else [str(t) for t in v or []] for k, v in args.items()}
+
+
+def build_parser(shortcuts: dict, add_help: bool = True) -> argparse.ArgumentParser:
+    from lipgraph.runners import RUNNERS
+    p = argparse.ArgumentParser(prog="lipgraph", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                add_help=add_help)
+    p.add_argument("graph", nargs="?", default=None,
+                   help="graph file (YAML) or a built-in graph: musetalk, surgical (alias latentsync)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="STAGE.PARAM=VALUE",
+                   help="override a stage param (repeatable); the value is read as YAML")
+    p.add_argument("--runner", choices=RUNNERS, default="process",
+                   help="process: groups in processes (default); inline: one process, for debugging")
+    p.add_argument("--address", default=None, help="Ray cluster address (with --runner ray)")
+    p.add_argument("--dry-run", action="store_true", help="print the validated plan and exit")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run of the same graph, inputs and output "
+                        "from its last complete segment")
+    p.add_argument("--profile", default=None, metavar="PATH", help="profile JSON path")
+    p.add_argument("--trace", default=None, metavar="PATH", help="Chrome trace path")
+    p.add_argument("--no-trace", action="store_true", help="do not write a trace file")
+    p.add_argument("--profile-every", type=float, default=5.0, metavar="SECONDS",
+                   help="rewrite the profile JSON this often while running (0: only at the end)")
+    p.add_argument("--quiet", action="store_true", help="no progress and no table")
+    p.add_argument("--stall-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="stop the run as failed when nothing moves this long (no stage finishes "
+                        "an item, no message moves), naming the stuck stage, its item and its "
+                        "stack (default 300; 0: off)")
+    p.add_argument("--parallel", default="1", metavar="N",
+                   help="split the output into N parts (cut on keyframes) run side by side, "
+                        "then join them; auto: one part per GPU")
+    p.add_argument("--jobs", default=None, metavar="FILE",
+                   help="run a batch of jobs (YAML list of graph/video/audio/output/set)")
+    p.add_argument("--retries", type=int, default=1, help="with --jobs: retries of a failed job")
+    p.add_argument("--concurrency", type=int, default=2, help="with --jobs: jobs at once")
+    p.add_argument("--random-weights", nargs="?", const="tiny", default=None, choices=("tiny", "full"),
+                   help="run with randomly initialised models instead of real weights (tiny: "
+                        "small configs, fast; full: the published sizes, for timing). Built once "
+                        "and kept in ~/.cache/lipgraph. The output is NOT lip-synced")
+    for name, targets in shortcuts.items():
+        p.add_argument(f"--{name}", dest=f"arg_{name}", default=None, metavar="VALUE",
+                       help=f"sets {', '.join(targets)}")
+    return p
+
+
+def default_paths(graph, output: str | None) -> tuple[str, str]:
+    if output:
+        base = os.path.abspath(output)
+        return base + ".profile.json", base + ".trace.json"
+    return os.path.abspath(f"{graph.name}.profile.json"), os.path.abspath(f"{graph.name}.trace.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # the graph file names the shortcut options (--video ...): find it first
+    known, _ = build_parser({}, add_help=False).parse_known_args(argv)
+    shortcuts = _graph_args(known.graph) if known.graph else {}
+    args = build_parser(shortcuts).parse_args(argv)
+    if args.stall_timeout < 0:
+        print("lipgraph: --stall-timeout: expected seconds >= 0 (0: off)", file=sys.stderr)
+        return 2
+
+    from lipgraph.graph.plan import describe_plan
+    from lipgraph.graph.spec import GraphError, load_graph
+    from lipgraph.runners import RunOptions, format_error, get_runner
+
+    if args.jobs:
+        return run_jobs_file(args)
+    if not args.graph:
+        print("lipgraph: a graph file is needed (or --jobs FILE)", file=sys.stderr)
+        return 2
+
+    from_shortcuts = []
+    for name, targets in shortcuts.items():
+        value = getattr(args, f"arg_{name}")
+        if value is not None:
+            from_shortcuts += [f"{target}={value}" for target in targets]
+    try:
+        graph = load_graph(args.graph, from_shortcuts + args.sets)   # explicit --set wins
+        if args.random_weights:
+            graph = with_random_weights(graph, args, from_shortcuts)
+    except GraphError as exc:
+        print(f"lipgraph: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(describe_plan(graph, args.runner))
+        return 0
+    for note in graph.notes:
+        print(f"note: {note}", file=sys.stderr)
+    try:
+        from lipgraph.stages.preflight import preflight
+        preflight(graph)
+    except (FileNotFoundError, ValueError) as exc:      # bad inputs, missing model files
+        print(f"lipgraph: {exc}", file=sys.stderr)
+        return 2
+    from lipgraph.runners import job
+    plan = None
+    if job.resumable(graph):
+        try:
+            plan = job.prepare(graph, args.resume)
+        except job.ResumeRefused as exc:
+            print(f"lipgraph: {exc}", file=sys.stderr)
+            return 2
+        for note in plan.notes:
+            print(f"note: {note}", file=sys.stderr)
+    elif args.resume:
+        print("lipgraph: --resume needs a graph whose mux writes segments (segment_s > 0)",
+              file=sys.stderr)
+        return 2
+    output = graph.param(graph.args["output"][0]) if "output" in graph.args else None
+    prof_default, trace_default = default_paths(graph, output)
+    options = RunOptions(
+        profile_path=args.profile or prof_default,
+        trace_path=None if args.no_trace else (args.trace or trace_default),
+        progress=not args.quiet, table=not args.quiet, profile_every_s=args.profile_every,
+        stall_timeout_s=args.stall_timeout)
+    if args.random_weights:
+        options.extra["random_weights"] = args.random_weights
+    parts = parallel_parts(args)
+    if parts is None:
+        return 2
+    if parts > 1:
+        return run_split(graph, args, options, plan, parts)
+    runner_cls = get_runner(args.runner)
+    runner = runner_cls(graph, options, address=args.address) if args.runner == "ray" else runner_cls(graph, options)
+    result = runner.run()
+    if args.random_weights and result.ok:
+        print(RANDOM_BANNER, file=sys.stderr)
+    if not result.ok:
+        print(f"lipgraph: {format_error(result.error)}", file=sys.stderr)
+        if plan is not None and os.path.isdir(plan.workdir):
+            print(f"lipgraph: completed segments are kept in {plan.workdir}; run the same "
+                  "command with --resume to continue", file=sys.stderr)
+    return result.exit_code
+
+
+RANDOM_BANNER = ("*** RANDOM WEIGHTS: the models are randomly initialised; this output is NOT "
+                 "lip-synced (it exercises the pipeline and its profile only) ***")
+
+
+def with_random_weights(graph, args, from_shortcuts: list[str]):
+    """Point every model stage at random models of the chosen size (built on first use)."""
+    from lipgraph.graph.spec import load_graph
+    from lipgraph.models.random_weights import ensure_random_weights, random_weight_sets, uses_latentsync
+    if getattr(args, "arg_weights", None):
+        print("lipgraph: --weights and --random-weights exclude each other", file=sys.stderr)
+        raise SystemExit(2)
+    print(RANDOM_BANNER, file=sys.stderr)
+    latentsync = uses_latentsync(graph)
+    print(f"note: {args.random_weights} random models{' (with LatentSync)' if latentsync else ''} "
+          "from the lipgraph cache (built on first use)", file=sys.stderr)
+    paths = ensure_random_weights(args.random_weights, latentsync)
+    extra = random_weight_sets(graph, paths)
+    if "output" in graph.args:
+        mux = graph.args["output"][0].split(".")[0]
+        if "comment" in graph.stages[mux].cls.params:
+            extra.append(f"{mux}.comment=lipgraph random weights: not lip-synced")
+    # the user's own --set lines still win
+    return load_graph(args.graph, from_shortcuts + extra + args.sets)
+
+
+def parallel_parts(args) -> int | None:
+    if args.parallel == "auto":
+        from lipgraph.runners.scaleout import auto_parts
+        return auto_parts(args.runner, args.address)
+    try:
+        n = int(args.parallel)
+        if n < 1:
+            raise ValueError
+        return n
+    except ValueError:
+        print(f"lipgraph: --parallel: expected a number >= 1 or auto, got {args.parallel!r}",
+              file=sys.stderr)
+        return None
+
+
+def run_split(graph, args, options, plan, parts: int) -> int:
+    from lipgraph.runners import scaleout
+    if plan is None:
+        print("lipgraph: --parallel needs a graph whose mux writes segments", file=sys.stderr)
+        return 2
+    result = scaleout.run_split(graph, parts, args.runner, args.address, options)
+    if not result.ok:
+        print(f"lipgraph: {result.error}", file=sys.stderr)
+        return result.exit_code or 1
+    print(f"{graph.name}: done in {result.wall_s:.1f} s ({len(result.parts)} parts)", file=sys.stderr)
+    return 0
+
+
+def run_jobs_file(args) -> int:
+    from lipgraph.graph.spec import GraphError
+    from lipgraph.runners import scaleout
+    try:
+        specs = scaleout.read_jobs(args.jobs, args.graph)
+    except (GraphError, OSError, ValueError) as exc:
+        print(f"lipgraph: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(specs)} job(s) on the {args.runner} runner", file=sys.stderr)
+    status = scaleout.run_jobs(specs, args.runner, args.address, args.retries, args.concurrency,
+                               stall_timeout_s=args.stall_timeout)
+    print(scaleout.format_jobs(status), file=sys.stderr)
+    report = os.path.splitext(args.jobs)[0] + ".report.json"
+    scaleout.write_report(report, status)
+    print(f"report: {report}", file=sys.stderr)
+    return 0 if all(r["status"] == "ok" for r in status) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
