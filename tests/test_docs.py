@@ -49,8 +49,11 @@ def test_readme_commands_exist():
     text = open(os.path.join(ROOT, "README.md")).read()
     for path in set(re.findall(r"(?:python )(bench/[a-z_]+\.py|run_graph\.py)", text)):
         assert os.path.isfile(os.path.join(ROOT, path)), path
-    for mod in set(re.findall(r"python -m (tools\.[a-z_]+)", text)):
+    for mod in set(re.findall(r"python -m lipgraph\.(tools\.[a-z_]+)", text)):
         assert os.path.isfile(os.path.join(ROOT, *mod.split(".")) + ".py"), mod
+    from lipgraph.graph.builtin import ALIASES, builtin_names
+    named = set(re.findall(r"^lipgraph ([a-z_]+) ", text, flags=re.M))
+    assert named and named <= set(builtin_names()) | set(ALIASES), named
     for graph in set(re.findall(r"configs/graphs/[a-z_]+\.yaml", text)):
         assert os.path.isfile(os.path.join(ROOT, graph)), graph
 
