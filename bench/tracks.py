@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""What face tracking costs per frame, beside detection: the tracker alone on synthetic
+detections (2, 4 and 8 faces per frame, with misses and shot cuts), and the people listing
+(`tools/faces.py`: decode + detection + tracking) on a generated two-person clip, in one run.
+Costs are process CPU time (core-ms per frame), so they do not depend on other load.
+
+    python bench/tracks.py [--frames 3000] [--size 1280x720]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from lipgraph.vision.face_tracks import FaceTracker  # noqa: E402
+
+
+def synthetic_detections(frames: int, faces: int, seed: int = 5):
+    """Faces drifting around fixed seats, each missed on 3% of frames; a cut every 250."""
+    rng = np.random.default_rng(seed)
+    seats = rng.uniform(100, 1100, size=(faces, 2))
+    out = []
+    for i in range(frames):
+        boxes = []
+        for k, (x, y) in enumerate(seats):
+            if rng.random() < 0.03:
+                continue
+            cx, cy = x + 20 * np.sin(i / 9 + k), y + 10 * np.cos(i / 11 + k)
+            boxes.append([cx - 50, cy - 60, cx + 50, cy + 60, 0.99])
+        out.append((i % 250 == 0 and i > 0, np.array(boxes, np.float32).reshape(-1, 5)))
+    return out
+
+
+def tracker_cost(frames: int, faces: int) -> tuple[float, int]:
+    dets = synthetic_detections(frames, faces)
+    t = time.process_time()
+    tracker = FaceTracker()
+    for i, (cut, boxes) in enumerate(dets):
+        if cut:
+            tracker.cut()
+        tracker.update(i, boxes)
+    tracks = tracker.finish()
+    return (time.process_time() - t) * 1000 / frames, len(tracks)
+
+
+def listing_cost(size: str) -> tuple[float, int, int]:
+    from lipgraph.tools.faces import list_faces
+    from lipgraph.tools.synthetic_faces import make_people_clip, two_people
+    w, h = (int(v) for v in size.split("x"))
+    folder = tempfile.mkdtemp(prefix="lipgraph-tracks-")
+    pattern = ("F" * 80 + "C" * 15) * 2
+    video, _, _ = make_people_clip(folder, pattern, two_people(w, h), width=w, height=h)
+    t = time.process_time()
+    result = list_faces(video, os.path.join(folder, "out"), "haar", detect_every="auto")
+    cpu = (time.process_time() - t) * 1000 / len(pattern)
+    return cpu, len(result["tracks"]), result["detected_frames"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--frames", type=int, default=3000)
+    ap.add_argument("--size", default="1280x720")
+    a = ap.parse_args()
+    print(f"{'faces/frame':>11} {'tracker core-ms/frame':>22} {'tracks':>7}")
+    for faces in (2, 4, 8):
+        ms, n = tracker_cost(a.frames, faces)
+        print(f"{faces:>11} {ms:>22.3f} {n:>7}")
+    ms, n, detected = listing_cost(a.size)
+    print(f"listing (decode + Haar with detect_every auto + tracking) at {a.size}: "
+          f"{ms:.1f} core-ms/frame, {n} tracks, {detected} of 190 frames detected")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
