@@ -32,6 +32,7 @@ import cv2  # noqa: E402
 
 from lipgraph.graph.spec import load_graph  # noqa: E402
 from lipgraph.runners import RunOptions, get_runner  # noqa: E402
+import lipgraph.stages  # noqa: E402,F401  (registers the pipeline's stage types)
 from lipgraph.tools.synthetic import clip_pattern, cutaway_frame, face_frame, write_wav, speech_like  # noqa: E402
 
 GRAPH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_side.yaml")

@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lipgraph.graph.spec import load_graph  # noqa: E402
 from lipgraph.runners import RunOptions, get_runner  # noqa: E402
+import lipgraph.stages.synthetic  # noqa: E402,F401  (registers the synthetic_* stage types)
 
 import yaml  # noqa: E402
 

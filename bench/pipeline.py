@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lipgraph.graph.profile import format_table  # noqa: E402
 from lipgraph.graph.spec import load_graph  # noqa: E402
 from lipgraph.runners import RunOptions, get_runner  # noqa: E402
+import lipgraph.stages  # noqa: E402,F401  (registers the pipeline's stage types)
 from lipgraph.tools.synthetic import bench_folder, bench_models, clip_pattern, make_clip, model_sets  # noqa: E402
 
 GRAPH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

@@ -42,9 +42,6 @@ class StageContext:
     def count(self, key: str, amount: int = 1, reason: str | None = None) -> None:
         """Add to a named counter in this stage's profile (e.g. fallbacks, with reasons)."""
 
-    def note_cuda(self) -> None:
-        """This stage uses CUDA: report peak CUDA memory for its process."""
-
     def heartbeat(self) -> None:
         """A long step (one that finishes no item for a while, such as joining segments)
         is still moving: the stall watchdog counts it as progress."""
@@ -53,13 +50,23 @@ class StageContext:
 class Stage:
     """Base class of all stages. Subclasses set the class attributes below."""
 
-    type_name: ClassVar[str] = ""
     inputs: ClassVar[tuple[str, ...]] = ("in",)
     outputs: ClassVar[tuple[str, ...]] = ("out",)
     # name -> default value; the default's type is the param's type (None: any type)
     params: ClassVar[dict[str, Any]] = {}
     # one output message per input message and no state across items: may be replicated
     stateless: ClassVar[bool] = False
+    # what runners may ask of the stage beyond its stream, each role a few class methods
+    # (runners/job.py): "segmented_sink", "seekable_source"
+    roles: ClassVar[tuple[str, ...]] = ()
+    # params that place the output or pick the stretch of stream to make, not what the
+    # stage computes: a job resumes across changes to them (runners/job.py)
+    placement_params: ClassVar[tuple[str, ...]] = ()
+    # fields of Item/Batch data the stage needs (a tuple, or a mapping input port -> tuple)
+    # and adds; checked by graph/fields.py. reads None: not checked; writes None: may add
+    # any field (an undeclared stage hides nothing from the stages after it)
+    reads: ClassVar[tuple[str, ...] | dict[str, tuple[str, ...]] | None] = None
+    writes: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, name: str, params: dict | None = None, ctx: StageContext | None = None):
         self.name = name

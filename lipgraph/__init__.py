@@ -15,3 +15,6 @@ if (not _os.path.isdir(_os.path.join(_here, "graph"))
         and _os.path.isfile(_os.path.join(_root, "graph", "__init__.py"))
         and _os.path.isfile(_os.path.join(_root, "setup.cfg"))):
     __path__.append(_root)
+
+# The pipeline's stage types register themselves by name (the engine knows none of them).
+from . import stages as _stages  # noqa: E402,F401

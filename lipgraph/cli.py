@@ -20,21 +20,15 @@ import argparse
 import os
 import sys
 
-import yaml
 
-
-def _graph_args(path: str) -> dict[str, list[str]]:
-    """The graph's command-line shortcuts (validated later with the graph itself)."""
-    from lipgraph.graph.builtin import find_graph_file
+def _shortcuts(graph: str | None) -> dict[str, list[str]]:
+    """The graph's command-line shortcuts, read before argv can be parsed (the graph itself is
+    validated once their values are known)."""
+    from lipgraph.graph.spec import GraphError, read_outline
     try:
-        with open(find_graph_file(path), encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError):
+        return read_outline(graph).shortcuts if graph else {}
+    except GraphError:          # reported when the graph is loaded
         return {}
-    args = raw.get("args") if isinstance(raw, dict) else None
-    if not isinstance(args, dict):
-        return {}
-    return {str(k): [v] if isinstance(v, str) else [str(t) for t in v or []] for k, v in args.items()}
 
 
 def build_parser(shortcuts: dict, add_help: bool = True) -> argparse.ArgumentParser:
@@ -91,12 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # the graph file names the shortcut options (--video ...): find it first
     known, _ = build_parser({}, add_help=False).parse_known_args(argv)
-    shortcuts = _graph_args(known.graph) if known.graph else {}
+    shortcuts = _shortcuts(known.graph)
     args = build_parser(shortcuts).parse_args(argv)
     if args.stall_timeout < 0:
         print("lipgraph: --stall-timeout: expected seconds >= 0 (0: off)", file=sys.stderr)
         return 2
 
+    import lipgraph.stages  # noqa: F401  (the pipeline's stage types register themselves)
     from lipgraph.graph.plan import describe_plan
     from lipgraph.graph.spec import GraphError, load_graph
     from lipgraph.runners import RunOptions, format_error, get_runner
@@ -107,15 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         print("lipgraph: a graph file is needed (or --jobs FILE)", file=sys.stderr)
         return 2
 
-    from_shortcuts = []
-    for name, targets in shortcuts.items():
-        value = getattr(args, f"arg_{name}")
-        if value is not None:
-            from_shortcuts += [f"{target}={value}" for target in targets]
+    given = {name: getattr(args, f"arg_{name}") for name in shortcuts
+             if getattr(args, f"arg_{name}") is not None}
     try:
-        graph = load_graph(args.graph, from_shortcuts + args.sets)   # explicit --set wins
+        graph = load_graph(args.graph, args.sets, shortcuts=given)   # explicit --set wins
         if args.random_weights:
-            graph = with_random_weights(graph, args, from_shortcuts)
+            graph = with_random_weights(graph, args, given)
     except GraphError as exc:
         print(f"lipgraph: {exc}", file=sys.stderr)
         return 2
@@ -144,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         print("lipgraph: --resume needs a graph whose mux writes segments (segment_s > 0)",
               file=sys.stderr)
         return 2
-    output = graph.param(graph.args["output"][0]) if "output" in graph.args else None
-    prof_default, trace_default = default_paths(graph, output)
+    prof_default, trace_default = default_paths(graph, graph.output_path())
     options = RunOptions(
         profile_path=args.profile or prof_default,
         trace_path=None if args.no_trace else (args.trace or trace_default),
@@ -175,7 +166,7 @@ RANDOM_BANNER = ("*** RANDOM WEIGHTS: the models are randomly initialised; this 
                  "lip-synced (it exercises the pipeline and its profile only) ***")
 
 
-def with_random_weights(graph, args, from_shortcuts: list[str]):
+def with_random_weights(graph, args, given: dict):
     """Point every model stage at random models of the chosen size (built on first use)."""
     from lipgraph.graph.spec import load_graph
     from lipgraph.models.random_weights import ensure_random_weights, random_weight_sets, uses_latentsync
@@ -188,12 +179,11 @@ def with_random_weights(graph, args, from_shortcuts: list[str]):
           "from the lipgraph cache (built on first use)", file=sys.stderr)
     paths = ensure_random_weights(args.random_weights, latentsync)
     extra = random_weight_sets(graph, paths)
-    if "output" in graph.args:
-        mux = graph.args["output"][0].split(".")[0]
-        if "comment" in graph.stages[mux].cls.params:
-            extra.append(f"{mux}.comment=lipgraph random weights: not lip-synced")
+    sink = graph.output_stage()
+    if sink is not None and "comment" in sink.cls.params:
+        extra.append(f"{sink.name}.comment=lipgraph random weights: not lip-synced")
     # the user's own --set lines still win
-    return load_graph(args.graph, from_shortcuts + extra + args.sets)
+    return load_graph(args.graph, extra + args.sets, shortcuts=given)
 
 
 def parallel_parts(args) -> int | None:
@@ -233,8 +223,9 @@ def run_jobs_file(args) -> int:
         print(f"lipgraph: {exc}", file=sys.stderr)
         return 2
     print(f"{len(specs)} job(s) on the {args.runner} runner", file=sys.stderr)
+    from lipgraph.stages.preflight import preflight
     status = scaleout.run_jobs(specs, args.runner, args.address, args.retries, args.concurrency,
-                               stall_timeout_s=args.stall_timeout)
+                               stall_timeout_s=args.stall_timeout, check=preflight)
     print(scaleout.format_jobs(status), file=sys.stderr)
     report = os.path.splitext(args.jobs)[0] + ".report.json"
     scaleout.write_report(report, status)

@@ -16,15 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipgraph.models.weights import StateDictMismatchError, check_state_dict
+from lipgraph.models.checkpoint import StateDictMismatchError, check_state_dict, read_state_dict
 
 PARSE_SIZE = 512
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-WEIGHTS_DIRNAME = "face-parse-bisent"
-WEIGHTS_FILENAME = "79999_iter.pth"
-RESNET_FILENAME = "resnet18-5c106cde.pth"
 
 
 class ConvBNReLU(nn.Module):
@@ -189,22 +186,6 @@ class BiSeNetWeightsError(StateDictMismatchError):
     """A BiSeNet weights file does not match the model (or cannot be read as one)."""
 
 
-def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"BiSeNet weights not found: {path}")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, pickle with code objects, ...
-        raise BiSeNetWeightsError(f"{path}: cannot read as a torch state dict ({exc})") from exc
-    if not isinstance(sd, Mapping):
-        raise BiSeNetWeightsError(f"{path}: expected a state dict (mapping of tensors), got {type(sd).__name__}")
-    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise BiSeNetWeightsError(f"{path}: entries that are not tensors: {bad[:10]}")
-    return dict(sd)
-
-
 _BACKBONE = "cp.resnet."
 
 
@@ -233,8 +214,9 @@ def load_bisenet(path: str | os.PathLike, resnet_path: str | os.PathLike | None 
 
     merged: dict[str, torch.Tensor] = {}
     if resnet_path is not None:
-        merged.update(_backbone_entries(_read_state_dict(resnet_path), expected, os.fspath(resnet_path)))
-    main = _read_state_dict(path)
+        merged.update(_backbone_entries(read_state_dict(resnet_path, "ResNet-18", BiSeNetWeightsError),
+                                       expected, os.fspath(resnet_path)))
+    main = read_state_dict(path, "BiSeNet", BiSeNetWeightsError)
     # BatchNorm counters are not stored by old checkpoints and have no effect in eval mode.
     check_state_dict(expected, main, os.fspath(path),
                      "BiSeNet(n_classes=19) (MuseTalk face-parse-bisent/79999_iter.pth layout)",
@@ -249,20 +231,6 @@ def load_bisenet(path: str | os.PathLike, resnet_path: str | os.PathLike | None 
     model.to(device=device, dtype=dtype)
     model.requires_grad_(False)
     return model.eval()
-
-
-def find_bisenet_weights(weights_dir: str | os.PathLike) -> tuple[str, str | None] | None:
-    """``(79999_iter.pth, resnet18 file or None)`` under ``<weights_dir>/face-parse-bisent/``.
-
-    ``weights_dir`` may also be that folder itself. None when the main file is absent.
-    """
-    root = os.fspath(weights_dir)
-    for folder in (os.path.join(root, WEIGHTS_DIRNAME), root):
-        main = os.path.join(folder, WEIGHTS_FILENAME)
-        if os.path.isfile(main):
-            resnet = os.path.join(folder, RESNET_FILENAME)
-            return main, (resnet if os.path.isfile(resnet) else None)
-    return None
 
 
 # ---------------------------------------------------------------- inference

@@ -12,14 +12,8 @@ import numpy as np
 import torch
 
 from .haar_face import HaarFaceDetector
-from .s3fd import (
-    WEIGHTS_FILENAME,
-    S3FDDetector,
-    describe_s3fd_search,
-    find_s3fd_weights,
-    load_s3fd,
-    s3fd_search_paths,
-)
+from .s3fd import S3FDDetector, load_s3fd
+from .weight_finder import find_weights
 
 KINDS = ("auto", "s3fd", "haar")
 
@@ -44,10 +38,11 @@ def build_face_detector(kind: str = "auto", weights_dir: str | os.PathLike | Non
                         **thresholds) -> FaceDetector:
     """Build a detector with ``.detect(frames)`` and ``.name`` ("s3fd" or "haar").
 
-    ``kind="auto"`` uses S3FD when ``s3fd-619a316812.pth`` is found (see ``find_s3fd_weights``),
-    else the Haar cascade with one ``FallbackWarning``. ``thresholds`` go to the detector's
-    constructor (e.g. ``score_threshold``, ``max_side``, ``min_neighbors``); with "auto", options
-    the chosen detector does not take are dropped, with an explicit kind they raise TypeError.
+    ``kind="auto"`` uses S3FD when ``s3fd-619a316812.pth`` is found (the weights table's
+    ``s3fd`` entry), else the Haar cascade with one ``FallbackWarning``. ``thresholds`` go to the
+    detector's constructor (e.g. ``score_threshold``, ``max_side``, ``min_neighbors``); with
+    "auto", options the chosen detector does not take are dropped, with an explicit kind they
+    raise TypeError.
     ``dtype`` defaults to float32: the checkpoint was trained in fp32 and its raw 0..255 input
     gives large early activations, so fp16 is opt-in.
     """
@@ -58,10 +53,13 @@ def build_face_detector(kind: str = "auto", weights_dir: str | os.PathLike | Non
     if unknown:
         raise TypeError(f"unknown face detector option(s): {sorted(unknown)}")
 
-    path = find_s3fd_weights(weights_dir) if kind in ("auto", "s3fd") else None
-    if kind == "s3fd" and path is None:
-        looked = "\n  ".join(s3fd_search_paths(weights_dir))
-        raise FileNotFoundError(f"S3FD weights {WEIGHTS_FILENAME} not found; looked in:\n  {looked}")
+    path = missing = None
+    if kind in ("auto", "s3fd"):
+        # Any file at a known place is used: a damaged one fails loudly in load_s3fd.
+        found, missing = find_weights(weights_dir, ["s3fd"], check_size=False)
+        path = found.get("s3fd")
+    if kind == "s3fd" and missing is not None:
+        raise missing
     if path is not None:
         dtype = dtype or torch.float32
         options = thresholds if kind == "s3fd" else _options_for(S3FDDetector, thresholds)
@@ -72,10 +70,8 @@ def build_face_detector(kind: str = "auto", weights_dir: str | os.PathLike | Non
         thresholds = {k: v for k, v in thresholds.items() if k != "max_side"}  # cascade keeps 640
     if kind == "auto":
         warnings.warn(
-            f"S3FD weights {WEIGHTS_FILENAME} not found (looked for "
-            f"{describe_s3fd_search(weights_dir)}); falling back to "
-            "OpenCV's Haar cascade, which misses turned faces and gives rougher boxes",
-            FallbackWarning, stacklevel=2,
+            "S3FD weights not found, falling back to OpenCV's Haar cascade, which misses turned "
+            f"faces and gives rougher boxes.\n{missing}", FallbackWarning, stacklevel=2,
         )
         return HaarFaceDetector(**_options_for(HaarFaceDetector, thresholds))
     return HaarFaceDetector(**thresholds)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -30,7 +30,6 @@ from lipgraph.models.face_detection import box_iou
 
 DETECTOR_FILE = "det_10g.onnx"
 LANDMARK_FILE = "2d106det.onnx"
-PACK = "buffalo_l"
 NUM_LANDMARKS = 106
 LATENTSYNC_DET_SIZE = (512, 512)  # LatentSync's det_size since May 2025 (InsightFace's default is 640)
 SCRFD_MEAN, SCRFD_STD = 127.5, 128.0
@@ -45,41 +44,8 @@ class InsightFaceModelError(RuntimeError):
     """An InsightFace ONNX file is missing, unreadable, or not the expected model."""
 
 
-# --------------------------------------------------------------------------- files
-
-
-# Sub-folders of a weights folder that may hold the pack; "checkpoints/auxiliary/models/buffalo_l"
-# is where LatentSync's FaceAnalysis(root="checkpoints/auxiliary") puts it.
-INSIGHTFACE_SUBFOLDERS = (
-    "",
-    PACK,
-    os.path.join("auxiliary", "models", PACK),
-    os.path.join("checkpoints", "auxiliary", "models", PACK),
-    os.path.join("models", PACK),
-    os.path.join("insightface", "models", PACK),
-)
-
-
-def insightface_search_folders(weights_dir: Optional[str] = None) -> List[str]:
-    """Folders searched, in order: the weights folder's, then InsightFace's own download folder.
-
-    InsightFace 0.7.3 always uses ``~/.insightface`` (it reads no environment variable).
-    """
-    folders = [os.path.join(weights_dir, sub) if sub else weights_dir
-               for sub in INSIGHTFACE_SUBFOLDERS] if weights_dir else []
-    return folders + [os.path.join(os.path.expanduser("~"), ".insightface", "models", PACK)]
-
-
-def find_insightface_models(weights_dir: Optional[str] = None) -> Dict[str, Optional[str]]:
-    """``{"detection": path, "landmark_2d_106": path}``, each the first hit or None."""
-    found: Dict[str, Optional[str]] = {"detection": None, "landmark_2d_106": None}
-    for key, name in (("detection", DETECTOR_FILE), ("landmark_2d_106", LANDMARK_FILE)):
-        for folder in insightface_search_folders(weights_dir):
-            path = os.path.join(folder, name)
-            if os.path.isfile(path):
-                found[key] = path
-                break
-    return found
+# The weights table's entries for the two files (models/weight_table.py), by file name.
+INSIGHTFACE_FILES = {"insightface_detector": DETECTOR_FILE, "insightface_landmarks": LANDMARK_FILE}
 
 
 # --------------------------------------------------------------------------- sessions
@@ -386,18 +352,12 @@ class InsightFaceLandmarker:
         self.source = f"{detector.path} + {landmark_model.path}"
 
     @classmethod
-    def from_weights(cls, weights_dir: Optional[str] = None, providers: Providers = None,
-                     det_size: Tuple[int, int] = LATENTSYNC_DET_SIZE, rgb_as_bgr: bool = False,
-                     **kwargs) -> "InsightFaceLandmarker":
-        """Both models from ``find_insightface_models``; raises naming the folders searched."""
-        found = find_insightface_models(weights_dir)
-        missing = [name for key, name in (("detection", DETECTOR_FILE), ("landmark_2d_106", LANDMARK_FILE))
-                   if found[key] is None]
-        if missing:
-            raise InsightFaceModelError(f"InsightFace {' and '.join(missing)} not found in "
-                                        f"{', '.join(insightface_search_folders(weights_dir))}")
-        detector = SCRFDDetector(found["detection"], det_size=det_size, providers=providers, rgb_as_bgr=rgb_as_bgr)
-        model = Landmark106(found["landmark_2d_106"], providers=providers, rgb_as_bgr=rgb_as_bgr)
+    def from_files(cls, detector_path: str, landmark_path: str, providers: Providers = None,
+                   det_size: Tuple[int, int] = LATENTSYNC_DET_SIZE, rgb_as_bgr: bool = False,
+                   **kwargs) -> "InsightFaceLandmarker":
+        """From ``det_10g.onnx`` and ``2d106det.onnx`` (found as ``INSIGHTFACE_FILES``)."""
+        detector = SCRFDDetector(detector_path, det_size=det_size, providers=providers, rgb_as_bgr=rgb_as_bgr)
+        model = Landmark106(landmark_path, providers=providers, rgb_as_bgr=rgb_as_bgr)
         return cls(detector, model, **kwargs)
 
     def select_boxes(self, frames: Sequence[np.ndarray], boxes: Sequence[Box]) -> List[Tuple[np.ndarray, bool]]:

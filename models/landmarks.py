@@ -1,6 +1,6 @@
 """68-point 2D face landmarks: FAN (the face_alignment project's 2DFAN4) or a box-based estimate.
 
-FAN weights come in two forms, both found by ``find_fan_weights``:
+FAN weights come in two forms, both found as the weights table's ``fan_landmarks`` entry:
 - TorchScript archives ``2DFAN4*.zip`` (face_alignment 1.3 / 1.4, e.g. ``2DFAN4-cd938726ad.zip``),
   loaded with ``torch.jit.load``;
 - state dicts ``2DFAN4*.pth.tar`` (face_alignment <= 1.2 and >= 1.5, ``2DFAN4-11f355bf06.pth.tar``),
@@ -13,7 +13,6 @@ follow the iBUG 68-point layout (0..16 jaw, 17..26 brows, 27..35 nose, 36..47 ey
 
 from __future__ import annotations
 
-import glob
 import os
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -24,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lipgraph.models.weights import StateDictMismatchError, check_state_dict
+from lipgraph.models.checkpoint import StateDictMismatchError, check_state_dict, read_state_dict
 
 NUM_LANDMARKS = 68
 INPUT_SIZE = 256
@@ -34,7 +33,6 @@ REFERENCE_SCALE = 195.0
 CROP_UNIT = 200.0
 
 FAN_CONFIG: Dict[str, int] = {"num_modules": 4, "hourglass_depth": 4, "num_features": 256, "num_landmarks": 68}
-FAN_FILE_PATTERNS = ("2DFAN4*.zip", "2DFAN4*.pth.tar")
 
 Box = Sequence[float]
 
@@ -143,16 +141,6 @@ class FAN(nn.Module):
         return heatmaps
 
 
-def _unwrap_state_dict(obj: object, path: str) -> Dict[str, torch.Tensor]:
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise FANWeightsError(f"{path}: expected a FAN state dict (name -> tensor)")
-    if obj and all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
-
-
 def load_fan_state_dict(model: FAN, state_dict: Dict[str, torch.Tensor], path: str) -> None:
     """Strict load: every key used, every entry filled, shapes equal.
 
@@ -171,7 +159,7 @@ def load_fan_state_dict(model: FAN, state_dict: Dict[str, torch.Tensor], path: s
 def load_fan(path: str, device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
     """Load a FAN file (TorchScript ``.zip`` or state-dict ``.pth.tar``), eval mode, gradients off."""
     if not os.path.isfile(path):
-        raise FANWeightsError(f"FAN weights not found: {path}")
+        raise FileNotFoundError(f"FAN weights not found: {path}")
     if path.endswith(".zip"):
         try:
             with warnings.catch_warnings():
@@ -180,37 +168,12 @@ def load_fan(path: str, device: Union[str, torch.device] = "cpu", dtype: torch.d
         except Exception as exc:  # noqa: BLE001 - report the file with the cause
             raise FANWeightsError(f"{path}: not a loadable TorchScript archive ({exc})") from exc
     else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise FANWeightsError(f"{path}: cannot read as a torch state dict ({exc})") from exc
         module = FAN.from_config(FAN_CONFIG)
-        load_fan_state_dict(module, _unwrap_state_dict(obj, path), path)
+        load_fan_state_dict(module, read_state_dict(path, "FAN", FANWeightsError), path)
     module = module.to(device=device, dtype=dtype).eval()
     for p in module.parameters():
         p.requires_grad_(False)
     return module
-
-
-# Sub-folders of a weights folder that may hold FAN: our own layout, then LatentSync's
-# checkpoints (its Hugging Face repo ships auxiliary/2DFAN4-cd938726ad.zip).
-FAN_SUBFOLDERS = ("face_alignment", "auxiliary", os.path.join("checkpoints", "auxiliary"), "")
-
-
-def fan_search_folders(weights_dir: Optional[str] = None) -> List[str]:
-    """Folders searched for FAN, in order: the weights folder's, then torch hub's checkpoints."""
-    folders = [os.path.join(weights_dir, sub) if sub else weights_dir for sub in FAN_SUBFOLDERS] if weights_dir else []
-    return folders + [os.path.join(torch.hub.get_dir(), "checkpoints")]
-
-
-def find_fan_weights(weights_dir: Optional[str] = None) -> Optional[str]:
-    """First FAN file in ``fan_search_folders(weights_dir)``; TorchScript before state dicts per folder."""
-    for folder in fan_search_folders(weights_dir):
-        for pattern in FAN_FILE_PATTERNS:
-            hits = sorted(p for p in glob.glob(os.path.join(folder, pattern)) if os.path.isfile(p))
-            if hits:
-                return hits[0]
-    return None
 
 
 # --------------------------------------------------------------------------- FAN pre/post-processing
@@ -400,39 +363,3 @@ def box_landmarks(box: Box) -> np.ndarray:
     scale = np.array([x2 - x1, y2 - y1])
     # -0.5: the box spans pixel edges, landmarks are in pixel-index coordinates
     return (MEAN_FACE * scale + np.array([x1, y1]) - 0.5).astype(np.float32)
-
-
-class BoxLandmarks:
-    """Landmarks placed from the face box alone (no model); same interface as ``FANLandmarks``."""
-
-    source = "box"
-
-    def landmarks(self, frames: Sequence[np.ndarray], boxes: Sequence[Box]) -> List[np.ndarray]:
-        if len(frames) != len(boxes):
-            raise ValueError(f"got {len(frames)} frames but {len(boxes)} boxes")
-        return [box_landmarks(b) for b in boxes]
-
-
-Landmarker = Union[FANLandmarks, BoxLandmarks]
-
-
-def build_landmarker(
-    weights_dir: Optional[str] = None,
-    device: Union[str, torch.device] = "cpu",
-    dtype: torch.dtype = torch.float32,
-    fan_path: Optional[str] = None,
-) -> Tuple[Landmarker, Optional[str]]:
-    """FAN when its weights are found (or ``fan_path`` is given), else the box estimate and a warning.
-
-    A FAN file that is found or named but cannot be loaded raises ``FANWeightsError``.
-    """
-    path = fan_path or find_fan_weights(weights_dir)
-    if path is not None:
-        return FANLandmarks(load_fan(path, device, dtype), device, dtype, source=path), None
-    searched = fan_search_folders(weights_dir)
-    warning = (
-        f"FAN landmark weights ({' or '.join(FAN_FILE_PATTERNS)}) not found in {', '.join(searched)}; "
-        "LatentSync alignment will use landmarks estimated from the face box (upright, mean proportions), "
-        "which is less accurate for turned or tilted faces"
-    )
-    return BoxLandmarks(), warning

@@ -18,7 +18,7 @@ from .positional import sinusoid_table
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
-from lipgraph.models.weights import check_state_dict, load_checkpoint
+from lipgraph.models.checkpoint import check_state_dict, read_diffusers_config, read_state_dict
 
 # Upstream's PositionalEncoding(d_model=384, max_len=5000).
 PE_MAX_LEN = 5000
@@ -67,7 +67,6 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
 
 def unet_config(config_path_or_dict: str | os.PathLike | Mapping[str, Any]) -> dict:
     """The UNet2DConditionModel keyword arguments from `musetalk.json` (path or parsed dict)."""
-    from .weights import read_diffusers_config
     return read_diffusers_config(config_path_or_dict, "MuseTalk UNet config (musetalk.json)")
 
 
@@ -157,9 +156,7 @@ def load_musetalk_unet(
     """
     dtype = default_dtype(device) if dtype is None else dtype
     unet = build_musetalk_unet(config_path_or_dict, device="meta")
-    state = load_checkpoint(unet_path)
-    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
-        state = state["state_dict"]
+    state = read_state_dict(unet_path, "MuseTalk UNet")
     expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
     check_state_dict(expected, state, unet_path, "MuseTalk UNet")
     unet.load_state_dict(state, strict=True, assign=True)

@@ -192,7 +192,8 @@ def _ensure(folder: str, build) -> None:
 
 def ensure_random_weights(size: str, latentsync: bool, root: str | None = None) -> dict:
     """A MuseTalk-style `models/` folder of random models of `size`, built on first use and
-    kept (under ~/.cache/lipgraph or $LIPGRAPH_CACHE). Returns the paths a graph needs."""
+    kept (under ~/.cache/lipgraph or $LIPGRAPH_CACHE). Returns the paths a graph needs, named
+    as `tiny_weights` names them."""
     if size not in SIZES:
         raise ValueError(f"random weights: size must be one of {', '.join(SIZES)}, got {size!r}")
     base = os.path.join(root or default_root(), size)
@@ -201,7 +202,11 @@ def ensure_random_weights(size: str, latentsync: bool, root: str | None = None) 
         _ensure(main, lambda d: tiny_weights(d, bisenet=True))
     else:
         _ensure(main, full_size_weights)
-    paths = {"root": main, "whisper": os.path.join(main, "whisper"), "unet3d": "", "unet3d_config": ""}
+    paths = {"root": main, "unet": os.path.join(main, "musetalkV15", "unet.pth"),
+             "unet_config": os.path.join(main, "musetalkV15", "musetalk.json"),
+             "vae": os.path.join(main, "sd-vae"), "whisper": os.path.join(main, "whisper"),
+             "parser": os.path.join(main, "face-parse-bisent", "79999_iter.pth"),
+             "unet3d": "", "unet3d_config": ""}
     if latentsync:
         folder = os.path.join(base, LATENTSYNC_FOLDER)
         if size == "tiny":
@@ -213,30 +218,27 @@ def ensure_random_weights(size: str, latentsync: bool, root: str | None = None) 
     return paths
 
 
+def _takes(cls) -> dict[str, str]:
+    """param -> the random model file it takes, as a model stage declares (`random_weights`)."""
+    return getattr(cls, "random_weights", {})
+
+
 def uses_latentsync(graph) -> bool:
-    """Whether a UNet stage asks for LatentSync (as written: without weights, binding has
-    already switched it to its MuseTalk fallback)."""
-    return any(spec.type == "surgical_unet" and (spec.declared or spec.params).get("backend") == "latentsync"
+    """Whether a stage that takes the LatentSync UNet asks for LatentSync (as written: without
+    weights, binding has already switched it to its MuseTalk fallback)."""
+    return any("unet3d" in _takes(spec.cls).values()
+               and (spec.declared or spec.params).get("backend") == "latentsync"
                for spec in graph.stages.values())
 
 
+def weight_sets(stages: dict, paths: dict) -> list[str]:
+    """--set lines that point every model stage (stage name -> class) at the files in `paths`
+    (named as `tiny_weights` names them), by explicit file params (the weights-folder lookup
+    checks published file sizes)."""
+    return [f"{name}.{param}={paths[key]}" for name, cls in stages.items()
+            for param, key in _takes(cls).items() if paths.get(key)]
+
+
 def random_weight_sets(graph, paths: dict) -> list[str]:
-    """--set lines that point every model stage of `graph` at the random models, by
-    explicit file params (the weights-folder lookup checks published file sizes)."""
-    root = paths["root"]
-    files = {
-        "surgical_unet": {"unet": os.path.join(root, "musetalkV15", "unet.pth"),
-                          "unet_config": os.path.join(root, "musetalkV15", "musetalk.json"),
-                          "vae": os.path.join(root, "sd-vae"),
-                          "unet3d": paths["unet3d"], "unet3d_config": paths["unet3d_config"]},
-        "vae_encode": {"vae": os.path.join(root, "sd-vae")},
-        "vae_decode": {"vae": os.path.join(root, "sd-vae")},
-        "whisper_features": {"model": paths["whisper"]},
-        "face_parse": {"parser": os.path.join(root, "face-parse-bisent", "79999_iter.pth")},
-    }
-    sets = []
-    for name, spec in graph.stages.items():
-        for param, value in files.get(spec.type, {}).items():
-            if value:
-                sets.append(f"{name}.{param}={value}")
-    return sets
+    """`weight_sets` for the stages of a loaded graph."""
+    return weight_sets({name: spec.cls for name, spec in graph.stages.items()}, paths)

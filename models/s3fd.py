@@ -26,14 +26,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lipgraph.models.weights import StateDictMismatchError, check_state_dict
+from lipgraph.models.checkpoint import StateDictMismatchError, check_state_dict, read_state_dict
 
 WEIGHTS_FILENAME = "s3fd-619a316812.pth"
-# Names a MuseTalk checkout or a manual download may use for the same file.
-WEIGHTS_ALIASES = (WEIGHTS_FILENAME, "s3fd.pth")
-# Sub-folders of a weights folder: MuseTalk-style ones, then LatentSync's `auxiliary/`.
-WEIGHTS_SUBDIRS = ("", "face_detection", "face-detection", "s3fd", "sfd", "face_detection/sfd",
-                   "auxiliary", "checkpoints/auxiliary")
 
 MEAN_BGR = (104.0, 117.0, 123.0)
 STRIDES = (4, 8, 16, 32, 64, 128)
@@ -155,9 +150,8 @@ class S3FD(nn.Module):
 
 
 def _check_values(state: dict, path: str) -> None:
-    # Keys and shapes are checked by check_state_dict; the values must also be float tensors.
-    bad = [f"{k} ({v.dtype if isinstance(v, torch.Tensor) else type(v).__name__})"
-           for k, v in state.items() if not (isinstance(v, torch.Tensor) and v.is_floating_point())]
+    # Keys and shapes are checked by check_state_dict; the values must also be floating point.
+    bad = [f"{k} ({v.dtype})" for k, v in state.items() if not v.is_floating_point()]
     if bad:
         raise S3FDWeightsError(f"{path}: entries that are not floating-point tensors: {', '.join(bad[:12])}")
 
@@ -166,18 +160,7 @@ def load_s3fd(path: str | os.PathLike, device: str | torch.device = "cpu",
               dtype: torch.dtype = torch.float32) -> S3FD:
     """Load ``s3fd-619a316812.pth`` strictly; returns the model in eval mode, gradients off."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"S3FD weights not found: {path} (expected {WEIGHTS_FILENAME})")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, pickle with code, etc.
-        raise S3FDWeightsError(f"{path}: cannot read as a torch state dict ({exc})") from exc
-    if isinstance(state, dict) and set(state) == {"state_dict"}:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise S3FDWeightsError(
-            f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}"
-        )
+    state = read_state_dict(path, "S3FD face detector", S3FDWeightsError)
     with torch.device("meta"):
         model = S3FD()
     check_state_dict({k: tuple(v.shape) for k, v in model.state_dict().items()}, state, path,
@@ -187,40 +170,6 @@ def load_s3fd(path: str | os.PathLike, device: str | torch.device = "cpu",
     model.to(device=device, dtype=dtype)
     model.eval().requires_grad_(False)
     return model
-
-
-def s3fd_search_paths(weights_dir: str | os.PathLike | None) -> list[str]:
-    """Candidate files, in the order ``find_s3fd_weights`` tries them."""
-    paths = []
-    if weights_dir is not None:
-        weights_dir = os.fspath(weights_dir)
-        for sub in WEIGHTS_SUBDIRS:
-            for name in WEIGHTS_ALIASES:
-                paths.append(os.path.normpath(os.path.join(weights_dir, sub, name)))
-    # Where face_alignment (and so MuseTalk) downloads it on first use.
-    paths.append(os.path.join(torch.hub.get_dir(), "checkpoints", WEIGHTS_FILENAME))
-    return paths
-
-
-def describe_s3fd_search(weights_dir: str | os.PathLike | None) -> str:
-    """Short human description of where ``find_s3fd_weights`` looks."""
-    hub = os.path.join(torch.hub.get_dir(), "checkpoints", WEIGHTS_FILENAME)
-    if weights_dir is None:
-        return hub
-    subs = ", ".join(sub + "/" for sub in WEIGHTS_SUBDIRS if sub)
-    names = " or ".join(WEIGHTS_ALIASES)
-    return f"{names} in {os.fspath(weights_dir)} (top level or {subs}), then {hub}"
-
-
-def find_s3fd_weights(weights_dir: str | os.PathLike | None) -> str | None:
-    """Path of the S3FD checkpoint in ``weights_dir`` (or a usual sub-folder) or the torch hub
-    cache; ``weights_dir`` may also be the file itself. None when nothing is found."""
-    if weights_dir is not None and os.path.isfile(weights_dir):
-        return os.fspath(weights_dir)
-    for path in s3fd_search_paths(weights_dir):
-        if os.path.isfile(path):
-            return path
-    return None
 
 
 # ----------------------------------------------------------------------------- decoding

@@ -135,27 +135,17 @@ def load_syncnet(path: str | os.PathLike, device: str | torch.device = "cpu",
 
     Every key must be present with its shape, except BatchNorm `num_batches_tracked` counters,
     which files saved by old torch versions lack and which play no part in eval."""
-    from .weights import StateDictMismatchError, check_state_dict, load_checkpoint
+    from .checkpoint import check_state_dict, read_state_dict
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"SyncNet weights not found: {path} (expected {WEIGHTS_FILENAME})")
-    state = load_checkpoint(path)
-    if not isinstance(state, Mapping):
-        raise StateDictMismatchError(
-            f"{path}: expected a state dict (name -> tensor) as in {WEIGHTS_FILENAME}, "
-            f"got {type(state).__name__}")
+    state = read_state_dict(path, f"SyncNet ({WEIGHTS_FILENAME})")
     with torch.device("meta"):
         model = SyncNet()
     expected = model.state_dict()
-    state = dict(state)
     for key in expected:
         if key.endswith(".num_batches_tracked") and key not in state:
             state[key] = torch.zeros((), dtype=torch.long)
     check_state_dict({k: tuple(v.shape) for k, v in expected.items()}, state, path,
                      what=f"SyncNet ({WEIGHTS_FILENAME} layout)")
-    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise StateDictMismatchError(f"{path}: entries that are not tensors: {bad[:10]}")
     model.load_state_dict(state, strict=True, assign=True)
     model.to(device=device, dtype=dtype)
     return model.eval().requires_grad_(False)
@@ -350,10 +340,6 @@ def sync_score(video: torch.Tensor, audio: torch.Tensor, vshift: int = VSHIFT) -
                      mean_dists=mean.numpy(), windows=len(video))
 
 
-class NoFaceTrackError(ValueError):
-    """No face track long and large enough to score."""
-
-
 @dataclass
 class _TrackState:
     track: FaceTrack
@@ -444,15 +430,3 @@ def lse_tracks(frames: Iterable, boxes: Sequence[Sequence[float] | None], audio_
                         "windows": st.windows, "offset": score.offset,
                         "lse_c": score.confidence, "lse_d": score.min_dist})
     return results
-
-
-def lse_scores(frames: Iterable, boxes: Sequence[Sequence[float] | None], audio_16k: np.ndarray,
-               fps: float, *, model: Any, **options) -> tuple[float, float]:
-    """(LSE-C, LSE-D) of a video: the mean over its scored face tracks. Raises
-    `NoFaceTrackError` when no track is long and large enough (see `lse_tracks`)."""
-    tracks = lse_tracks(frames, boxes, audio_16k, fps, model=model, **options)
-    if not tracks:
-        raise NoFaceTrackError(
-            f"no face track of more than {options.get('min_track', MIN_TRACK)} frames (at 25 fps) "
-            f"with a mean face size above {options.get('min_face_size', MIN_FACE_SIZE)} px")
-    return (float(np.mean([t["lse_c"] for t in tracks])), float(np.mean([t["lse_d"] for t in tracks])))

@@ -16,7 +16,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from lipgraph.models.musetalk_unet import default_dtype
-from lipgraph.models.weights import check_state_dict, load_checkpoint
+from lipgraph.models.checkpoint import check_state_dict, read_diffusers_config, read_state_dict
 
 SCALING_FACTOR = 0.18215
 SHIFT_FACTOR = 0.0
@@ -42,7 +42,6 @@ _LEGACY_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "pro
 
 def vae_config(config: str | os.PathLike | Mapping[str, Any]) -> dict:
     """AutoencoderKL arguments from a config.json path or dict (diffusers '_' keys dropped)."""
-    from .weights import read_diffusers_config
     return read_diffusers_config(config, "VAE config (config.json)")
 
 
@@ -170,7 +169,7 @@ def load_vae(
     dtype = default_dtype(device) if dtype is None else dtype
     weights, config = _locate(Path(path), config)
     vae = build_vae(config, device="meta")
-    state = _rename_legacy_attention(vae, load_checkpoint(weights))
+    state = _rename_legacy_attention(vae, read_state_dict(weights, "VAE"))
     expected = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
     check_state_dict(expected, state, weights, "VAE (AutoencoderKL)")
     vae.load_state_dict(state, strict=True, assign=True)

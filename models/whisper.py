@@ -26,7 +26,7 @@ from torch import nn
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from lipgraph.models.weights import check_state_dict, load_checkpoint
+from lipgraph.models.checkpoint import check_state_dict, load_checkpoint, read_state_dict
 
 SAMPLE_RATE = 16000
 N_FFT = 400
@@ -280,10 +280,7 @@ def _read_hf_folder(
         weights_path = os.path.join(path, name)
         if not os.path.isfile(weights_path):
             continue
-        state = load_checkpoint(weights_path)
-        if not isinstance(state, dict):
-            raise WhisperCheckpointError(f"{weights_path}: expected a state dict, got {type(state).__name__}")
-        return config, state, weights_path
+        return config, read_state_dict(weights_path, "whisper", WhisperCheckpointError), weights_path
     raise WhisperCheckpointError(f"{path}: no weights file, expected one of {', '.join(HF_WEIGHT_FILES)}")
 
 

@@ -18,11 +18,11 @@ import warnings
 
 from lipgraph.graph.channels import Aborted, Inbox
 from lipgraph.graph.items import EOS
-from lipgraph.graph.stage import StageContext
 from lipgraph.graph.stats import (DepthSeries, StageStats, TraceWriter, cuda_peak_bytes, current_rss_bytes,
                          peak_rss_bytes)
 
-from .runtime import StageFailure, StageRuntime
+from .errors import RunError
+from .runtime import RunContext, RunFailure, StageRuntime
 from .stall import opening_cpu
 from .transport import QueueOutput, Receiver, ShmCodec
 
@@ -70,33 +70,6 @@ class SharedFlag:
                 return False
             time.sleep(min(0.01, left))
         return True
-
-
-class _ChildContext(StageContext):
-    def __init__(self, proc: "GroupProcess", stage: str, stats: StageStats):
-        self.proc, self.stage, self.stats = proc, stage, stats
-        self.run_id = proc.launch.run_id
-        self.group = proc.launch.group
-        self.replica = proc.launch.replica
-        self.replicas = proc.graph.stages[stage].workers
-        self.pulse = 0          # heartbeats: progress inside a long step
-
-    def set_total(self, total):
-        self.proc.send(("total", total))
-
-    def register_temp(self, path):
-        # appended synchronously, so the runner finds it even if this process is killed next
-        with open(os.path.join(self.proc.launch.run_dir, "temps.txt"), "a") as f:
-            f.write(os.path.abspath(path) + "\n")
-
-    def warn(self, message):
-        self.proc.send(("warn", self.stage, message))
-
-    def count(self, key, amount=1, reason=None):
-        self.stats.count(key, amount, reason)
-
-    def heartbeat(self):
-        self.pulse += 1
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -199,7 +172,8 @@ class GroupProcess:
                 else:
                     outs[e.src_port] = self.inboxes[e.dst].channels[e.dst_port]
             stage = spec.cls(name, dict(spec.params), None)
-            stage.ctx = _ChildContext(self, name, stats)
+            stage.ctx = RunContext(self.send, launch.run_dir, name, stats, launch.run_id,
+                                   launch.replica, spec.workers)
             slot = (launch.beacon_slots or {}).get((name, launch.replica))
             beacon = (launch.beacons, slot) if slot is not None else None
             rt = StageRuntime(stage, stats, outs, self.trace, tid, emit_turns=spec.workers > 1,
@@ -256,7 +230,7 @@ class GroupProcess:
         except Aborted:
             pass
         except BaseException as exc:
-            self.fail(exc if isinstance(exc, StageFailure) else rt.failure(exc))
+            self.fail(exc if isinstance(exc, RunFailure) else rt.failure(exc))
         finally:
             if opened:
                 try:
@@ -266,19 +240,18 @@ class GroupProcess:
                         self.fail(rt.failure(exc))
 
     def _receiver_failed(self, exc: BaseException, edge: str) -> None:
-        import traceback
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         dst = edge.split("->")[1].split(".")[0]
         spec = self.graph.stages[dst]
-        self.fail(StageFailure(dst, spec.type, spec.group, None, tb,
-                               f"receiving on edge {edge}: {type(exc).__name__}: {exc}"))
+        self.fail(RunFailure(RunError.raised(
+            exc, f"receiving on edge {edge}: {type(exc).__name__}: {exc}",
+            stage=dst, type=spec.type, group=spec.group)))
 
-    def fail(self, failure: StageFailure) -> None:
+    def fail(self, failure: RunFailure) -> None:
         with self.fail_lock:
             if self.failed.is_set():
                 return
             self.failed.set()
-        self.send(("error", failure.to_dict()))
+        self.send(("error", failure.error))
         for inbox in self.inboxes.values():
             inbox.abort()
 
@@ -330,10 +303,7 @@ class GroupProcess:
         try:
             threads = self.build()
         except BaseException as exc:
-            import traceback
-            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            self.send(("error", {"stage": None, "group": self.launch.group, "index": None,
-                                 "traceback": tb, "message": f"building group: {exc}"}))
+            self.send(("error", RunError.raised(exc, f"building group: {exc}", group=self.launch.group)))
             return 1
         for t in threads:
             t.start()

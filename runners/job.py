@@ -1,11 +1,22 @@
 """Resumable jobs: the link between a graph run and its segmented output's manifest.
 
-A run whose sink writes segments (`mux` with `segment_s` > 0) records, in the manifest
-beside the output, what it is computing: the identity of each input file (size and hashes of
-its first and last MiB) and a digest of the graph (every stage's type and params, and the
-edges). `--resume` checks both against the files and graph given now, refuses with what
-changed if anything did, and otherwise starts the sources at the first frame no completed
-segment holds.
+A run whose sink writes segments records, in the manifest beside the output, what it is
+computing: the identity of each input file (size and hashes of its first and last MiB) and a
+digest of the graph (every stage's type and params, and the edges). `--resume` checks both
+against the files and graph given now, refuses with what changed if anything did, and
+otherwise starts the sources at the first frame no completed segment holds.
+
+The engine knows the stages involved only by the roles they declare (`Stage.roles`), each a
+few class methods that take or return params:
+
+- `segmented_sink` (one per graph): `job_output(params)`, the output file when it is written
+  in segments, else None; `segments_in(workdir, join=True)`, the params that write them into
+  `workdir`; `join_parts(params, manifest)`, joining a split job's parts into the output;
+- `seekable_source`: `seek(start, stop=None)`, the params that make the output begin at
+  frame `start` (and end before `stop`); `frames(params)`, the output's frame count and the
+  frames where a split job prefers to cut.
+
+Params in a stage's `placement_params` stay out of the digest.
 """
 from __future__ import annotations
 
@@ -17,8 +28,7 @@ import os
 from lipgraph.media.identity import file_identity, same_content
 from lipgraph.media.segments import Manifest, remove_work_dir, work_dir
 
-# params that do not change what a run computes (or are set here)
-_NOT_IN_DIGEST = {"mux": {"path", "sidecar", "workdir", "join"}, "video_source": {"start", "stop"}}
+SINK, SOURCE = "segmented_sink", "seekable_source"
 
 
 class ResumeRefused(Exception):
@@ -38,7 +48,7 @@ def graph_params(graph) -> dict:
     out = {}
     for name in graph.topo_order():
         spec = graph.stages[name]
-        skip = _NOT_IN_DIGEST.get(spec.type, set())
+        skip = spec.cls.placement_params
         out[name] = {"type": spec.type, "workers": spec.workers,
                      **{k: v for k, v in sorted(spec.params.items()) if k not in skip}}
     out["(edges)"] = sorted(e.name for e in graph.edges)
@@ -58,21 +68,26 @@ def _inputs(graph) -> dict:
     return found
 
 
+def with_role(graph, role: str) -> list:
+    return [s for s in graph.stages.values() if role in s.cls.roles]
+
+
 def _sink(graph):
-    muxes = [s for s in graph.stages.values() if s.type == "mux"]
-    return muxes[0] if len(muxes) == 1 else None
+    sinks = with_role(graph, SINK)
+    return sinks[0] if len(sinks) == 1 else None
 
 
 def resumable(graph) -> bool:
     sink = _sink(graph)
-    return sink is not None and sink.params.get("segment_s", 0) > 0 and bool(sink.params.get("path"))
+    return sink is not None and bool(sink.cls.job_output(sink.params))
 
 
 def prepare(graph, resume: bool) -> JobPlan:
     """Create (or, resuming, check and continue) the job of this run; set the params that
     make the sources start at the first unfinished frame and the sink write segments."""
     sink = _sink(graph)
-    folder = work_dir(sink.params["path"])
+    output = sink.cls.job_output(sink.params)
+    folder = work_dir(output)
     paths = _inputs(graph)
     missing = [f"stage '{name}': input file not found: {path}"
                for name, path in paths.items() if not os.path.isfile(path)]
@@ -80,7 +95,7 @@ def prepare(graph, resume: bool) -> JobPlan:
         raise ResumeRefused("\n".join(missing))
     inputs = {name: file_identity(path) for name, path in paths.items()}
     params = graph_params(graph)
-    job = {"output": os.path.abspath(sink.params["path"]), "inputs": inputs,
+    job = {"output": os.path.abspath(output), "inputs": inputs,
            "graph": graph.name, "digest": digest(params), "params": params}
     notes: list[str] = []
     start = 0
@@ -109,10 +124,9 @@ def prepare(graph, resume: bool) -> JobPlan:
         remove_work_dir(folder)
     if manifest is None:
         manifest = Manifest.create(folder, job)
-    for spec in graph.stages.values():
-        if spec.type == "video_source":
-            spec.params["start"] = start
-    sink.params["workdir"] = folder
+    for spec in with_role(graph, SOURCE):
+        spec.params.update(spec.cls.seek(start))
+    sink.params.update(sink.cls.segments_in(folder))
     return JobPlan(folder, start, notes, manifest)
 
 

@@ -8,10 +8,9 @@ between groups are bounded queues carrying object references, so frames move thr
 object store (zero-copy on one node); all the queues of a run live in one asyncio actor
 (`EdgeHub`) rather than one actor process per edge; senders keep a few puts in flight and
 receivers take several queued messages per call, since every call is a round trip. Stats,
-progress, the profile,
-the trace and failure handling are the process runner's: a stage error or a dead actor
-stops the job with the stage, the item and the traceback, and every actor and queue of the
-run is killed, so nothing is left running on the cluster.
+progress, the profile, the trace and failure handling are every runner's (`runners.session`):
+a stage error or a dead actor stops the job with the stage, the item and the traceback, and
+every actor and queue of the run is killed, so nothing is left running on the cluster.
 
 Each actor keeps its trace part and temporary-file records in a scratch folder on its own
 node and hands the trace back to the driver at the end (removing a failed run's temporary
@@ -22,20 +21,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import threading
 import time
 
-from lipgraph.graph import shm
-from lipgraph.media.partial import sweep_partials
-
+from .errors import RunError
 from .group import GroupLaunch, GroupProcess
-from .process import ProcessRunner
-from .report import Interrupted, RunOptions, RunResult, interrupted_error
-from .stall import StallWatch, progress_state, stall_error
+from .report import RunOptions
+from .runtime import remove_registered_temps
+from .session import Placement, RunSession, drain
+from .stall import progress_state, stall_error
 from .transport import edge_queue_count
 
-POLL_S = 0.1
 COLLECT_TIMEOUT_S = 15.0    # for each actor to hand back its trace at the end
 STALL_ANSWER_S = 3.0        # for each actor to say what its stages do when the run stalls
 PUT_AHEAD = 4               # puts in flight per sender and edge
@@ -180,7 +176,6 @@ class _Actor:
             return None
         run_dir = self.launch.run_dir
         if failed:
-            from .process import remove_registered_temps
             remove_registered_temps(run_dir)
         trace = getattr(self.group, "trace", None)
         if trace is not None:           # a stopped run's groups may still hold spans
@@ -229,13 +224,10 @@ def actor_options(group, cluster: dict) -> tuple[dict, str | None]:
 def init_ray(address: str | None = None):
     """Connect to the cluster at `address`, or start a local Ray (once per process)."""
     import ray
-    with _init_lock:
-        return _init(ray, address)
-
-
-def _init(ray, address):
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if not ray.is_initialized():
+    with _init_lock:
+        if ray.is_initialized():
+            return ray
         kwargs = {"ignore_reinit_error": True, "include_dashboard": False,
                   "log_to_driver": True, "configure_logging": False}
         if address:
@@ -243,23 +235,15 @@ def _init(ray, address):
         else:
             kwargs["num_cpus"] = max(os.cpu_count() or 1, 1)
         ray.init(**kwargs)
-    return ray
+        return ray
 
 
-class RayRunner(ProcessRunner):
-    name = "ray"
-    driver_node: str | None = None      # this process's Ray node (found at run time)
+class RayActors(Placement):
+    """Every group (each replica) in an actor, the edges in one hub actor."""
 
-    def __init__(self, graph, options: RunOptions | None = None, address: str | None = None):
-        super().__init__(graph, options)
-        self.address = address
-
-    def run(self) -> RunResult:
-        ray = init_ray(self.address)
-        graph = self.graph
-        sweep_partials(self.options.profile_path, self.options.trace_path)
-        run_id = shm.new_run_id()
-        run_dir = self.run_dir = tempfile.mkdtemp(prefix=f"lipgraph-run-{run_id}-")
+    def __init__(self, graph, run_id, run_dir, reporter, address=None, driver_node=None):
+        super().__init__(graph, run_id, run_dir, reporter)
+        ray = self.ray = init_ray(address)
         sizes = {"control": 0}           # 0: unbounded
         for e in graph.edges:
             if graph.is_cross_group(e):
@@ -267,72 +251,96 @@ class RayRunner(ProcessRunner):
                 sizes.update({f"{e.name}#{i}": e.queue_size for i in range(n)})
         hub = ray.remote(EdgeHub).options(num_cpus=0, max_concurrency=10_000).remote(sizes)
         self.handles = [hub]             # every actor of the run (all killed at the end)
-        queues = {}
+        self.queues = {}
         for key in sizes:
             if key != "control":
-                edge, _, i = key.rpartition("#")
-                queues.setdefault(edge, []).append(HubQueue(hub, key, sizes[key]))
-        control = HubQueue(hub, "control", CONTROL_BATCH, ordered=False)   # many senders
-        cluster = ray.cluster_resources()
-        options = {gname: actor_options(group, cluster) for gname, group in graph.groups.items()}
+                self.queues.setdefault(key.rpartition("#")[0], []).append(HubQueue(hub, key, sizes[key]))
+        self.control = HubQueue(hub, "control", CONTROL_BATCH, ordered=False)   # many senders
+        self.driver_node = driver_node or _node_id()
+        self.workers = [(g, r) for g, group in graph.groups.items() for r in range(group.workers)]
+        self.actors, self.futures, self.exits = {}, {}, {}
+        self.left: list | None = None   # what the workers said last, once the hub is gone
+
+    def launch(self) -> RunError | None:
+        cluster = self.ray.cluster_resources()
+        options = {gname: actor_options(group, cluster) for gname, group in self.graph.groups.items()}
         unmet = [f"group '{g}': {why}" for g, (_, why) in options.items() if why]
         if unmet:       # Ray would wait forever for resources no node has
-            for handle in self.handles:
-                ray.kill(handle)
-            shutil.rmtree(run_dir, ignore_errors=True)
-            error = {"kind": "resources", "stage": None, "index": None,
-                     "message": "the cluster cannot place this graph: " + "; ".join(unmet)}
-            return RunResult("failed", self.reporter.finish("failed", error), error, 2)
-        actor_cls = ray.remote(_Actor)
-        self.driver_node = self.driver_node or _node_id()
-        actors, futures = {}, {}
-        for gname, group in graph.groups.items():
-            opts = options[gname][0]
-            for r in range(group.workers):
-                launch = GroupLaunch(graph, gname, r, run_id, queues, control, run_dir,
-                                     bool(self.options.trace_path), os.getpid(), codec=RayCodec())
-                actor = actor_cls.options(**opts).remote()
-                actors[(gname, r)] = actor
-                self.handles.append(actor)
-                futures[(gname, r)] = actor.run.remote(launch, self.driver_node)
-        if self.options.trace_path:
-            self.reporter.trace_parts = [os.path.join(run_dir, f"trace-{g}-{r}.jsonl") for g, r in actors]
-        self.ready, self.n_procs = set(), len(actors)
-        self.go_targets = list(actors.values())
-        self.actors = actors
-        status, error, exit_code = "ok", None, 0
-        done: set = set()
-        old_handlers = self._install_signals()
-        try:
-            error = self._monitor_ray(futures, control, done)
-            if error:
-                status, exit_code = "failed", 1
-        except (KeyboardInterrupt, Interrupted) as exc:
-            status, error, exit_code = interrupted_error(exc)
-            self._restore_signals(old_handlers, ignore=True)    # cleanup always completes
-        finally:
-            self._drain(control, done)
-            try:
-                self._collect(actors, status != "ok")
-            except Exception as exc:        # never in the way of removing the actors
-                self.reporter.warn("runner", f"could not collect the groups' traces: {exc}")
-            for handle in self.handles:
-                try:
-                    ray.kill(handle)
-                except Exception:
-                    pass
-            if status != "ok":
-                self._remove_temps(run_dir)
-            profile = self.reporter.finish(status, error)
-            shutil.rmtree(run_dir, ignore_errors=True)
-            self._restore_signals(old_handlers)
-        return RunResult(status, profile, error, exit_code)
+            return RunError("resources", "the cluster cannot place this graph: " + "; ".join(unmet))
+        actor_cls = self.ray.remote(_Actor)
+        for key in self.workers:
+            launch = GroupLaunch(self.graph, *key, self.run_id, self.queues, self.control,
+                                 self.run_dir, self.trace, os.getpid(), codec=RayCodec())
+            actor = self.actors[key] = actor_cls.options(**options[key[0]][0]).remote()
+            self.handles.append(actor)
+            self.futures[key] = actor.run.remote(launch, self.driver_node)
+        return None
 
-    def _collect(self, actors: dict, failed: bool) -> None:
+    def events(self, timeout: float):
+        return iter(self.left) if self.left is not None else drain(self.control, timeout)
+
+    def go(self) -> None:
+        for actor in self.actors.values():
+            actor.start.remote()
+
+    def ended(self) -> dict:
+        pending = {ref: key for key, ref in self.futures.items() if key not in self.exits}
+        if pending:
+            finished, _ = self.ray.wait(list(pending), timeout=0, num_returns=len(pending))
+            for ref in finished:
+                try:
+                    self.exits[pending[ref]] = self.ray.get(ref)
+                except Exception as exc:       # the actor died (killed, node lost)
+                    self.exits[pending[ref]] = exc
+        return self.exits
+
+    def lost(self, key, how) -> RunError:
+        snap = self.reporter.processes.get(key) or {}
+        notes = [f"stage '{s['stage']}' had reached item {s['last_index']}"
+                 for s in snap.get("stages", []) if s.get("last_index") is not None]
+        why = (f"died ({type(how).__name__})" if isinstance(how, BaseException)
+               else "stopped without reporting")
+        return self.lost_error(key, "actor", why, notes)
+
+    def progress(self):
+        # actors still being placed or starting have sent nothing yet: that is Ray's
+        # scheduling, not a stall of the graph, so the clock starts once all have reported
+        if len(self.reporter.processes) < len(self.workers):
+            return None
+        return progress_state(self.reporter.processes)
+
+    def stall_error(self, timeout: float) -> RunError:
+        refs = {key: self.actors[key].stall_report.remote() for key in self.workers
+                if key not in self.exits}
+        reports, silent = [], []
+        deadline = time.monotonic() + STALL_ANSWER_S
+        for key, ref in refs.items():
+            try:
+                reports += self.ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
+            except Exception:
+                silent.append(f"{self.name(key, 'actor')} did not answer")
+        return stall_error(timeout, reports, silent, self.graph)
+
+    def stop_all(self, failed: bool) -> None:
+        """Take what is left on the control queue, hand every trace back (a failed run's
+        temporary files removed where they were written), then kill every actor."""
+        try:
+            self.left = list(drain(self.control))
+            self._collect(failed)
+        except Exception as exc:        # never in the way of removing the actors
+            self.left = self.left or []
+            self.reporter.warn("runner", f"could not collect the groups' traces: {exc}")
+        for handle in self.handles:
+            try:
+                self.ray.kill(handle)
+            except Exception:
+                pass
+
+    def _collect(self, failed: bool) -> None:
         """Traces of every group into the driver's scratch folder (from whichever node ran
         it), and a failed run's temporary files removed where they were written."""
-        import ray
-        refs = {key: actor.collect.remote(failed) for key, actor in actors.items()}
+        ray = self.ray
+        refs = {key: actor.collect.remote(failed) for key, actor in self.actors.items()}
         texts = {}
         for key, ref in refs.items():
             try:
@@ -340,7 +348,7 @@ class RayRunner(ProcessRunner):
             except Exception:           # the actor died with its node or was killed
                 pass
         try:                            # remote scratch folders go once all is collected
-            ray.get([actor.clean.remote() for actor in actors.values()], timeout=COLLECT_TIMEOUT_S)
+            ray.get([actor.clean.remote() for actor in self.actors.values()], timeout=COLLECT_TIMEOUT_S)
         except Exception:
             pass
         os.makedirs(self.run_dir, exist_ok=True)
@@ -349,69 +357,21 @@ class RayRunner(ProcessRunner):
                 with open(os.path.join(self.run_dir, f"trace-{gname}-{r}.jsonl"), "w") as f:
                     f.write(text)
 
-    def _on_all_ready(self) -> None:
-        for actor in self.go_targets:
-            actor.start.remote()
 
-    def _monitor_ray(self, futures: dict, control, done: set) -> dict | None:
-        import ray
-        pending = dict(futures)
-        watch = StallWatch(self.options.stall_timeout_s)
-        while True:
-            err = self._drain(control, done, timeout=POLL_S)
-            if err:
-                return err
-            # actors still being placed or starting have sent nothing yet: that is Ray's
-            # scheduling, not a stall of the graph, so the clock starts once all have reported
-            if (watch.on and len(self.reporter.processes) >= len(futures)
-                    and watch.stalled(progress_state(self.reporter.processes))):
-                return self._stall_error_ray(pending, watch.timeout)
-            if pending:
-                finished, _ = ray.wait(list(pending.values()), timeout=0, num_returns=len(pending))
-                for ref in finished:
-                    key = next(k for k, v in pending.items() if v == ref)
-                    del pending[key]
-                    try:
-                        code = ray.get(ref)
-                    except Exception as exc:       # the actor died (killed, node lost)
-                        time.sleep(0.5)
-                        return self._drain(control, done) or self._actor_lost(key, exc)
-                    if code != 0:
-                        time.sleep(0.5)
-                        return self._drain(control, done) or self._actor_lost(key, None)
-            if not pending and len(done) == len(futures):
-                return None
-            if self.cancelled is not None:
-                return self._cancel_error()
-            self.reporter.tick()
+class RayRunner(RunSession):
+    name = "ray"
+    driver_node: str | None = None      # this process's Ray node (found at run time)
 
-    def _stall_error_ray(self, pending: dict, timeout: float) -> dict:
-        import ray
-        refs = {key: self.actors[key].stall_report.remote() for key in pending}
-        reports, silent = [], []
-        deadline = time.monotonic() + STALL_ANSWER_S
-        for key, ref in refs.items():
-            try:
-                reports += ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
-            except Exception:
-                gname, replica = key
-                silent.append(f"actor of group '{gname}' (stages: "
-                              f"{', '.join(self.graph.groups[gname].stages)}) did not answer")
-        replicas = {name: st.workers for name, st in self.graph.stages.items()}
-        return stall_error(timeout, reports, silent, replicas)
+    def __init__(self, graph, options: RunOptions | None = None, address: str | None = None):
+        super().__init__(graph, options)
+        self.address = address
+        self.handles: list = []
 
-    def _actor_lost(self, key, exc) -> dict:
-        gname, replica = key
-        stages = self.graph.groups[gname].stages
-        last = []
-        snap = self.reporter.processes.get(key)
-        for s in (snap or {}).get("stages", []):
-            if s.get("last_index") is not None:
-                last.append(f"stage '{s['stage']}' had reached item {s['last_index']}")
-        rep = f"[{replica}]" if self.graph.groups[gname].workers > 1 else ""
-        why = f"died ({type(exc).__name__})" if exc is not None else "stopped without reporting"
-        msg = f"actor of group '{gname}'{rep} (stages: {', '.join(stages)}) {why}"
-        if last:
-            msg += "; " + ", ".join(last)
-        return {"kind": "killed", "stage": stages[0] if len(stages) == 1 else None,
-                "group": gname, "index": None, "message": msg}
+    def run(self):
+        init_ray(self.address)      # first: Ray's SIGTERM handler gives way to the run's
+        return super().run()
+
+    def place(self, run_id: str, run_dir: str) -> RayActors:
+        place = RayActors(self.graph, run_id, run_dir, self.reporter, self.address, self.driver_node)
+        self.handles = place.handles
+        return place

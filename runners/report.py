@@ -9,6 +9,9 @@ from typing import Any
 
 from lipgraph.graph.profile import build_profile, format_table, merge_traces, write_json_atomic
 
+# the run's error and signals, importable from here too (`runners.scaleout`)
+from .errors import Interrupted, RunError, format_error, interrupted_error, raise_interrupted  # noqa: F401
+
 
 @dataclasses.dataclass
 class RunOptions:
@@ -26,47 +29,12 @@ class RunOptions:
 class RunResult:
     status: str                          # ok | failed | interrupted
     profile: dict
-    error: dict | None = None
+    error: RunError | None = None
     exit_code: int = 0
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
-
-
-class Interrupted(Exception):
-    """A signal (SIGTERM) asked the run to stop; SIGINT arrives as KeyboardInterrupt."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-
-
-def raise_interrupted(signum, frame):
-    raise Interrupted(signum)
-
-
-def interrupted_error(exc: BaseException) -> tuple[str, dict, int]:
-    """(status, error, exit code) of a run stopped by a signal."""
-    import signal
-    signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-    return ("interrupted",
-            {"kind": "interrupted",
-             "message": f"interrupted by {signal.Signals(signum).name}: run stopped"},
-            128 + signum)
-
-
-
-def format_error(error: dict) -> str:
-    stage, index = error.get("stage"), error.get("index")
-    if error.get("kind") == "killed":
-        return error["message"]
-    if error.get("kind") in ("interrupted", "cancelled", "resources", "stalled"):
-        return error["message"]
-    from .runtime import describe_where
-    head = (f"stage '{stage}' ({error.get('type')}, group {error.get('group')}) failed "
-            f"{describe_where(index, error.get('after'), error.get('last'))}: {error.get('message')}")
-    tb = error.get("traceback")
-    return head + ("\n" + tb.rstrip() if tb else "")
 
 
 class Progress:
@@ -177,14 +145,14 @@ class Reporter:
                           f"{getattr(exc, 'filename', '') or ''}; the run goes on without it")
             return False
 
-    def profile(self, status: str, error: dict | None = None) -> dict:
+    def profile(self, status: str, error: RunError | None = None) -> dict:
         extra = dict(self.options.extra)
         if getattr(self.graph, "notes", None):
             extra["notes"] = list(self.graph.notes)
         return build_profile(self.graph, self.processes, runner=self.runner, status=status,
-                             started=self.started, error=error, total=self.total, extra=extra)
+                             started=self.started, error=error and error.to_dict(), total=self.total, extra=extra)
 
-    def finish(self, status: str, error: dict | None = None) -> dict:
+    def finish(self, status: str, error: RunError | None = None) -> dict:
         self.progress.update(self.items_done(), self.total, force=True)
         self.progress.done()
         prof = self.profile(status, error)

@@ -1,48 +1,59 @@
 """One stage at run time: its instance, its stats, and where its output ports lead.
 
-Both runners drive stages through `StageRuntime`, so timing, tracing, latency at sinks and
-error context are identical whether a stage runs in a thread of a group process or in the
-single-process inline runner. An `Output` is anything with ``put(msg) -> seconds blocked``.
+Every runner drives stages through `StageRuntime` and `RunContext`, so timing, tracing,
+latency at sinks and error context are identical whether a stage runs in a thread of a group
+process, of a Ray actor or of the inline runner. An `Output` is anything with ``put(msg) -> seconds blocked``.
 """
 from __future__ import annotations
 
+import os
 import time
-import traceback
 from typing import Any, Protocol
 
 from lipgraph.graph.items import EOS, Batch, Flush, Info, Item, count_items
-from lipgraph.graph.stage import Stage
+from lipgraph.graph.stage import Stage, StageContext
 from lipgraph.graph.stats import StageStats, TraceWriter
+
+from .errors import RunError
 
 
 class Output(Protocol):
     def put(self, msg: Any) -> float: ...
 
 
-class StageFailure(Exception):
-    """A stage raised: carries the stage, the item index and the original traceback text."""
+class RunFailure(Exception):
+    """Fails the run with `error` (a stage raised: the stage, the item, the traceback)."""
 
-    def __init__(self, stage: str, stage_type: str, group: str, index: int | None, tb: str,
-                 message: str, after: int | None = None, last: int | None = None):
-        self.stage, self.stage_type, self.group = stage, stage_type, group
-        self.index, self.tb, self.message, self.after, self.last = index, tb, message, after, last
-        super().__init__(f"stage '{stage}' ({stage_type}, group {group}) failed "
-                         f"{describe_where(index, after, last)}: {message}")
-
-    def to_dict(self) -> dict:
-        return {"stage": self.stage, "type": self.stage_type, "group": self.group,
-                "index": self.index, "after": self.after, "last": self.last,
-                "traceback": self.tb, "message": self.message}
+    def __init__(self, error: RunError):
+        super().__init__(error.describe())
+        self.error = error
 
 
-def describe_where(index: int | None, after: int | None = None, last: int | None = None) -> str:
-    if index is not None and last is not None and last != index:
-        return f"at items {index}..{last} (one batch)"
-    if index is not None:
-        return f"at item {index}"
-    if after is not None:
-        return f"after item {after} (producing the next one)"
-    return "outside any item (setup, control message or end of stream)"
+class RunContext(StageContext):
+    """What a stage may ask of its run; messages for the session go out through `send`."""
+
+    def __init__(self, send, run_dir: str, stage: str, stats: StageStats, run_id: str = "local",
+                 replica: int = 0, replicas: int = 1):
+        self.send, self.run_dir, self.stage, self.stats = send, run_dir, stage, stats
+        self.group, self.run_id, self.replica, self.replicas = stats.group, run_id, replica, replicas
+        self.pulse = 0          # heartbeats: progress inside a long step
+
+    def set_total(self, total):
+        self.send(("total", total))
+
+    def register_temp(self, path):
+        # appended at once, so the session finds it even if this process is killed next
+        with open(os.path.join(self.run_dir, "temps.txt"), "a") as f:
+            f.write(os.path.abspath(path) + "\n")
+
+    def warn(self, message):
+        self.send(("warn", self.stage, message))
+
+    def count(self, key, amount=1, reason=None):
+        self.stats.count(key, amount, reason)
+
+    def heartbeat(self):
+        self.pulse += 1
 
 
 class StageRuntime:
@@ -90,11 +101,10 @@ class StageRuntime:
             arr, slot = self.beacon
             arr[2 * slot + 1] = msg.last_index
 
-    def failure(self, exc: BaseException) -> StageFailure:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        msg = f"{type(exc).__name__}: {exc}"
-        return StageFailure(self.stage.name, self.stats.type, self.stats.group, self.current, tb,
-                            msg, after=self.emitted, last=self.current_last)
+    def failure(self, exc: BaseException) -> RunFailure:
+        return RunFailure(RunError.raised(exc, stage=self.stage.name, type=self.stats.type,
+                                            group=self.stats.group, index=self.current,
+                                            after=self.emitted, last=self.current_last))
 
     # ----- lifecycle --------------------------------------------------------------------
     def open(self) -> None:
@@ -217,3 +227,19 @@ class StageRuntime:
                 f"stage '{self.stage.name}' accepts none of its open inputs ({', '.join(sorted(open_ports))}); "
                 "it holds a message on every input yet emitted nothing")
         return ports
+
+
+def remove_registered_temps(run_dir: str) -> None:
+    """Delete the temporary files stages registered in the run's scratch folder (the
+    unfinished outputs of a failed run)."""
+    path = os.path.join(run_dir, "temps.txt")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        for line in f:
+            p = line.strip()
+            if p and os.path.exists(p):
+                try:
+                    os.unlink(p)
+                except OSError:
+                    pass

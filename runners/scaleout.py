@@ -28,8 +28,8 @@ import time
 
 import yaml
 
-from lipgraph.graph.spec import GraphError, load_graph, shortcut_sets
-from lipgraph.media.segments import Manifest, join_segments, remove_work_dir
+from lipgraph.graph.spec import GraphError, load_graph
+from lipgraph.media.segments import Manifest, remove_work_dir
 
 from . import get_runner, job
 from .report import Interrupted, RunOptions, interrupted_error, raise_interrupted
@@ -40,10 +40,10 @@ def _runner(graph, name: str, options: RunOptions, address: str | None):
     return cls(graph, options, address=address) if name == "ray" else cls(graph, options)
 
 
-def _stage(graph, type_name: str):
-    specs = [s for s in graph.stages.values() if s.type == type_name]
+def _one(graph, role: str):
+    specs = job.with_role(graph, role)
     if len(specs) != 1:
-        raise GraphError([f"{graph.path}: a split job needs exactly one {type_name} stage"])
+        raise GraphError([f"{graph.path}: a split job needs exactly one {role} stage"])
     return specs[0]
 
 
@@ -83,17 +83,15 @@ class SplitResult:
 
 def run_split(graph, parts: int, runner: str = "ray", address: str | None = None,
               options: RunOptions | None = None, stream=None) -> SplitResult:
-    """Run `graph` (validated, its mux writing segments) as `parts` pipelines side by side."""
-    from lipgraph.stages.video_source import VideoSource
+    """Run `graph` (validated, its sink writing segments) as `parts` pipelines side by side."""
     stream = stream or sys.stderr
     options = options or RunOptions()
     if runner == "ray":                 # connect once, before the parts' threads start
         from .ray_runner import init_ray
         init_ray(address)
-    video, mux = _stage(graph, "video_source"), _stage(graph, "mux")
+    source, sink = _one(graph, job.SOURCE), _one(graph, job.SINK)
     plan = job.prepare(graph, resume=False)
-    vinfo, total, _ = VideoSource.plan(video.params)
-    keys = VideoSource.output_keyframes(video.params, vinfo)
+    total, keys = source.cls.frames(source.params)
     ranges = part_ranges(total, parts, keys)
     record = plan.manifest.data
     t0 = time.monotonic()
@@ -106,8 +104,8 @@ def run_split(graph, parts: int, runner: str = "ray", address: str | None = None
         folder = os.path.join(plan.workdir, f"part-{k:03d}")
         manifests.append(Manifest.create(folder, {kk: v for kk, v in record.items()
                                                   if kk not in ("segments", "start", "version")}, start=a))
-        part.stages[video.name].params.update(start=a, stop=b)
-        part.stages[mux.name].params.update(workdir=folder, join=False)
+        part.stages[source.name].params.update(source.cls.seek(a, b))
+        part.stages[sink.name].params.update(sink.cls.segments_in(folder, join=False))
         opts = dataclasses.replace(options, progress=False, table=False,
                                    profile_path=(f"{options.profile_path}.part-{k}.json"
                                                  if options.profile_path else None),
@@ -147,8 +145,7 @@ def run_split(graph, parts: int, runner: str = "ray", address: str | None = None
             remove_work_dir(plan.workdir)
             return SplitResult(False, results, wall, format_error(failed[0].error), 1)
         done = [Manifest.load(m.folder) for m in manifests]     # as the parts left them
-        join_segments(Manifest.combined(done), mux.params["path"], mux.params["audio"] or None,
-                      mux.params["sidecar"] or None, mux.cls.metadata(mux.params))
+        sink.cls.join_parts(sink.params, Manifest.combined(done))
     except (KeyboardInterrupt, Interrupted) as exc:
         _, error, code = interrupted_error(exc)
         for part_runner in runners:
@@ -202,10 +199,10 @@ def read_jobs(path: str, default_graph: str | None = None) -> list[JobSpec]:
 
 def run_jobs(specs: list[JobSpec], runner: str = "ray", address: str | None = None,
              retries: int = 1, concurrency: int = 2, stream=None,
-             stall_timeout_s: float = 300.0) -> list[dict]:
+             stall_timeout_s: float = 300.0, check=None) -> list[dict]:
     """Run every job (up to `concurrency` at once), retrying failures; one job's failure
-    never stops another. Returns one status record per job, in order."""
-    from lipgraph.stages.preflight import preflight
+    never stops another. `check(graph)` raises on a job that cannot start (the stages'
+    preflight). Returns one status record per job, in order."""
     from .report import format_error
     stream = stream or sys.stderr
     if runner == "ray":
@@ -223,11 +220,12 @@ def run_jobs(specs: list[JobSpec], runner: str = "ray", address: str | None = No
                 rec["attempts"] += 1
                 t = time.monotonic()
                 try:
-                    graph = load_graph(spec.graph, shortcut_sets(spec.graph, spec.args) + spec.sets)
-                    preflight(graph)
+                    graph = load_graph(spec.graph, spec.sets, shortcuts=spec.args)
+                    if check is not None:
+                        check(graph)
                     if job.resumable(graph):
                         job.prepare(graph, resume=False)
-                    out = spec.args["output"]
+                    out = graph.output_path()
                     result = _runner(graph, runner, RunOptions(
                         progress=False, table=False, profile_path=out + ".profile.json",
                         stall_timeout_s=stall_timeout_s), address).run()

@@ -18,14 +18,11 @@ import os
 import time
 import traceback
 
+from .errors import RunError, describe_where
+
 BUSY = ("busy", "opening")          # states in which a thread is inside a stage's own code
 STACK_FRAMES = 25                   # innermost frames shown per stuck thread
 _ENGINE = os.path.join("runners", "runtime.py")
-
-
-class StallError(BaseException):
-    """Raised into the inline runner's thread when the watchdog fires. A BaseException, so a
-    stage's own `except Exception` does not swallow it."""
 
 
 class StallWatch:
@@ -39,9 +36,6 @@ class StallWatch:
     @property
     def on(self) -> bool:
         return self.timeout > 0
-
-    def beat(self) -> None:
-        self.since = time.monotonic()
 
     def stalled(self, state=None) -> bool:
         """Record the current progress state; True once it has not changed for the timeout."""
@@ -110,7 +104,6 @@ def stage_report(rt, frames: dict, replica: int = 0) -> dict:
 
 
 def _where(r: dict) -> str:
-    from .runtime import describe_where
     if r["index"] is None and r["after"] is None:
         return "outside any item"
     return describe_where(r["index"], r["after"], r["last"])
@@ -122,10 +115,10 @@ def _name(r: dict, replicas: dict) -> str:
 
 
 def stall_error(timeout: float, reports: list[dict], silent: list[str] | None = None,
-                replicas: dict | None = None) -> dict:
+                graph=None) -> RunError:
     """The run's error once the watchdog fired. `reports`: `stage_report`s of every stage
     that answered; `silent`: one line per process that could not answer (stopped, frozen)."""
-    replicas = replicas or {}
+    replicas = {name: st.workers for name, st in graph.stages.items()} if graph else {}
     silent = silent or []
     busy = [r for r in reports if r["state"] in BUSY]
     lines = [f"stalled: nothing moved for {timeout:g} s (no stage finished an item, no message "
@@ -147,7 +140,6 @@ def stall_error(timeout: float, reports: list[dict], silent: list[str] | None = 
             return f"{_name(r, replicas)} {what} for {r['for_s']:g} s"
         lines.append("other stages: " + "; ".join(state(r) for r in rest))
     one = busy[0] if len(busy) == 1 else None
-    return {"kind": "stalled", "stage": one["stage"] if one else None,
-            "group": one["group"] if one else None, "index": one["index"] if one else None,
-            "message": "\n".join(lines),
-            "stacks": {f"{r['stage']}[{r['replica']}]": r["stack"] for r in busy if r["stack"]}}
+    return RunError("stalled", "\n".join(lines), stage=one["stage"] if one else None,
+                    group=one["group"] if one else None, index=one["index"] if one else None,
+                    stacks={f"{r['stage']}[{r['replica']}]": r["stack"] for r in busy if r["stack"]})

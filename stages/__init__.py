@@ -1,8 +1,12 @@
-"""Stage types available to graph files, by name.
+"""The pipeline's stage types, registered by name when this package is imported (the
+command line imports it).
 
 Each entry maps a `type:` name to ``module:Class``; modules are imported only when a graph
-uses the type (spawned processes import them by name).
+uses the type (spawned processes import them by path). The synthetic stages of the engine's
+tests and benchmarks (`synthetic.py`, `standins.py`) are not registered here: those that
+use them register them.
 """
+from lipgraph.graph.registry import register
 
 STAGE_TYPES = {
     # engine building blocks
@@ -24,14 +28,8 @@ STAGE_TYPES = {
     "face_parse": "lipgraph.stages.face_parse:FaceParse",
     "blend": "lipgraph.stages.blend:Blend",
     "mux": "lipgraph.stages.mux:Mux",
-    # synthetic stages for tests and benchmarks of the engine
-    "synthetic_source": "lipgraph.stages.synthetic:SyntheticSource",
-    "synthetic_map": "lipgraph.stages.synthetic:SyntheticMap",
-    "synthetic_router": "lipgraph.stages.synthetic:SyntheticRouter",
-    "synthetic_tee": "lipgraph.stages.synthetic:SyntheticTee",
-    "synthetic_zip": "lipgraph.stages.synthetic:SyntheticZip",
-    "synthetic_batch_map": "lipgraph.stages.synthetic:SyntheticBatchMap",
-    "synthetic_rebatch": "lipgraph.stages.synthetic:SyntheticRebatch",
-    "synthetic_unbatch": "lipgraph.stages.synthetic:SyntheticUnbatch",
-    "synthetic_sink": "lipgraph.stages.synthetic:SyntheticSink",
 }
+
+for _name, _target in STAGE_TYPES.items():
+    register(_name, _target)
+

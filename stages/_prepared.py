@@ -24,10 +24,10 @@ import zlib
 
 import numpy as np
 
+from .fields import CACHED     # the per-frame fields a record may hold
+
 SLOT = np.dtype([("offset", "<u8"), ("length", "<u4"), ("crc", "<u4")])
 FORMAT = 2          # 1 pickled records (entries of that format are rebuilt, never unpickled)
-# per-frame fields a record may hold
-FIELDS = ("box", "face_box", "crop_box", "mask", "latents", "aligned", "affine", "align", "ls_latents")
 
 
 class PreparedStore:
@@ -167,7 +167,7 @@ def decode_record(blob: bytes) -> dict:
 def record_of(data: dict) -> dict:
     """The storable fields of a frame's data (masks as float16: within 1/2000 of the value)."""
     rec = {}
-    for k in FIELDS:
+    for k in CACHED:
         if k in data:
             v = data[k]
             if k == "mask" and v is not None:

@@ -1,8 +1,10 @@
 """Where a stage's model files come from: an explicit path param, or the weights folder.
 
-`--weights DIR` points at a MuseTalk-style `models/` folder (also searched: the Hugging Face
-hub cache and the torch hub cache). run_graph resolves every stage's files before starting,
-so a user missing several files gets one error that lists them all (stages/preflight.py).
+`--weights DIR` points at a MuseTalk `models/` folder, a LatentSync `checkpoints/` folder or a
+checkout (also searched: the Hugging Face hub cache and the torch hub cache; the places are in
+models/weight_table.py). run_graph resolves every stage's required files before starting, so a
+user missing several files gets one error that lists them all (stages/preflight.py); files a
+stage can do without are looked up when it opens, and their absence is a warning.
 """
 from __future__ import annotations
 
@@ -10,13 +12,21 @@ import os
 
 
 def resolve(stage, names: list[str]) -> dict:
-    from lipgraph.models.weights import resolve_weights
+    from lipgraph.models.weight_finder import resolve_weights
     return resolve_weights(stage.p.get("weights") or None, names)
+
+
+def find_optional(folder: str | None, names: list[str]):
+    """Files a stage can do without: `(found paths, MissingWeightsError or None)`, the error
+    being the message of the stage's warning. Sizes are not checked: a damaged file at a
+    known place fails loudly when loaded rather than being passed over."""
+    from lipgraph.models.weight_finder import find_weights
+    return find_weights(folder or None, names, check_size=False)
 
 
 def check_weights(graph) -> None:
     """Resolve every stage's required model files; one MissingWeightsError for all."""
-    from lipgraph.models.weights import MissingWeightsError, resolve_weights
+    from lipgraph.models.weight_finder import MissingWeightsError, resolve_weights
     by_dir: dict = {}
     for spec in graph.stages.values():
         need = getattr(spec.cls, "required_weights", None)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from lipgraph.graph.items import Info, Item
 from lipgraph.graph.stage import Stage
 
+from .fields import names
+
 SAMPLE_RATE = 16000
 
 
@@ -18,6 +20,8 @@ class AudioSource(Stage):
     # peak: also measure the whole clip's log-mel peak first (LatentSync's features need it);
     # auto: when the graph's UNet uses LatentSync's conventions
     params = {"path": "", "chunk_s": 1.0, "peak": "auto"}
+    reads = ()
+    writes = names("pcm")
 
     @classmethod
     def bind(cls, params, graph, notes):

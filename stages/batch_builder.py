@@ -18,21 +18,17 @@ from lipgraph.graph.batching import BatchRouter
 from lipgraph.graph.items import Batch
 from lipgraph.graph.stage import Stage
 
-# per-frame model inputs stacked for the GPU stages: new frames only, or context first
-_NEW_ONLY = ("crop", "audio", "latents")
-_WITH_CONTEXT = ("aligned", "audio_ls", "ls_latents")
-_STACKED = {"crop": "crops", "audio": "audio", "latents": "cached_latents", "aligned": "aligned",
-            "audio_ls": "audio_ls", "ls_latents": "cached_ls_latents"}
+from .fields import STACKED, STACKED_FLOAT32, WITH_CONTEXT, names
 
 
 def stack_batch(items, context=()) -> Batch:
-    """A batch with per-frame inputs stacked (context frames, if any, first)."""
+    """A batch with per-frame model inputs stacked (context frames, if any, first)."""
     data = {"n_context": len(context)}
-    for key in _NEW_ONLY + _WITH_CONTEXT:
-        rows = list(context) + list(items) if key in _WITH_CONTEXT else list(items)
+    for key, stacked in STACKED.items():
+        rows = list(context) + list(items) if key in WITH_CONTEXT else list(items)
         if rows and all(key in _data(r) for r in rows):
             arr = np.stack([_data(r)[key] for r in rows])
-            data[_STACKED[key]] = arr.astype(np.float32) if key.startswith("audio") else arr
+            data[stacked] = arr.astype(np.float32) if key in STACKED_FLOAT32 else arr
     return Batch(list(items), data)
 
 
@@ -50,7 +46,7 @@ class WindowRouter(BatchRouter):
     def _window(self, items) -> Batch:
         need = self.size - len(items)
         context = self.history[-need:] if need > 0 else []
-        kept = (self.history + [{k: it.data[k] for k in _WITH_CONTEXT if k in it.data}
+        kept = (self.history + [{k: it.data[k] for k in WITH_CONTEXT if k in it.data}
                                 for it in items])
         self.history = kept[-(self.size - 1):] if self.size > 1 else []
         return stack_batch(items, context)
@@ -73,6 +69,8 @@ class WindowRouter(BatchRouter):
 class BatchBuilder(Stage):
     outputs = ("main", "bypass")
     params = {"mode": "auto", "batch_size": 8, "window": 16}
+    reads = names("box")
+    writes = names("n_context", *STACKED.values())
 
     @classmethod
     def bind(cls, params, graph, notes):

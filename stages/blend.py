@@ -15,14 +15,14 @@ import numpy as np
 
 from lipgraph.graph.stage import Stage
 
-# per-frame working data not needed after blending (lighter messages downstream)
-_DROP = ("crop", "face", "mask", "audio", "audio_ls", "crop_box", "aligned", "affine", "latents",
-         "ls_latents", "cached", "lm68", "lm106", "align")
+from .fields import WORKING, names
 
 
 class Blend(Stage):
     stateless = True
     params = {}
+    reads = names("frame", "face")
+    writes = names("convention", "edit", "restore")
 
     def process(self, batch, port):
         convention = batch.data.get("convention", "musetalk")
@@ -30,7 +30,7 @@ class Blend(Stage):
         for item in batch.members():
             item.data["convention"] = convention
             paste(item.data)
-            for key in _DROP:
+            for key in WORKING:      # lighter messages downstream
                 item.data.pop(key, None)
         batch.data.clear()
         yield "out", batch

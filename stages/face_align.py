@@ -19,11 +19,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from lipgraph.graph.items import Info
 from lipgraph.graph.stage import Stage
+
+from .fields import names
 
 
 class FaceAlign(Stage):
     params = {"enabled": "auto", "weights": "", "resolution": 0, "mask": "", "smooth": True}
+    reads = names("frame", "box")
+    writes = names("aligned", "affine", "align")
 
     @classmethod
     def bind(cls, params, graph, notes):
@@ -55,8 +60,8 @@ class FaceAlign(Stage):
         self.prev_index = None
 
     def on_info(self, info, port):
-        if self.on:
-            info.data.update(ls_mask=self.p["mask"])
+        if self.on:     # a new message: the one received may be another stage's too
+            info = Info(info.data, ls_mask=self.p["mask"])
         return super().on_info(info, port)
 
     def process(self, item, port):

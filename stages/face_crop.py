@@ -12,11 +12,15 @@ import numpy as np
 
 from lipgraph.graph.stage import Stage
 
+from .fields import names
+
 
 class FaceCrop(Stage):
     stateless = True
     # enabled auto: when the graph's UNet (or its fallback) is MuseTalk
     params = {"enabled": "auto", "box": "landmarks", "extra_margin": 10, "size": 256}
+    reads = names("frame", "box")
+    writes = names("face_box", "crop")
 
     @classmethod
     def bind(cls, params, graph, notes):

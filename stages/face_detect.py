@@ -25,6 +25,7 @@ from lipgraph.graph.stage import Stage
 
 from ._torch import (DEVICE_PARAMS, check_device_params, inference, resolve_device,
                      resolve_dtype, run_halving)
+from .fields import names
 
 TRACK_IOU = 0.3     # two boxes this similar are the same face (interpolation is safe)
 AUTO_EVERY = 8      # detect_every: auto detects at least this often
@@ -35,6 +36,9 @@ class FaceDetect(Stage):
     params = {"detector": "auto", "weights": "", "detect_every": "1", "batch_size": 8,
               "max_side": 0, "channel_order": "auto", "score_threshold": 0.5,
               "nms_threshold": 0.3, **DEVICE_PARAMS}
+    reads = names("frame")
+    writes = names("box")
+
     @classmethod
     def bind(cls, params, graph, notes):
         if params["channel_order"] == "auto":

@@ -20,6 +20,8 @@ from lipgraph.graph.stage import Stage
 
 from ._torch import (DEVICE_PARAMS, check_device_params, inference, resolve_device,
                      resolve_dtype, run_halving)
+from ._weights import find_optional
+from .fields import names
 
 FAN_SOURCE = ("2DFAN4 of the face_alignment project (2DFAN4-cd938726ad.zip; LatentSync's "
               "Hugging Face repo ships it as auxiliary/2DFAN4-cd938726ad.zip)")
@@ -30,6 +32,8 @@ INSIGHTFACE_SOURCE = ("InsightFace's buffalo_l pack (det_10g.onnx and 2d106det.o
 class FaceLandmarks(Stage):
     params = {"sets": "auto", "alignment": "auto", "weights": "", "fan": "", "insightface": "",
               "batch_size": 8, **DEVICE_PARAMS}
+    reads = names("frame", "box")
+    writes = names("lm68", "lm106")
 
     @classmethod
     def bind(cls, params, graph, notes):
@@ -65,30 +69,29 @@ class FaceLandmarks(Stage):
         self.fan = self.lm106 = None
         weights = self.p["weights"] or None
         if "106" in sets:
-            from lipgraph.models.insightface import (DETECTOR_FILE, LANDMARK_FILE, InsightFaceLandmarker,
-                                            find_insightface_models, insightface_search_folders)
-            folder = self.p["insightface"] or weights
-            found = find_insightface_models(folder)
-            if all(found.values()):
+            from lipgraph.models.insightface import INSIGHTFACE_FILES, InsightFaceLandmarker
+            found, missing = find_optional(self.p["insightface"] or weights, list(INSIGHTFACE_FILES))
+            if missing is None:
                 # upstream hands InsightFace its RGB frames where BGR is expected: the same here
                 providers = None if self.p["device"] == "auto" else self.p["device"]
-                self.lm106 = InsightFaceLandmarker.from_weights(folder, providers=providers,
-                                                                rgb_as_bgr=True)
+                self.lm106 = InsightFaceLandmarker.from_files(
+                    found["insightface_detector"], found["insightface_landmarks"],
+                    providers=providers, rgb_as_bgr=True)
             else:
-                files = {"detection": DETECTOR_FILE, "landmark_2d_106": LANDMARK_FILE}
-                missing = [files[k] for k, v in found.items() if v is None]
-                self.ctx.warn(f"InsightFace {' and '.join(missing)} not found (looked in "
-                              f"{', '.join(insightface_search_folders(folder))}): LatentSync 1.6 faces "
-                              f"are aligned with 68 FAN points instead. Get {INSIGHTFACE_SOURCE}")
+                files = " and ".join(INSIGHTFACE_FILES[n] for n in missing.missing)
+                self.ctx.warn(f"InsightFace {files} not found: LatentSync 1.6 faces are aligned "
+                              f"with 68 FAN points instead. Get {INSIGHTFACE_SOURCE}\n{missing}")
                 sets.add("68")
         if "68" in sets:
-            from lipgraph.models.landmarks import FANLandmarks, fan_search_folders, find_fan_weights, load_fan
-            path = self.p["fan"] or find_fan_weights(weights)
-            if path is None:
-                self.ctx.warn(f"FAN landmark weights not found (looked in "
-                              f"{', '.join(fan_search_folders(weights))}): MuseTalk's face box is the "
+            from lipgraph.models.landmarks import FANLandmarks, load_fan
+            path, missing = self.p["fan"], None
+            if not path:
+                found, missing = find_optional(weights, ["fan_landmarks"])
+                path = found.get("fan_landmarks")
+            if missing is not None:
+                self.ctx.warn(f"FAN landmark weights not found: MuseTalk's face box is the "
                               f"detector's box, not upstream's box from 68 landmarks, and LatentSync's "
-                              f"alignment estimates points from the box. Get {FAN_SOURCE}")
+                              f"alignment estimates points from the box. Get {FAN_SOURCE}\n{missing}")
             else:
                 device = resolve_device(self.p["device"])
                 dtype = resolve_dtype(self.p["dtype"], device)

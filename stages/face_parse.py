@@ -14,11 +14,16 @@ from lipgraph.graph.stage import Stage
 
 from ._torch import (DEVICE_PARAMS, check_device_params, inference, resolve_device,
                      resolve_dtype, run_halving)
+from .fields import names
 
 
 class FaceParse(Stage):
     params = {"weights": "", "parser": "", "mode": "jaw", "parse_every": 1, "expand": 1.5,
               **DEVICE_PARAMS}
+    # param -> the file of the random models it takes (models/random_weights.py)
+    random_weights = {"parser": "parser"}
+    reads = names("frame")          # and face_box, on MuseTalk's batches
+    writes = names("crop_box", "mask")
 
     @classmethod
     def validate_params(cls, params):
@@ -30,18 +35,20 @@ class FaceParse(Stage):
         return problems
 
     def open(self):
-        from lipgraph.models.bisenet import FaceParser, find_bisenet_weights, load_bisenet
+        from lipgraph.models.bisenet import FaceParser, load_bisenet
+
+        from ._weights import find_optional
         self.parser = None
         path, resnet = self.p["parser"] or None, None
-        if path is None and self.p["weights"]:
-            found = find_bisenet_weights(self.p["weights"])
-            if found:
-                path, resnet = found
         if path is None:
-            self.ctx.warn("face parsing weights (face-parse-bisent/79999_iter.pth) not found under "
-                          f"{self.p['weights'] or '(no --weights)'}: blending with a feathered "
-                          "lower-face mask instead of parsing")
-        else:
+            found, missing = find_optional(self.p["weights"], ["face_parse"])
+            path = found.get("face_parse")
+            if path is None:
+                self.ctx.warn("face parsing weights not found: blending with a feathered "
+                              f"lower-face mask instead of parsing.\n{missing}")
+            else:
+                resnet = find_optional(self.p["weights"], ["face_parse_resnet"])[0].get("face_parse_resnet")
+        if path is not None:
             device = resolve_device(self.p["device"])
             dtype = resolve_dtype(self.p["dtype"], device)
             self.parser = FaceParser(load_bisenet(path, resnet, device=device, dtype=dtype))

@@ -11,6 +11,7 @@ class Merge(Stage):
     whole (or split into items with `unbatch: true`). Holds at most one message per input."""
 
     params = {"inputs": ["main", "bypass"], "unbatch": False}
+    reads = writes = ()
 
     @classmethod
     def ports(cls, params):

@@ -20,6 +20,8 @@ from __future__ import annotations
 from lipgraph.graph.ordering import OrderedMerge
 from lipgraph.graph.stage import Stage
 
+from .fields import names
+
 
 class Mux(Stage):
     inputs = ("main", "bypass")
@@ -27,6 +29,29 @@ class Mux(Stage):
     params = {"path": "", "audio": "", "crf": 18, "preset": "medium", "codec": "libx264",
               "pix_fmt": "yuv420p", "sidecar": "", "segment_s": 10.0, "workdir": "", "join": True,
               "comment": ""}
+    reads = names("frame")
+    writes = ()
+    roles = ("segmented_sink",)
+    placement_params = ("path", "sidecar", "workdir", "join")
+
+    # ----- segmented_sink: what resumable and split jobs ask (runners/job.py) -----------
+    @staticmethod
+    def job_output(params: dict) -> str | None:
+        """The output file when it is written in segments (the run is a resumable job)."""
+        return params["path"] if params["segment_s"] > 0 and params["path"] else None
+
+    @staticmethod
+    def segments_in(workdir: str, join: bool = True) -> dict:
+        """Params that write the segments into `workdir`; `join=False` leaves them there
+        for the driver of a split job to join."""
+        return {"workdir": workdir} if join else {"workdir": workdir, "join": False}
+
+    @classmethod
+    def join_parts(cls, params: dict, manifest) -> None:
+        """Join the segments of a split job's parts (one combined manifest) into the output."""
+        from lipgraph.media.segments import join_segments
+        join_segments(manifest, params["path"], params["audio"] or None, params["sidecar"] or None,
+                      cls.metadata(params))
 
     @classmethod
     def validate_params(cls, params):

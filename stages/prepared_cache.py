@@ -18,6 +18,8 @@ import os
 
 from lipgraph.graph.stage import Stage
 
+from .fields import names
+
 # stage types whose params shape the stored work
 _VIDEO_SIDE = ("face_detect", "face_landmarks", "face_crop", "face_align", "vae_encode", "face_parse")
 _NOT_SHAPING = {"batch_size"}
@@ -49,6 +51,8 @@ def cache_key(graph: dict) -> tuple[str, str]:
 class _CacheStage(Stage):
     params = {"dir": "", "key": "", "video_id": "", "video": ""}
     bind_order = 1      # after the stages whose params it digests
+    # a cache hit restores fields their own stages write (those stages then skip the work)
+    reads = writes = ()
 
     @classmethod
     def bind(cls, params, graph, notes):
@@ -77,6 +81,8 @@ class _CacheStage(Stage):
 
 
 class CacheRead(_CacheStage):
+    writes = names("cached")
+
     def process(self, item, port):
         if self.store is not None:
             from ._prepared import restore

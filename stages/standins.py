@@ -15,10 +15,14 @@ import numpy as np
 
 from lipgraph.graph.stage import Stage
 
+from .fields import names
+
 
 class PatternFaces(Stage):
     stateless = True
     params = {"pattern": "", "box": [0, 0, 1, 1]}
+    reads = names("frame")
+    writes = names("box")
 
     def process(self, item, port):
         from lipgraph.tools.synthetic import read_id
@@ -31,6 +35,8 @@ class PatternFaces(Stage):
 class ZeroTokens(Stage):
     stateless = True
     params = {}
+    reads = names("box")
+    writes = names("audio")
 
     def process(self, item, port):
         if item.data.get("box") is not None:
@@ -41,6 +47,8 @@ class ZeroTokens(Stage):
 class CopyFace(Stage):
     stateless = True
     params = {}
+    reads = names("crops")
+    writes = names("face")
 
     def process(self, batch, port):
         crops = batch.data.pop("crops")

@@ -6,7 +6,9 @@ UNet3D (`version: "1.5"` at 256 px or `"1.6"` at 512 px) with `fallback: musetal
 
 - LatentSync's weights missing: one note at startup, and the whole run is MuseTalk (every
   `auto` stage then prepares MuseTalk's inputs only);
-- LatentSync failing to load: one warning naming the reason, the whole run uses MuseTalk;
+- LatentSync failing to load: one warning naming the reason, the whole run uses MuseTalk
+  (vae_encode, which may run in another process, still prepares LatentSync's inputs: each
+  window drops them here and MuseTalk encodes its own from the crops);
 - a window failing at run time (CUDA out of memory, non-finite output, any error): that
   window is redone with MuseTalk from the same frames, in MuseTalk's conventions, and the run
   goes on. Fallbacks are counted per reason in the profile (`fallback_windows`,
@@ -18,6 +20,10 @@ from __future__ import annotations
 from lipgraph.graph.stage import Stage
 
 from ._torch import DEVICE_PARAMS, check_device_params, free_cuda_cache, is_oom
+from .fields import names, unet_inputs
+
+# what a window falling back to MuseTalk drops: LatentSync's inputs and any partial output
+_DISCARD = unet_inputs("latentsync") + names("pred")
 
 
 class SurgicalUNet(Stage):
@@ -28,7 +34,12 @@ class SurgicalUNet(Stage):
               "version": "auto", "unet3d": "", "unet3d_config": "", "steps": 20, "guidance": 1.5,
               "cache_interval": 0, "seed": 1247,
               **DEVICE_PARAMS}
+    # param -> the file of the random models it takes (models/random_weights.py)
+    random_weights = {"unet": "unet", "unet_config": "unet_config", "vae": "vae",
+                      "unet3d": "unet3d", "unet3d_config": "unet3d_config"}
     bind_order = -1
+    reads = ()              # what each backend needs depends on it and on the window
+    writes = names("pred", "convention")
 
     @classmethod
     def validate_params(cls, params):
@@ -66,7 +77,7 @@ class SurgicalUNet(Stage):
             if not os.path.exists(params["unet3d"]):
                 missing = f"{params['unet3d']} does not exist"
         else:
-            from lipgraph.models.weights import MissingWeightsError, resolve_weights
+            from lipgraph.models.weight_finder import MissingWeightsError, resolve_weights
             try:
                 resolve_weights(params["weights"] or None, need)
             except MissingWeightsError as exc:
@@ -87,7 +98,7 @@ class SurgicalUNet(Stage):
         return need
 
     def open(self):
-        from .backends import DISABLED, backend_class
+        from .backends import backend_class
         from .backends.musetalk import MuseTalkBackend
         name = self.p["backend"]
         self.fallback = None
@@ -100,9 +111,8 @@ class SurgicalUNet(Stage):
                 raise
             self.backend = None
             self.load_reason = f"{name} failed to load"          # the profile's reason
-            failure = f"{self.load_reason}: {type(exc).__name__}: {exc}"
-            DISABLED[name] = failure
-            self.ctx.warn(f"{failure}; the whole run uses MuseTalk")
+            self.ctx.warn(f"{self.load_reason}: {type(exc).__name__}: {exc}; "
+                          "the whole run uses MuseTalk")
 
     def process(self, batch, port):
         if self.backend is None:
@@ -124,7 +134,7 @@ class SurgicalUNet(Stage):
         yield "out", batch
 
     def _fall_back(self, batch, reason: str) -> None:
-        for key in [k for k in batch.data if k.startswith("ls_")] + ["pred"]:
+        for key in _DISCARD:
             batch.data.pop(key, None)
         free_cuda_cache()
         self.fallback.run(batch)
@@ -150,7 +160,8 @@ def checkpoint_version(unet3d: str, weights: str) -> str:
     size, in our layout by its folder); 1.5 when nothing tells."""
     import os
 
-    from lipgraph.models.weights import WEIGHT_FILES, find_weight, shared_variant
+    from lipgraph.models.weight_finder import find_weight, shared_variant
+    from lipgraph.models.weight_table import WEIGHT_FILES
     by_name = {"latentsync15_unet": "1.5", "latentsync16_unet": "1.6"}
     if unet3d:
         return by_name.get(shared_variant(unet3d), "1.5") if os.path.isfile(unet3d) else "1.5"

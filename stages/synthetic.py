@@ -5,6 +5,9 @@ every item arrived once, in order, through the expected path. `fail_at` raises a
 `kill_at` SIGKILLs the stage's own process at an index, `hang_at` never returns from that
 index (a stuck driver: for the stall watchdog), `delay_s` simulates work that waits (I/O, a
 GPU kernel) and `spin_s` work that holds a CPU core.
+
+Importing this module registers the `synthetic_*` types; the package does not, so only the
+tests (tests/conftest.py, through $LIPGRAPH_STAGE_MODULES) and benchmarks that use them do.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import numpy as np
 from lipgraph.graph.batching import BatchRouter, Rebatcher
 from lipgraph.graph.items import Info, Item
 from lipgraph.graph.ordering import OrderedMerge
+from lipgraph.graph.registry import register
 from lipgraph.graph.stage import Stage
 
 
@@ -313,3 +317,11 @@ class SyntheticSink(Stage):
     def close(self):
         if self.f:   # not finished: a failed run; the runner removes the temporary file
             self.f.close()
+
+
+for _name, _cls in {"synthetic_source": SyntheticSource, "synthetic_map": SyntheticMap,
+                    "synthetic_router": SyntheticRouter, "synthetic_tee": SyntheticTee,
+                    "synthetic_zip": SyntheticZip, "synthetic_batch_map": SyntheticBatchMap,
+                    "synthetic_rebatch": SyntheticRebatch, "synthetic_unbatch": SyntheticUnbatch,
+                    "synthetic_sink": SyntheticSink}.items():
+    register(_name, f"{__name__}:{_cls.__name__}")

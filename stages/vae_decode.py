@@ -5,10 +5,15 @@ from lipgraph.graph.stage import Stage
 
 from ._torch import DEVICE_PARAMS, check_device_params, inference, run_halving
 from ._weights import load_shared_vae, vae_required_weights
+from .fields import names
 
 
 class VAEDecode(Stage):
     params = {"weights": "", "vae": "", **DEVICE_PARAMS}
+    # param -> the file of the random models it takes (models/random_weights.py)
+    random_weights = {"vae": "vae"}
+    reads = names("pred")
+    writes = names("face")
 
     @classmethod
     def validate_params(cls, params):

@@ -15,12 +15,17 @@ from lipgraph.graph.stage import Stage
 
 from ._torch import DEVICE_PARAMS, check_device_params, inference, run_halving
 from ._weights import load_shared_vae, vae_required_weights
+from .fields import names, unet_inputs
 
 
 class VAEEncode(Stage):
     # keep: also leave each frame's latents on the frame (for the prepared cache)
     params = {"convention": "auto", "weights": "", "vae": "", "sample": False, "seed": 0,
               "keep": "auto", **DEVICE_PARAMS}
+    # param -> the file of the random models it takes (models/random_weights.py)
+    random_weights = {"vae": "vae"}
+    reads = ()              # crops or aligned faces, by convention
+    writes = names("latents", "ls_latents", *unet_inputs("latentsync"))
 
     @classmethod
     def bind(cls, params, graph, notes):
@@ -50,11 +55,9 @@ class VAEEncode(Stage):
         if self.p["sample"]:
             self.generator = torch.Generator(device=self.vae.device).manual_seed(self.p["seed"])
 
-
     def process(self, batch, port):
-        from .backends import DISABLED
         with inference():
-            if self.p["convention"] == "latentsync" and "latentsync" not in DISABLED:
+            if self.p["convention"] == "latentsync":
                 self._encode_latentsync(batch)
             else:
                 self._encode_musetalk(batch)

@@ -50,6 +50,8 @@ from fractions import Fraction
 from lipgraph.graph.items import Info, Item
 from lipgraph.graph.stage import Stage
 
+from .fields import names
+
 
 class VideoSource(Stage):
     inputs = ()
@@ -61,6 +63,10 @@ class VideoSource(Stage):
     # fps: `source` or a constant output rate (a string, so "30000/1001" stays exact)
     params = {"path": "", "audio": "", "length": "audio", "threads": "AUTO", "chunk": 32,
               "start": 0, "preroll": 8, "stop": 0, "fps": "source"}
+    reads = ()
+    writes = names("frame", "src_index", "preroll")
+    roles = ("seekable_source",)
+    placement_params = ("start", "stop")
 
     @staticmethod
     def output_rate(params: dict) -> Fraction | None:
@@ -136,6 +142,18 @@ class VideoSource(Stage):
         picks = resampled_frames(params["path"], rate)
         found = np.searchsorted(picks, keys, side="left")
         return sorted({int(r) for r in found if r < len(picks)})
+
+    # ----- seekable_source: what resumable and split jobs ask (runners/job.py) ----------
+    @staticmethod
+    def seek(start: int, stop: int | None = None) -> dict:
+        """Params that make the output begin at frame `start` (and end before `stop`)."""
+        return {"start": start} if stop is None else {"start": start, "stop": stop}
+
+    @classmethod
+    def frames(cls, params: dict) -> tuple[int, list[int]]:
+        """The output's frame count and the frames where a split job prefers to cut."""
+        vinfo, total, _ = cls.plan(params)
+        return total, cls.output_keyframes(params, vinfo)
 
     def open(self):
         self.vinfo, self.total, self.limit_s = self.plan(self.p)

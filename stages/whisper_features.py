@@ -14,6 +14,7 @@ from lipgraph.graph.stage import Stage
 
 from ._torch import (DEVICE_PARAMS, check_device_params, inference, quiet_model_libraries,
                      resolve_device, resolve_dtype)
+from .fields import names
 
 
 FEATURE_KEYS = {"musetalk": "audio", "latentsync": "audio_ls"}
@@ -23,6 +24,10 @@ class WhisperFeatures(Stage):
     inputs = ("frames", "audio")
     outputs = ("out",)
     params = {"weights": "", "model": "", "flavour": "auto", **DEVICE_PARAMS}
+    # param -> the file of the random models it takes (models/random_weights.py)
+    random_weights = {"model": "whisper"}
+    reads = {"frames": names("box"), "audio": names("pcm")}
+    writes = names(*FEATURE_KEYS.values())
 
     @classmethod
     def bind(cls, params, graph, notes):

@@ -7,6 +7,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+import lipgraph.stages  # noqa: E402,F401  (registers the pipeline's stage types)
+from lipgraph.graph.registry import MODULES_ENV  # noqa: E402
+
+# the engine tests' synthetic stage types, here and in the command lines the tests start
+os.environ[MODULES_ENV] = "lipgraph.stages.synthetic"
+
 SPECS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
 
 

@@ -14,18 +14,9 @@ import torch
 from lipgraph.media.audio import probe_audio
 from lipgraph.media.video import VideoReader, pingpong_indices, probe_video
 from lipgraph.media.writer import VideoWriter
-from lipgraph.tools.ab_compare import (
-    PSNR_CAP_DB,
-    OutputFigures,
-    Run,
-    SourceFrames,
-    TemporalStability,
-    analyse,
-    luma,
-    psnr,
-    ssim,
-    ssim_valid,
-)
+from lipgraph.tools.ab_metrics import PSNR_CAP_DB, OutputFigures, TemporalStability, luma, psnr, ssim, ssim_valid
+from lipgraph.tools.ab_runs import Run
+from lipgraph.tools.ab_video import SourceFrames, analyse
 from lipgraph.tools.synthetic import clip_frames, make_clip, model_sets, read_id, speech_like, write_wav
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,10 +106,9 @@ def test_temporal_stability_on_a_hand_made_sequence():
 
 
 def test_source_frames_serve_ping_pong_with_bounded_decoding(tmp_path, monkeypatch):
-    import lipgraph.media.video
     opened = []
-    init = media.video.VideoReader.__init__
-    monkeypatch.setattr(media.video.VideoReader, "__init__",
+    init = VideoReader.__init__
+    monkeypatch.setattr(VideoReader, "__init__",
                         lambda self, *a, **k: (opened.append(1), init(self, *a, **k))[1])
     frames = clip_frames("C" * 30, 96, 64)
     path = str(tmp_path / "in.mkv")

@@ -15,7 +15,6 @@ from lipgraph.media.audio_features import (
     frame_start_step,
     latentsync_mel_peak,
     musetalk_pad_unit,
-    reference_features,
     time_start_step,
 )
 from lipgraph.models.whisper import (
@@ -25,6 +24,7 @@ from lipgraph.models.whisper import (
     log_mel,
     mel_filters,
 )
+from tests.audio_oracle import reference_features
 
 SR = 16000
 FPS_VALUES = [25, 29.97, 30, 60]

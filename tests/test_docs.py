@@ -11,13 +11,20 @@ from lipgraph.graph import registry
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def is_stage_type(name: str) -> bool:
+    try:
+        return bool(registry.resolve(name))
+    except registry.UnknownStageType:
+        return False
+
+
 def documented() -> dict[str, set[str]]:
     """stage type -> params named in the table rows of its section(s)."""
     text = open(os.path.join(ROOT, "docs", "params.md")).read()
     found: dict[str, set[str]] = {}
     for section in re.split(r"^## ", text, flags=re.M)[1:]:
         title, _, body = section.partition("\n")
-        types = [t for t in re.findall(r"`([a-z_]+)`", title) if t in registry.known_types()]
+        types = [t for t in re.findall(r"`([a-z_]+)`", title) if is_stage_type(t)]
         types = types or ["*" + title.strip()]
         names = set()
         for row in re.findall(r"^\| (`[^|]+)\|", body, flags=re.M):

@@ -204,3 +204,33 @@ def test_a_number_given_for_a_text_param_is_that_text(tmp_path):
         load_graph("configs/graphs/musetalk.yaml", ["video.path=a.mp4", "audio.path=b.wav",
                                                     "video.audio=b.wav", "mux.path=c.mp4",
                                                     "detect.detect_every=0"])
+
+
+def test_engine_imports_no_stage_module(tmp_path):
+    """The engine knows stage types only by what registers itself: importing it and loading
+    a graph of synthetic stages (registered through $LIPGRAPH_STAGE_MODULES) imports no
+    module of the pipeline's stages."""
+    code = ("import sys, lipgraph.graph.spec, lipgraph.graph.plan, lipgraph.runners.job, "
+            "lipgraph.runners.scaleout, lipgraph.runners.process, lipgraph.runners.inline; "
+            "lipgraph.graph.spec.load_graph(sys.argv[1]); "
+            "print(*sorted(m for m in sys.modules if m.startswith('lipgraph.stages')))")
+    out = subprocess.run([sys.executable, "-c", code, write_graph(tmp_path, base())], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["lipgraph.stages", "lipgraph.stages.synthetic"]
+
+
+def test_shortcuts_set_their_params_and_name_the_output(tmp_path):
+    from lipgraph.graph.spec import read_outline
+    doc = base()
+    doc["args"] = {"output": "sink.path", "count": ["src.count"]}
+    path = write_graph(tmp_path, doc)
+    outline = read_outline(path)
+    assert outline.shortcuts == {"output": ["sink.path"], "count": ["src.count"]}
+    assert outline.output_stage == "sink"
+    g = load_graph(path, ["src.count=9"], shortcuts={"output": "o.jsonl", "count": "5"})
+    assert g.output_path() == "o.jsonl" and g.output_stage().name == "sink"
+    assert g.stages["src"].params["count"] == 9          # an explicit --set wins
+    with pytest.raises(GraphError, match=r"no shortcut 'video' \(args: output, count\)"):
+        load_graph(path, shortcuts={"video": "a.mp4"})
+    assert read_outline("musetalk").shortcuts["output"] == ["mux.path"]   # a built-in graph by name

@@ -18,10 +18,10 @@ from lipgraph.models.insightface import (  # noqa: E402
     Landmark106,
     SCRFDDetector,
     decode_scrfd,
-    find_insightface_models,
     latentsync_face_choice,
     nms,
 )
+from lipgraph.models.weight_finder import find_weights  # noqa: E402
 from lipgraph.vision import latentsync_align as la  # noqa: E402
 
 DET_OUTPUTS = ["448", "471", "494", "451", "474", "497", "454", "477", "500"]
@@ -223,6 +223,12 @@ def test_landmark_input_is_raw_rgb(tmp_path):
 # --------------------------------------------------------------------------- finder + landmarker
 
 
+def find_insightface_models(folder):
+    found, _ = find_weights(folder, ["insightface_detector", "insightface_landmarks"], check_size=False)
+    return {key: found.get(name) and str(found[name])
+            for key, name in (("detection", "insightface_detector"), ("landmark_2d_106", "insightface_landmarks"))}
+
+
 def test_find_insightface_models(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     weights = tmp_path / "weights"
@@ -250,13 +256,15 @@ def test_find_insightface_models(tmp_path, monkeypatch):
 def test_landmarker_uses_matching_detection(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     weights = tmp_path / "weights"
-    with pytest.raises(InsightFaceModelError, match="det_10g.onnx and 2d106det.onnx not found"):
-        InsightFaceLandmarker.from_weights(str(weights))
+    with pytest.raises(InsightFaceModelError, match="InsightFace model not found: .*det_10g.onnx"):
+        InsightFaceLandmarker.from_files(str(weights / "det_10g.onnx"), str(weights / "2d106det.onnx"))
     (weights / "buffalo_l").mkdir(parents=True)
     make_detector(weights / "buffalo_l" / "det_10g.onnx")
     pred = np.random.default_rng(1).uniform(-1, 1, 212)
     make_landmark_model(weights / "buffalo_l" / "2d106det.onnx", bias=pred)
-    lm = InsightFaceLandmarker.from_weights(str(weights), providers="cpu", det_size=(128, 128))
+    found = find_insightface_models(str(weights))
+    lm = InsightFaceLandmarker.from_files(found["detection"], found["landmark_2d_106"], providers="cpu",
+                                          det_size=(128, 128))
     frames = [red_square_frame(), np.zeros((240, 320, 3), np.uint8), red_square_frame()]
     boxes = [(130, 70, 230, 190), (130, 70, 230, 190), (0, 0, 40, 40)]
     chosen = lm.select_boxes(frames, boxes)

@@ -8,7 +8,8 @@ import shutil
 import pytest
 
 from lipgraph.graph.spec import load_graph
-from lipgraph.models.weights import WEIGHT_FILES, resolve_weights
+from lipgraph.models.weight_finder import find_weights, resolve_weights
+from lipgraph.models.weight_table import WEIGHT_FILES
 from lipgraph.tools import download_weights as D
 
 SURGICAL = "configs/graphs/surgical.yaml"
@@ -54,8 +55,8 @@ def test_upstream_folders_run_the_surgical_graph_without_renaming(tmp_path, monk
     found = resolve_weights(str(weights), ["whisper_tiny_openai", f"latentsync{version.replace('.', '')}_unet"],
                             search_caches=False)
     assert all(str(path).startswith(str(ckpt)) for path in found.values())
-    from lipgraph.models.insightface import find_insightface_models
-    assert all(find_insightface_models(str(weights)).values())
+    assert find_weights(str(weights), ["insightface_detector", "insightface_landmarks"],
+                        check_size=False)[1] is None
 
 
 def test_a_16_checkpoint_is_never_taken_for_15(tmp_path):

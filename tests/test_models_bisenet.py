@@ -9,9 +9,9 @@ from lipgraph.models.bisenet import (
     BiSeNet,
     BiSeNetWeightsError,
     FaceParser,
-    find_bisenet_weights,
     load_bisenet,
 )
+from lipgraph.models.weight_finder import find_weights
 from tests.spec_keys import check_rejects_bad_files, read_keys_tsv, state_dict_keys
 
 N_BN_COUNTERS = 31
@@ -151,6 +151,14 @@ def test_resnet_file_is_validated_then_overridden(tmp_path, weights):
         load_bisenet(path, resnet_path=tmp_path / "missing_resnet.pth")
 
 
+def find_bisenet_weights(folder):
+    """(79999_iter.pth, resnet18 file or None) as the face_parse stage finds them, or None."""
+    found, _ = find_weights(folder, ["face_parse", "face_parse_resnet"], check_size=False,
+                            search_caches=False)
+    main, resnet = found.get("face_parse"), found.get("face_parse_resnet")
+    return None if main is None else (str(main), resnet and str(resnet))
+
+
 def test_find_bisenet_weights(tmp_path):
     assert find_bisenet_weights(tmp_path) is None
     folder = tmp_path / "face-parse-bisent"
@@ -162,6 +170,7 @@ def test_find_bisenet_weights(tmp_path):
                                               str(folder / "resnet18-5c106cde.pth"))
     os.remove(folder / "resnet18-5c106cde.pth")
     assert find_bisenet_weights(tmp_path) == (str(folder / "79999_iter.pth"), None)
+    assert find_bisenet_weights(folder) == (str(folder / "79999_iter.pth"), None)  # the folder itself
 
 
 def test_forward_shapes(model):

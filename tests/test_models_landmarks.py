@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -8,18 +10,16 @@ from lipgraph.models import landmarks as lmk
 from lipgraph.models.landmarks import (
     FAN,
     FAN_CONFIG,
-    BoxLandmarks,
     FANLandmarks,
     FANWeightsError,
     box_landmarks,
-    build_landmarker,
     crop_face,
     crop_geometry,
-    find_fan_weights,
     heatmap_peaks,
     load_fan,
     load_fan_state_dict,
 )
+from lipgraph.models.weight_finder import find_weights
 
 # torch.jit is deprecated but is how face_alignment 1.3 / 1.4 ship FAN
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
@@ -89,10 +89,9 @@ def test_scripted_fan_found_and_recovers_positions(tmp_path, empty_hub):
     scripted = torch.jit.script(DotFinder())
     torch.jit.save(scripted, str(weights / "face_alignment" / "2DFAN4-cd938726ad.zip"))
 
-    landmarker, warning = build_landmarker(str(weights), "cpu", torch.float32)
-    assert warning is None
-    assert isinstance(landmarker, FANLandmarks)
-    assert landmarker.source.endswith("2DFAN4-cd938726ad.zip")
+    path = find_fan(weights)
+    assert path == weights / "face_alignment" / "2DFAN4-cd938726ad.zip"
+    landmarker = FANLandmarks(load_fan(str(path)), source=str(path))
     landmarker.batch_size = 3  # exercise chunking
 
     frames, boxes, truth = _dot_frames(np.random.default_rng(0), 8)
@@ -165,40 +164,40 @@ def test_fan_output_shape_checked(tmp_path):
         landmarker.landmarks([np.zeros((64, 64, 3), np.uint8)], [(10, 10, 40, 40)])
 
 
+def find_fan(folder):
+    """Where the weights table's FAN entry is found (any size), or None."""
+    found, _ = find_weights(folder, ["fan_landmarks"], check_size=False, hf_cache_dir=os.devnull)
+    return found.get("fan_landmarks")
+
+
 def test_finder_order_and_hub_lookup(tmp_path, empty_hub):
-    assert find_fan_weights(str(tmp_path)) is None
+    assert find_fan(tmp_path) is None
+    _, missing = find_weights(tmp_path, ["fan_landmarks"], check_size=False, hf_cache_dir=os.devnull)
+    assert "Missing 1 model file(s)" in str(missing) and str(tmp_path / "auxiliary" / "2DFAN4*.zip") in str(missing)
     hub_file = empty_hub / "checkpoints" / "2DFAN4-11f355bf06.pth.tar"
     hub_file.write_bytes(b"x")
-    assert find_fan_weights(None) == str(hub_file)
+    assert find_fan(None) == hub_file
     top = tmp_path / "2DFAN4_1.6-c827573f02.zip"
     top.write_bytes(b"x")
-    assert find_fan_weights(str(tmp_path)) == str(top)  # user folder before the hub cache
+    assert find_fan(tmp_path) == top  # user folder before the hub cache
     # 3D networks are not 2D landmarkers
     (tmp_path / "face_alignment").mkdir()
     (tmp_path / "face_alignment" / "3DFAN4-4a694010b9.zip").write_bytes(b"x")
-    assert find_fan_weights(str(tmp_path)) == str(top)
+    assert find_fan(tmp_path) == top
     # LatentSync's checkpoint layout
     aux = tmp_path / "checkpoints" / "auxiliary"
     aux.mkdir(parents=True)
     (aux / "2DFAN4-cd938726ad.zip").write_bytes(b"x")
-    assert find_fan_weights(str(tmp_path)) == str(aux / "2DFAN4-cd938726ad.zip")
+    assert find_fan(tmp_path) == aux / "2DFAN4-cd938726ad.zip"
 
 
-def test_fallback_to_box_with_warning(tmp_path, empty_hub):
-    landmarker, warning = build_landmarker(str(tmp_path), "cpu", torch.float32)
-    assert isinstance(landmarker, BoxLandmarks)
-    assert warning and "not found" in warning and str(tmp_path) in warning
-    (points,) = landmarker.landmarks([np.zeros((10, 10, 3), np.uint8)], [(0, 0, 8, 8)])
-    np.testing.assert_allclose(points, box_landmarks((0, 0, 8, 8)))
-
-
-def test_broken_fan_file_raises_naming_it(tmp_path, empty_hub):
+def test_broken_fan_file_raises_naming_it(tmp_path):
     path = tmp_path / "2DFAN4-cd938726ad.zip"
     path.write_bytes(b"not an archive")
     with pytest.raises(FANWeightsError, match="2DFAN4-cd938726ad.zip"):
-        build_landmarker(str(tmp_path))
-    with pytest.raises(FANWeightsError, match="not found: .*missing.zip"):
-        build_landmarker(None, fan_path=str(tmp_path / "missing.zip"))
+        load_fan(str(path))
+    with pytest.raises(FileNotFoundError, match="not found: .*missing.zip"):
+        load_fan(str(tmp_path / "missing.zip"))
 
 
 def test_fan_architecture_matches_upstream_size():

@@ -21,7 +21,7 @@ from lipgraph.models.musetalk_unet import (
     unet_config,
 )
 from lipgraph.models.vae import SCALING_FACTOR, SD_VAE_FT_MSE_CONFIG, SDVAE, build_vae, load_vae
-from lipgraph.models.weights import StateDictMismatchError
+from lipgraph.models.checkpoint import StateDictMismatchError
 from tests.spec_keys import read_keys_tsv, state_dict_keys
 
 

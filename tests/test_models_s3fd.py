@@ -12,11 +12,10 @@ from lipgraph.models.s3fd import (
     S3FDWeightsError,
     WEIGHTS_FILENAME,
     decode_s3fd,
-    find_s3fd_weights,
     load_s3fd,
     nms,
-    s3fd_search_paths,
 )
+from lipgraph.models.weight_finder import find_weights
 from tests.spec_keys import check_rejects_bad_files, read_keys_tsv, state_dict_keys
 
 
@@ -134,21 +133,30 @@ def test_find_weights_in_dirs_and_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
     models = tmp_path / "models"
     models.mkdir()
-    assert find_s3fd_weights(str(models)) is None
-    assert find_s3fd_weights(None) is None
-    assert str(hub / "checkpoints" / WEIGHTS_FILENAME) in s3fd_search_paths(None)
+
+    def find(folder):
+        found, missing = find_weights(folder, ["s3fd"], check_size=False, hf_cache_dir=tmp_path / "hf")
+        return found.get("s3fd"), missing
+
+    assert find(models)[0] is None
+    path, missing = find(None)
+    assert path is None and str(hub / "checkpoints" / WEIGHTS_FILENAME) in missing.looked["s3fd"]
 
     (hub / "checkpoints").mkdir(parents=True)
     (hub / "checkpoints" / WEIGHTS_FILENAME).write_bytes(b"x")
-    assert find_s3fd_weights(str(models)) == str(hub / "checkpoints" / WEIGHTS_FILENAME)
+    assert find(models) == (hub / "checkpoints" / WEIGHTS_FILENAME, None)
 
-    (models / "face_detection").mkdir()
-    (models / "face_detection" / "s3fd.pth").write_bytes(b"x")
-    assert find_s3fd_weights(str(models)) == str(models / "face_detection" / "s3fd.pth")
+    for sub in ("sfd", "face_detection"):       # a MuseTalk-style folder, under either name
+        (models / sub).mkdir()
+        (models / sub / "s3fd.pth").write_bytes(b"x")
+    assert find(models)[0] == models / "face_detection" / "s3fd.pth"
 
     (models / WEIGHTS_FILENAME).write_bytes(b"x")
-    assert find_s3fd_weights(str(models)) == str(models / WEIGHTS_FILENAME)
-    assert find_s3fd_weights(str(models / "face_detection" / "s3fd.pth")).endswith("s3fd.pth")
+    assert find(models)[0] == models / WEIGHTS_FILENAME
+    aux = tmp_path / "LatentSync" / "checkpoints" / "auxiliary"   # a LatentSync checkout
+    aux.mkdir(parents=True)
+    (aux / WEIGHTS_FILENAME).write_bytes(b"x")
+    assert find(aux.parent.parent)[0] == aux / WEIGHTS_FILENAME
 
 
 # ----------------------------------------------------------------------------- decode + NMS

@@ -14,7 +14,6 @@ from lipgraph.models.syncnet import (
     crop_face,
     face_tracks,
     load_syncnet,
-    lse_scores,
     lse_tracks,
     resample_to_25fps,
     smooth_track,
@@ -22,7 +21,7 @@ from lipgraph.models.syncnet import (
     sync_score,
     syncnet_mfcc,
 )
-from lipgraph.models.weights import StateDictMismatchError
+from lipgraph.models.checkpoint import StateDictMismatchError
 from tests.spec_keys import check_rejects_bad_files
 
 # state_dict() of joonson/syncnet_python SyncNetModel.S(num_layers_in_fc_layers=1024), in order:
@@ -371,12 +370,7 @@ def test_lse_tracks_skip_cutaways_and_average():
     tracks = lse_tracks(iter(frames), boxes, audio, 25.0, model=_Planted(), min_track=10, min_face_size=0)
     assert [(t["start_frame"], t["frames"], t["windows"]) for t in tracks] == [(0, 20, 15), (30, 20, 15)]
     assert all(t["offset"] == 0 for t in tracks)
-    c, d = lse_scores(iter(frames), boxes, audio, 25.0, model=_Planted(), min_track=10, min_face_size=0)
-    assert c == pytest.approx(np.mean([t["lse_c"] for t in tracks]))
-    assert d == pytest.approx(np.mean([t["lse_d"] for t in tracks]))
-    from lipgraph.models.syncnet import NoFaceTrackError
-    with pytest.raises(NoFaceTrackError, match="more than 100 frames"):
-        lse_scores(iter(frames), boxes, audio, 25.0, model=_Planted())
+    assert lse_tracks(iter(frames), boxes, audio, 25.0, model=_Planted()) == []   # none of 100 frames
 
 
 def test_lse_with_random_weights_is_finite(weights_file):
@@ -385,5 +379,6 @@ def test_lse_with_random_weights_is_finite(weights_file):
     frames = [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(12)]
     boxes = [[40, 20, 120, 100]] * 12
     audio = (rng.standard_normal(12 * 640) * 0.1).astype(np.float32)
-    c, d = lse_scores(iter(frames), boxes, audio, 25.0, model=model, min_track=5, min_face_size=0)
+    (track,) = lse_tracks(iter(frames), boxes, audio, 25.0, model=model, min_track=5, min_face_size=0)
+    c, d = track["lse_c"], track["lse_d"]
     assert math.isfinite(c) and math.isfinite(d) and d > 0 and c >= 0

@@ -9,18 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lipgraph.models import weights as W
-from lipgraph.models.weights import (
-    WEIGHT_FILES,
-    MissingWeightsError,
-    StateDictMismatchError,
-    WeightFile,
-    check_state_dict,
-    files_in_set,
-    load_checkpoint,
-    resolve_weights,
-    weights_for,
-)
+from lipgraph.models.checkpoint import StateDictMismatchError, check_state_dict, load_checkpoint, read_state_dict
+from lipgraph.models.weight_finder import MissingWeightsError, find_weights, resolve_weights
+from lipgraph.models.weight_table import BACKENDS, WEIGHT_FILES, WeightFile, files_in_set
 from lipgraph.tools import download_weights as D
 
 
@@ -43,6 +34,7 @@ def test_registry_is_consistent():
     for name, wf in WEIGHT_FILES.items():
         assert wf.name == name
         assert wf.paths and len(set(wf.paths)) == len(wf.paths)
+        assert "*" not in wf.paths[0]  # the download target
         assert (wf.hf_repo is None) == (wf.hf_filename is None)
         assert wf.source_url, f"{name} has no source"
         basenames = {os.path.basename(p) for p in wf.paths + wf.shared_paths}
@@ -51,7 +43,7 @@ def test_registry_is_consistent():
         if wf.sha256 is not None:
             assert len(wf.sha256) == 64
         for backend in wf.required_for + wf.optional_for:
-            assert backend in W.BACKENDS
+            assert backend in BACKENDS
 
 
 def test_published_sizes_of_key_files():
@@ -68,12 +60,15 @@ def test_spec_config_has_the_published_size(specs_dir):
     assert os.path.getsize(path) == WEIGHT_FILES["musetalk_unet_config"].size
 
 
+def required_for(backend):
+    return [name for name, wf in WEIGHT_FILES.items() if backend in wf.required_for]
+
+
 def test_backend_and_set_membership():
-    musetalk = weights_for("musetalk")
     assert {"musetalk_unet", "musetalk_unet_config", "sd_vae_config", "sd_vae_weights",
-            "whisper_config", "whisper_weights"} == set(musetalk)
-    assert "face_parse" in weights_for("musetalk", include_optional=True)
-    assert set(weights_for("latentsync-1.6")) == {
+            "whisper_config", "whisper_weights"} == set(required_for("musetalk"))
+    assert "face_parse" in WEIGHT_FILES and "musetalk" in WEIGHT_FILES["face_parse"].optional_for
+    assert set(required_for("latentsync-1.6")) == {
         "sd_vae_config", "sd_vae_weights", "whisper_tiny_openai", "latentsync16_unet"}
     assert "latentsync16_unet" in files_in_set("latentsync")
     assert "latentsync15_unet" not in files_in_set("latentsync")
@@ -81,8 +76,6 @@ def test_backend_and_set_membership():
     assert set(files_in_set("all")) >= set(files_in_set("musetalk")) | set(files_in_set("latentsync-1.5"))
     with pytest.raises(ValueError, match="unknown set"):
         files_in_set("nope")
-    with pytest.raises(ValueError, match="unknown backend"):
-        weights_for("wav2lip")
 
 
 # ---------------------------------------------------------------- resolution
@@ -90,7 +83,7 @@ def test_backend_and_set_membership():
 
 def test_fake_layout_of_empty_files_resolves(tmp_path, caches):
     root = tmp_path / "models"
-    names = weights_for("musetalk") + weights_for("latentsync-1.5") + ["s3fd", "face_parse"]
+    names = required_for("musetalk") + required_for("latentsync-1.5") + ["s3fd", "face_parse"]
     for name in set(names):
         touch(root / WEIGHT_FILES[name].paths[0])
     got = resolve_weights(root, names, check_size=False, **caches)
@@ -111,7 +104,7 @@ def test_alternative_and_preferred_candidates(tmp_path, caches):
 
 
 def test_missing_files_raise_one_error_listing_all(tmp_path, caches):
-    needed = weights_for("musetalk") + ["latentsync16_unet"]
+    needed = required_for("musetalk") + ["latentsync16_unet"]
     touch(tmp_path / "musetalkV15" / "musetalk.json")
     with pytest.raises(MissingWeightsError) as err:
         resolve_weights(tmp_path, needed, check_size=False, **caches)
@@ -187,6 +180,15 @@ def test_torch_hub_cache_is_searched(tmp_path, caches):
     assert got["s3fd"] == hub
 
 
+def test_find_weights_returns_what_it_found_and_one_error_for_the_rest(tmp_path, caches):
+    present = touch(tmp_path / "musetalkV15" / "musetalk.json")
+    found, missing = find_weights(tmp_path, ["musetalk_unet_config", "s3fd"], check_size=False, **caches)
+    assert found == {"musetalk_unet_config": present}
+    assert missing.missing == ["s3fd"] and str(missing).startswith(f"Missing 1 model file(s) under {tmp_path}:")
+    assert str(tmp_path / "face_detection" / "s3fd.pth") in missing.looked["s3fd"]
+    assert find_weights(tmp_path, ["musetalk_unet_config"], check_size=False, **caches)[1] is None
+
+
 def test_unknown_name_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="unknown weight names"):
         resolve_weights(tmp_path, ["musetalk_unet", "nope"], search_caches=False)
@@ -226,6 +228,22 @@ def test_load_checkpoint_formats(tmp_path):
         load_checkpoint(tmp_path / "junk.pt")
     with pytest.raises(FileNotFoundError, match="absent.pt"):
         load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_read_state_dict_unwraps_and_names_the_file(tmp_path):
+    state = {"a": torch.ones(2)}
+    for name, obj in (("plain.pt", state), ("wrapped.pt", {"state_dict": state, "epoch": 3}),
+                      ("dp.pt", {"module.a": torch.ones(2)})):
+        torch.save(obj, tmp_path / name)
+        assert list(read_state_dict(tmp_path / name)) == ["a"], name
+    torch.save({"a": torch.ones(2), "step": 7}, tmp_path / "mixed.pt")
+    with pytest.raises(StateDictMismatchError, match=r"mixed.pt: test model state dict entries that are not tensors: \['step'\]"):
+        read_state_dict(tmp_path / "mixed.pt", "test model")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(StateDictMismatchError, match="junk.pt: cannot read test model weights"):
+        read_state_dict(tmp_path / "junk.pt", "test model")
+    with pytest.raises(FileNotFoundError, match="absent.pt"):
+        read_state_dict(tmp_path / "absent.pt")
 
 
 # ---------------------------------------------------------------- download planning

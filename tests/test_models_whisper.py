@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from lipgraph.models.weights import StateDictMismatchError
+from lipgraph.models.checkpoint import StateDictMismatchError
 from lipgraph.models.whisper import (
     WINDOW_SAMPLES,
     WhisperAudioEncoder,

@@ -1,5 +1,6 @@
 """The same graph files on Ray (a local instance): same output as the process runner,
-failures reported and cleaned up, split jobs equal to one pipeline, job batches isolated."""
+traces handed back from other nodes, split jobs equal to one pipeline, job batches isolated.
+(The failures every runner shares are in tests/test_runner_failures.py.)"""
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from lipgraph.media.video import VideoReader  # noqa: E402
 from lipgraph.runners import RunOptions  # noqa: E402
 from lipgraph.runners.ray_runner import RayRunner, init_ray  # noqa: E402
 from tests.engine_util import bypass_graph, rows, run, write_graph  # noqa: E402
+from tests.engine_util import ray_actors_alive as alive  # noqa: E402
 from lipgraph.tools.synthetic import graph_command, make_clip, model_sets, read_id, tiny_weights  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,25 +28,6 @@ def local_ray():
     init_ray()
     yield ray
     ray.shutdown()
-
-
-def alive(handles, within_s: float = 10.0):
-    """Actors of a finished run that still answer after `within_s` (there must be none).
-    A kill reaches an actor through the cluster's control plane, so a call made at once may
-    still be answered."""
-    import time
-    deadline = time.monotonic() + within_s
-    while True:
-        left = []
-        for h in handles:
-            try:
-                ray.get(h.__ray_ready__.remote(), timeout=10)
-                left.append(h)
-            except ray.exceptions.RayActorError:
-                pass
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.5)
 
 
 def test_same_output_as_process_runner(local_ray, tmp_path):
@@ -85,19 +68,6 @@ def test_actors_on_other_nodes_hand_back_traces_and_clean_up(local_ray, tmp_path
     assert not os.path.exists(runner.run_dir)
     assert not [f for f in os.listdir(tmp_path) if ".partial" in f]
     assert os.path.exists(out) is not fail
-
-
-def test_stage_failure_stops_the_job_and_kills_its_actors(local_ray, tmp_path):
-    out = str(tmp_path / "o.jsonl")
-    doc = bypass_graph(out, 300, "none", workers=2)
-    doc["stages"]["model"]["params"] = {"fail_at": 41}
-    runner = RayRunner(load_graph(write_graph(tmp_path, doc)), RunOptions(progress=False, table=False))
-    res = runner.run()
-    assert res.status == "failed" and res.exit_code == 1
-    assert res.error["stage"] == "model" and res.error["index"] == 40     # the batch 40..43
-    assert "synthetic failure at index 41" in res.error["traceback"]
-    assert not os.path.exists(out) and not [f for f in os.listdir(tmp_path) if ".partial" in f]
-    assert not alive(runner.handles)
 
 
 @pytest.fixture(scope="module")
@@ -216,27 +186,6 @@ def test_job_that_fails_once_is_retried_and_succeeds(local_ray, tmp_path):
     assert [(r["status"], r["attempts"]) for r in report] == [("ok", 1), ("ok", 2)]
     assert "first attempt only" in proc.stderr                 # the failure was reported
     assert [r["index"] for r in rows(str(tmp_path / "flaky.jsonl"))] == list(range(20))
-
-
-def test_sigterm_stops_a_ray_run_cleanly(tmp_path):
-    """SIGTERM to the driver: exit 143, the interruption named, no output or temporary file."""
-    import signal
-    import time
-    from tests.test_engine_failure import slow_graph
-    out = str(tmp_path / "out.jsonl")
-    proc = subprocess.Popen([sys.executable, "run_graph.py", slow_graph(tmp_path, out), "--quiet",
-                             "--runner", "ray"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not [f for f in os.listdir(tmp_path) if ".partial" in f]:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        time.sleep(0.2)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err[-3000:]
-    assert "interrupted by SIGTERM" in err
-    assert not os.path.exists(out) and not [f for f in os.listdir(tmp_path) if ".partial" in f]
 
 
 class SlowThenFailingMuseTalk:

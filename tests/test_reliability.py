@@ -16,8 +16,7 @@ from lipgraph.graph import shm
 from lipgraph.graph.stage import Stage
 from lipgraph.media.partial import partial_path, stale_partials, sweep_partials
 from lipgraph.media.segments import JOIN_PAUSE_ENV
-from tests.engine_util import bypass_graph, run, write_graph
-from tests.test_engine_failure import assert_clean, wait_for_children
+from tests.engine_util import assert_clean, bypass_graph, run, wait_for_children, write_graph
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

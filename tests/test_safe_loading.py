@@ -20,7 +20,7 @@ def test_a_checkpoint_with_code_in_it_is_refused(tmp_path, loader):
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": Exploit(str(marker))}, path)
     if loader == "checkpoint":
-        from lipgraph.models.weights import load_checkpoint
+        from lipgraph.models.checkpoint import load_checkpoint
         call = lambda: load_checkpoint(path)  # noqa: E731
     elif loader == "s3fd":
         from lipgraph.models.s3fd import load_s3fd

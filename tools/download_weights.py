@@ -26,15 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from lipgraph.models.weights import (
-    DOWNLOAD_SETS,
-    WEIGHT_FILES,
-    WeightFile,
-    files_in_set,
-    find_weight,
-    format_size,
-    shared_variant,
-)
+from lipgraph.models.weight_finder import find_weight, format_size, shared_variant
+from lipgraph.models.weight_table import DOWNLOAD_SETS, WEIGHT_FILES, WeightFile, files_in_set
 
 STAGING = ".download-staging"
 

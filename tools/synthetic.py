@@ -21,19 +21,26 @@ ID_BITS = 10
 CELL = 8
 def model_sets(paths: dict, device: str = "cpu", latentsync: dict | None = None,
                steps: int = 2) -> list[str]:
-    """--set lines pointing a graph's model stages at the tiny models (musetalk.yaml; with
-    `latentsync` paths, surgical.yaml with `steps` DDIM steps)."""
-    sets = [f"unet.unet={paths['unet']}", f"unet.unet_config={paths['unet_config']}",
-            f"unet.vae={paths['vae']}", f"encode.vae={paths['vae']}", f"decode.vae={paths['vae']}",
-            f"whisper.model={paths['whisper']}"]
-    if paths.get("parser"):
-        sets.append(f"parse.parser={paths['parser']}")
-    stages = ["detect", "landmarks", "whisper", "encode", "unet", "decode", "parse"]
+    """--set lines pointing the model stages of the built-in graph (musetalk; with
+    `latentsync` paths, surgical with `steps` DDIM steps) at the tiny models, on `device`.
+    The stages are found by the params they declare and the graph's shortcuts."""
+    import yaml
+
+    import lipgraph.stages  # noqa: F401  (the pipeline's stage types register themselves)
+    from lipgraph.graph.builtin import find_graph_file
+    from lipgraph.graph.registry import resolve
+    from lipgraph.models.random_weights import weight_sets
+    with open(find_graph_file("surgical" if latentsync else "musetalk"), encoding="utf-8") as f:
+        doc = yaml.safe_load(f)
+    sets = weight_sets({name: resolve(s["type"]) for name, s in doc["stages"].items()},
+                       {**paths, **(latentsync or {})})
+
+    def shortcut(name: str, value) -> list[str]:
+        targets = doc["args"].get(name) or []
+        return [f"{t}={value}" for t in ([targets] if isinstance(targets, str) else targets)]
     if latentsync:
-        sets += [f"unet.unet3d={latentsync['unet3d']}",
-                 f"unet.unet3d_config={latentsync['unet3d_config']}", f"unet.steps={steps}"]
-    sets += [f"{stage}.device={device}" for stage in stages]
-    return sets
+        sets += shortcut("steps", steps)
+    return sets + shortcut("device", device)
 
 
 # ----- frames -----------------------------------------------------------------------------
@@ -143,11 +150,6 @@ def face_closeup(i: int, width: int = 160, height: int = 120) -> np.ndarray:
     x0 = (width - side) // 2 + dx
     frame[4:4 + side, x0:x0 + side] = face
     return stamp_id(frame, i % (1 << ID_BITS))
-
-
-def long_pattern(frames: int, face_run: int = 50, period: int = 500) -> str:
-    """A face run of `face_run` frames every `period` frames, cutaways between."""
-    return "".join("F" if i % period < face_run else "C" for i in range(frames))
 
 
 def make_long_clip(folder: str, minutes: float, fps: float = 25.0, width: int = 160,

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import torch
 
-from lipgraph.models.weights import StateDictMismatchError, check_state_dict, load_checkpoint
+from lipgraph.models.checkpoint import StateDictMismatchError, check_state_dict, read_state_dict
 
 from .config import read_unet_config
 from .layers import sinusoid_table
@@ -22,22 +22,6 @@ _PE_SUFFIX = ".pos_encoder.pe"
 _PE_TOLERANCE = 1e-4
 
 
-def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"LatentSync UNet checkpoint not found: {path}")
-    try:
-        obj: Any = load_checkpoint(path)
-    except Exception as exc:
-        raise UNetCheckpointError(f"{path}: cannot read the LatentSync UNet checkpoint: {exc}") from exc
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(torch.is_tensor(v) for v in obj.values()):
-        raise UNetCheckpointError(
-            f"{path}: expected {{'state_dict': {{name: tensor}}}} or a bare state dict of tensors"
-        )
-    return dict(obj)
-
-
 def load_latentsync_unet(path: str | os.PathLike, config: Mapping[str, Any] | str | os.PathLike,
                          device: str | torch.device = "cpu",
                          dtype: torch.dtype = torch.float32) -> UNet3DConditionModel:
@@ -50,7 +34,7 @@ def load_latentsync_unet(path: str | os.PathLike, config: Mapping[str, Any] | st
     """
     path = os.fspath(path)
     cfg = read_unet_config(config)
-    state = _read_state_dict(path)
+    state = read_state_dict(path, "LatentSync UNet", UNetCheckpointError)
     with torch.device("meta"):
         model = UNet3DConditionModel(cfg)
     expected = model.state_dict()

@@ -7,9 +7,6 @@ BACKENDS = {
     "latentsync": "lipgraph.stages.backends.latentsync:LatentSyncBackend",
 }
 
-# backends that failed to load in this process: stages before the UNet skip their inputs
-DISABLED: dict[str, str] = {}
-
 
 def backend_class(name: str):
     """A backend by name, or any class given as ``module:Class``."""

@@ -7,6 +7,7 @@ to vae_decode. The initial noise is one seeded map shared by every frame of the 
 from __future__ import annotations
 
 from .._torch import inference, resolve_device, resolve_dtype, shared_model
+from ..fields import unet_inputs
 
 MAX_FRAMES = 24            # the motion modules' positional encoding length
 
@@ -62,5 +63,5 @@ class LatentSyncBackend:
             raise FloatingPointError("non-finite values in the LatentSync output")
         d["pred"] = latents[d.get("n_context", 0):]
         d["convention"] = self.convention
-        for key in ("ls_masked", "ls_ref", "ls_mask"):
+        for key in unet_inputs(self.convention):
             d.pop(key, None)

@@ -1,0 +1,260 @@
+"""The A/B figures of one output against its input: PSNR and SSIM outside the region the model
+may redraw, temporal stability of the mouth region, cutaway integrity, frame order, LSE.
+
+PSNR is over RGB, capped at 100 dB (identical pixels read 100). SSIM is the Gaussian-window
+SSIM of Wang et al. (sigma 1.5, 11 taps, K1 0.01, K2 0.03) on BT.601 luma, averaged over the
+pixels whose whole window lies inside the frame and outside that region.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from .ab_runs import Run, read_sidecar
+
+PSNR_CAP_DB = 100.0
+SSIM_SIGMA = 1.5
+SSIM_RADIUS = 5                       # 11-tap window, as scikit-image's gaussian SSIM
+SSIM_C1 = (0.01 * 255) ** 2
+SSIM_C2 = (0.03 * 255) ** 2
+TEMPORAL_SIZE = 96
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """BT.601 luma of an RGB image, float64 in 0..255."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+
+
+def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, peak: float = 255.0) -> float:
+    """PSNR in dB over the pixels where `mask` (H x W) is True; inf when they are identical,
+    nan when the mask is empty."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"PSNR of images of different shapes {a.shape} and {b.shape}")
+    if mask is not None:
+        a, b = a[mask], b[mask]
+    if a.size == 0:
+        return float("nan")
+    mse = float(np.mean((a - b) ** 2))
+    return float("inf") if mse == 0 else 10.0 * math.log10(peak * peak / mse)
+
+
+def _blur(x: np.ndarray) -> np.ndarray:
+    k = cv2.getGaussianKernel(2 * SSIM_RADIUS + 1, SSIM_SIGMA, cv2.CV_64F)
+    return cv2.sepFilter2D(x, cv2.CV_64F, k, k, borderType=cv2.BORDER_REFLECT)
+
+
+def ssim_map(y1: np.ndarray, y2: np.ndarray) -> np.ndarray:
+    """Per-pixel SSIM of two gray images (0..255); only pixels at least SSIM_RADIUS from the
+    border have a whole window (see `ssim_valid`)."""
+    x, y = np.asarray(y1, dtype=np.float64), np.asarray(y2, dtype=np.float64)
+    mx, my = _blur(x), _blur(y)
+    vx = _blur(x * x) - mx * mx
+    vy = _blur(y * y) - my * my
+    cxy = _blur(x * y) - mx * my
+    num = (2 * mx * my + SSIM_C1) * (2 * cxy + SSIM_C2)
+    return num / ((mx * mx + my * my + SSIM_C1) * (vx + vy + SSIM_C2))
+
+
+def ssim_valid(shape: tuple[int, int], box: Sequence[int] | None = None) -> np.ndarray:
+    """Pixels whose SSIM window lies inside the frame and clear of `box` (x1, y1, x2, y2)."""
+    h, w = shape
+    valid = np.zeros((h, w), bool)
+    r = SSIM_RADIUS
+    valid[r:h - r, r:w - r] = True
+    if box is not None:
+        x1, y1, x2, y2 = box
+        valid[max(0, y1 - r):max(0, y2 + r), max(0, x1 - r):max(0, x2 + r)] = False
+    return valid
+
+
+def ssim(y1: np.ndarray, y2: np.ndarray, valid: np.ndarray | None = None) -> float:
+    """Mean SSIM over `valid` pixels (default: every pixel with a whole window); nan if none."""
+    m = ssim_map(y1, y2)
+    valid = ssim_valid(m.shape) if valid is None else valid
+    return float(m[valid].mean()) if valid.any() else float("nan")
+
+
+def clip_box(box: Sequence[float] | None, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """A box as whole pixels inside the frame (outer edges rounded outward); None if empty."""
+    if box is None:
+        return None
+    x1, y1 = max(0, int(math.floor(box[0]))), max(0, int(math.floor(box[1])))
+    x2, y2 = min(width, int(math.ceil(box[2]))), min(height, int(math.ceil(box[3])))
+    return (x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None
+
+
+def outside_mask(shape: tuple[int, int], box: Sequence[int] | None) -> np.ndarray:
+    mask = np.ones(shape, bool)
+    if box is not None:
+        x1, y1, x2, y2 = box
+        mask[y1:y2, x1:x2] = False
+    return mask
+
+
+def redrawn_region(side: dict, shape: tuple[int, int]) -> np.ndarray | None:
+    """Frame pixels a LatentSync frame's model output may reach (None without the sidecar's
+    `restore` record: the edit box is used)."""
+    restore = side.get("restore")
+    if not restore:
+        return None
+    from lipgraph.vision.latentsync_align import mouth_region
+    from lipgraph.vision.latentsync_mask import keep_mask
+    keep = keep_mask(int(restore["res"]), restore.get("mask") or "")
+    return mouth_region(np.asarray(restore["affine"]), keep, shape[1], shape[0])
+
+
+def region(frame: np.ndarray, box: Sequence[int], size: int = TEMPORAL_SIZE) -> np.ndarray:
+    x1, y1, x2, y2 = box
+    return cv2.resize(frame[y1:y2, x1:x2].astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+
+
+def summary(values: Sequence[float]) -> dict | None:
+    """mean, min and 5th percentile (None for no values)."""
+    if not len(values):
+        return None
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "min": float(v.min()), "p5": float(np.percentile(v, 5)), "n": len(v)}
+
+
+@dataclass
+class TemporalStability:
+    """Mean absolute change of the mouth region between consecutive face frames of one shot,
+    for an output and for its input frames under the same boxes."""
+
+    size: int = TEMPORAL_SIZE
+    out_sum: float = 0.0
+    in_sum: float = 0.0
+    pairs: int = 0
+    _prev: tuple | None = None
+
+    def add(self, index: int, src: int, face, edit, out: np.ndarray, inp: np.ndarray) -> None:
+        """Frame `index` (output order) from source frame `src`; `edit` clipped to the frame."""
+        if face is None or edit is None:
+            self._prev = None
+            return
+        from lipgraph.models.face_detection import iou
+        cur = (index, src, face, region(out, edit, self.size), region(inp, edit, self.size))
+        prev = self._prev
+        # same shot: next output frame, the source moved at most one frame, the face stayed
+        if (prev is not None and prev[0] == index - 1 and abs(prev[1] - src) <= 1
+                and iou(prev[2], face) > 0.5):
+            self.out_sum += float(np.abs(cur[3] - prev[3]).mean())
+            self.in_sum += float(np.abs(cur[4] - prev[4]).mean())
+            self.pairs += 1
+        self._prev = cur
+
+    def result(self) -> dict:
+        if not self.pairs:
+            return {"pairs": 0, "output": None, "input": None, "ratio": None}
+        out, inp = self.out_sum / self.pairs, self.in_sum / self.pairs
+        return {"pairs": self.pairs, "output": out, "input": inp, "ratio": out / inp if inp > 0 else None}
+
+
+@dataclass
+class OutputFigures:
+    """Everything measured on one output while the videos are read in lockstep."""
+
+    lossless: bool
+    psnr: list = field(default_factory=list)
+    ssim: list = field(default_factory=list)
+    identical_faces: int = 0
+    temporal: TemporalStability = field(default_factory=TemporalStability)
+    cutaways: int = 0
+    cutaways_identical: int = 0
+    cutaway_psnr: list = field(default_factory=list)
+    conventions: dict = field(default_factory=dict)
+    srcs: list = field(default_factory=list)
+    index_mismatch: list = field(default_factory=list)
+    time_mismatch: list = field(default_factory=list)
+    frames: int = 0
+
+    def add(self, k: int, out: np.ndarray, t: float, side: dict, inp: np.ndarray) -> None:
+        h, w = out.shape[:2]
+        src = int(side["src"])
+        self.srcs.append(src)
+        if side.get("index") != k:
+            self.index_mismatch.append(k)
+        if side.get("time") is not None and abs(float(side["time"]) - t) > 1e-3:
+            self.time_mismatch.append(k)
+        conv = side.get("convention")
+        self.conventions[str(conv)] = self.conventions.get(str(conv), 0) + 1
+        face = side.get("face")
+        if face is None:
+            self.cutaways += 1
+            same = out.shape == inp.shape and np.array_equal(out, inp)
+            self.cutaways_identical += same
+            self.cutaway_psnr.append(PSNR_CAP_DB if same else min(PSNR_CAP_DB, psnr(out, inp)))
+            self.temporal.add(k, src, None, None, out, inp)
+            return
+        edit = clip_box(side.get("edit"), w, h)
+        redrawn = redrawn_region(side, (h, w))
+        if redrawn is None:
+            outside, valid = outside_mask((h, w), edit), ssim_valid((h, w), edit)
+        else:
+            outside = ~redrawn
+            window = np.ones((2 * SSIM_RADIUS + 1,) * 2, np.uint8)
+            valid = ssim_valid((h, w)) & ~(cv2.dilate(redrawn.astype(np.uint8), window) > 0)
+        p = psnr(out, inp, outside)
+        if not math.isnan(p):
+            self.identical_faces += p == float("inf")
+            self.psnr.append(min(PSNR_CAP_DB, p))
+        s = ssim(luma(out), luma(inp), valid)
+        if not math.isnan(s):
+            self.ssim.append(s)
+        self.temporal.add(k, src, face, edit, out, inp)
+
+    def result(self, n_input: int | None) -> dict:
+        faces = self.frames - self.cutaways
+        order: dict[str, Any] = {"output_frames": self.frames, "input_frames": n_input,
+                                 "index_mismatches": len(self.index_mismatch),
+                                 "time_mismatches": len(self.time_mismatch)}
+        if n_input:
+            from lipgraph.media.video import pingpong_indices
+            forward = list(range(min(n_input, self.frames)))
+            order["in_order"] = self.srcs[:len(forward)] == forward
+            expected = list(pingpong_indices(n_input, self.frames))
+            order["pingpong"] = self.srcs == expected
+            order["first_out_of_order"] = next((k for k, (a, b) in enumerate(zip(self.srcs, expected))
+                                                if a != b), None)
+            order["sources_in_range"] = all(0 <= s < n_input for s in self.srcs)
+        return {
+            "identity": {"face_frames": faces, "identical_outside_mouth": self.identical_faces,
+                         "psnr_db": summary(self.psnr), "ssim": summary(self.ssim)},
+            "temporal": self.temporal.result(),
+            "cutaways": {"frames": self.cutaways, "identical": self.cutaways_identical,
+                         "exact": self.lossless, "psnr_db": summary(self.cutaway_psnr)},
+            "frames": order,
+            "conventions": dict(sorted(self.conventions.items())),
+        }
+
+
+def lse_figures(run: Run, audio: str, syncnet, **options) -> dict:
+    """LSE-C / LSE-D of one output (face boxes from its sidecar, sound from the output file)."""
+    from lipgraph.media.audio import read_audio
+    from lipgraph.media.video import VideoReader, probe_video
+    from lipgraph.models.syncnet import lse_tracks
+    side = read_sidecar(run.sidecar) if run.sidecar else None
+    if side is None:
+        return {"computed": False, "why": "no per-frame face boxes (no sidecar)"}
+    try:
+        sound = read_audio(run.output, 16000)
+    except ValueError:
+        sound = read_audio(audio, 16000)
+    fps = probe_video(run.output).fps
+    try:
+        with VideoReader(run.output) as frames:
+            tracks = lse_tracks(frames, [s.get("face") for s in side], sound, fps, model=syncnet, **options)
+    except ValueError as exc:       # e.g. the sidecar names more frames than the video holds
+        return {"computed": False, "why": f"{run.output}: {exc}"}
+    if not tracks:
+        return {"computed": False,
+                "why": f"no face track of more than {options.get('min_track')} frames (at 25 fps) with "
+                       f"a mean face size above {options.get('min_face_size')} px"}
+    return {"computed": True, "lse_c": float(np.mean([t["lse_c"] for t in tracks])),
+            "lse_d": float(np.mean([t["lse_d"] for t in tracks])), "tracks": tracks}
