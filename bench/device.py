@@ -51,24 +51,21 @@ SECTIONS = ("sanity", "e2e", "latentsync", "cpu_side")
 MODEL_STAGES = ("whisper", "encode", "unet", "decode")      # always run a network
 DTYPES = ("float32", "float16", "bfloat16")
 
+VIDEO_RUN = ("size", "frames", "face_run", "cutaway_run", "timeout")
+LATENTSYNC_RUN = ("size", "frames", "steps", "resolutions", "timeout")
+
+
+def _plan(models: str, sanity: tuple, e2e: tuple, latentsync: tuple, budget_s: int, reserve_s: int) -> dict:
+    return {"models": models, "sanity": dict(zip(VIDEO_RUN, sanity)), "e2e": dict(zip(VIDEO_RUN, e2e)),
+            "latentsync": dict(zip(LATENTSYNC_RUN, latentsync)), "budget_s": budget_s, "reserve_s": reserve_s}
+
+
 # What each mode runs. Timeouts are per graph run (sanity: each of its three runs).
 PLANS = {
-    "full": {
-        "models": "full",
-        "sanity": {"size": (640, 360), "frames": 50, "face_run": 20, "cutaway_run": 5, "timeout": 100},
-        "e2e": {"size": (1920, 1080), "frames": 150, "face_run": 40, "cutaway_run": 10, "timeout": 180},
-        "latentsync": {"size": "full", "frames": 16, "steps": 20, "resolutions": (256, 512),
-                       "timeout": 240},
-        "budget_s": 470, "reserve_s": 45,
-    },
-    "reduced": {
-        "models": "tiny",
-        "sanity": {"size": (320, 240), "frames": 8, "face_run": 5, "cutaway_run": 2, "timeout": 120},
-        "e2e": {"size": (320, 240), "frames": 16, "face_run": 6, "cutaway_run": 2, "timeout": 120},
-        "latentsync": {"size": "tiny", "frames": 4, "steps": 3, "resolutions": (64, 128),
-                       "timeout": 120},
-        "budget_s": 170, "reserve_s": 15,
-    },
+    "full": _plan("full", sanity=((640, 360), 50, 20, 5, 100), e2e=((1920, 1080), 150, 40, 10, 180),
+                  latentsync=("full", 16, 20, (256, 512), 240), budget_s=470, reserve_s=45),
+    "reduced": _plan("tiny", sanity=((320, 240), 8, 5, 2, 120), e2e=((320, 240), 16, 6, 2, 120),
+                     latentsync=("tiny", 4, 3, (64, 128), 120), budget_s=170, reserve_s=15),
 }
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""What face tracking costs per frame, beside detection: the tracker alone on synthetic
-detections (2, 4 and 8 faces per frame, with misses and shot cuts), and the people listing
+"""What face tracking and speaker selection cost per frame, beside detection: the tracker
+alone on synthetic detections (2, 4 and 8 faces per frame, with misses and shot cuts), the
+active-speaker choice (mouth patches and correlation) on two faces, and the people listing
 (`tools/faces.py`: decode + detection + tracking) on a generated two-person clip, in one run.
 Costs are process CPU time (core-ms per frame), so they do not depend on other load.
 
@@ -49,6 +50,20 @@ def tracker_cost(frames: int, faces: int) -> tuple[float, int]:
     return (time.process_time() - t) * 1000 / frames, len(tracks)
 
 
+def speaker_cost(frames: int = 300) -> float:
+    from lipgraph.tools.synthetic_faces import people_frame, two_people
+    from lipgraph.vision.speaker import ActiveSpeaker, mouth_patch
+    people = two_people(away=())
+    shots = [people_frame(i, people, 1280, 720, {"left": np.full(frames, 0.5)}) for i in range(frames)]
+    rng = np.random.default_rng(1)
+    t = time.process_time()
+    spk = ActiveSpeaker(25.0)
+    for i, (frame, truth) in enumerate(shots):
+        patches = {k: mouth_patch(frame, truth[n]) for k, n in ((1, "left"), (2, "right"))}
+        spk.update(i, float(rng.random()), patches)
+    return (time.process_time() - t) * 1000 / frames
+
+
 def listing_cost(size: str) -> tuple[float, int, int]:
     from lipgraph.tools.faces import list_faces
     from lipgraph.tools.synthetic_faces import make_people_clip, two_people
@@ -71,6 +86,7 @@ def main() -> int:
     for faces in (2, 4, 8):
         ms, n = tracker_cost(a.frames, faces)
         print(f"{faces:>11} {ms:>22.3f} {n:>7}")
+    print(f"speaker choice on 2 faces at 1280x720: {speaker_cost():.3f} core-ms/frame")
     ms, n, detected = listing_cost(a.size)
     print(f"listing (decode + Haar with detect_every auto + tracking) at {a.size}: "
           f"{ms:.1f} core-ms/frame, {n} tracks, {detected} of 190 frames detected")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Time per window of `--frames` face frames for the surgical UNet's backends, on the same
+"""Time per window of `--frames` face frames for the surgical UNet's models, on the same
 frames, in one run:
 
   LatentSync  guidance 1.5 / 1.0, each without and with DeepCache (cache_interval 3)
@@ -124,7 +124,7 @@ def main() -> None:
     m = measure(a.size, a.device, dtype, f, a.steps, (a.resolution,), a.repeat)[a.resolution]
     results, t_mt = m["runs"], m["musetalk_s"]
 
-    print(f"\n{'backend':<36} {'window s':>9} {'per frame ms':>13} {'20-step est. s':>15}")
+    print(f"\n{'model':<36} {'window s':>9} {'per frame ms':>13} {'20-step est. s':>15}")
     for (guidance, cache), (t, est20, _) in results.items():
         label = f"LatentSync g={guidance} " + (f"DeepCache {cache}" if cache else "no cache")
         print(f"{label:<36} {t:9.3f} {1e3 * t / f:13.1f} {est20:15.3f}")

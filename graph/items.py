@@ -81,7 +81,20 @@ class Batch:
         return f"Batch({self.index}..{self.last_index}, n={len(self.items)})"
 
 
-class Info:
+class _OneField:
+    """A control item with one slot, pickled as a 1-tuple: slots leave no `__dict__` to pickle,
+    and a tuple is never falsy, so an empty value (`Info()`, `Flush()`) survives the queue."""
+
+    __slots__ = ()
+
+    def __getstate__(self):
+        return (getattr(self, self.__slots__[0]),)
+
+    def __setstate__(self, state):
+        setattr(self, self.__slots__[0], state[0])
+
+
+class Info(_OneField):
     """Stream facts from a source (fps, total, start_index...), forwarded before items."""
 
     __slots__ = ("data",)
@@ -89,29 +102,17 @@ class Info:
     def __init__(self, data: dict | None = None, **kw):
         self.data = dict(data or {}, **kw)
 
-    def __getstate__(self):
-        return self.data
-
-    def __setstate__(self, state):
-        self.data = state
-
     def __repr__(self) -> str:
         return f"Info({self.data})"
 
 
-class Flush:
+class Flush(_OneField):
     """A gap marker: release held items. `before` is the index that went down another path."""
 
     __slots__ = ("before",)
 
     def __init__(self, before: int | None = None):
         self.before = before
-
-    def __getstate__(self):
-        return self.before
-
-    def __setstate__(self, state):
-        self.before = state
 
     def __repr__(self) -> str:
         return f"Flush(before={self.before})"

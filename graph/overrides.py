@@ -94,9 +94,7 @@ def apply_overrides(stages: dict[str, StageSpec], overrides: Iterable[Override],
                 spec.workers = value
             continue
         if param not in spec.cls.params:
-            problems.add(None, sname, f"params.{param}",
-                         f"--set: unknown param for type '{spec.type}' "
-                         f"(known: {', '.join(sorted(spec.cls.params))})")
+            problems.add(None, sname, f"params.{param}", "--set: " + unknown_param(spec.cls, spec.type, param))
             continue
         ok, v2 = check_type(spec.cls.params[param], value)
         if not ok:
@@ -104,3 +102,20 @@ def apply_overrides(stages: dict[str, StageSpec], overrides: Iterable[Override],
                          f"--set: expected {type_name(spec.cls.params[param])}, got {value!r}")
             continue
         spec.params[param] = v2
+
+
+def unknown_param(cls, type_name_: str, param: str) -> str:
+    if param in cls.renamed:
+        return f"param '{param}' of type '{type_name_}' is now '{cls.renamed[param]}'"
+    return f"unknown param for type '{type_name_}' (known: {', '.join(sorted(cls.params)) or 'none'})"
+
+
+def choice_problems(cls, params: dict) -> list[tuple[str, str]]:
+    """Params outside the values the stage type allows (`Stage.choices`)."""
+    out = []
+    for param, allowed in cls.choices.items():
+        if params.get(param) not in allowed:
+            names = [str(a) for a in allowed]
+            listed = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+            out.append((param, f"expected {listed}, got {params.get(param)!r}"))
+    return out

@@ -54,6 +54,10 @@ class Stage:
     outputs: ClassVar[tuple[str, ...]] = ("out",)
     # name -> default value; the default's type is the param's type (None: any type)
     params: ClassVar[dict[str, Any]] = {}
+    # param -> the values it may take (checked after bind, with the stage's own checks)
+    choices: ClassVar[dict[str, tuple]] = {}
+    # old param name -> new name, so a graph still using the old one is told the new one
+    renamed: ClassVar[dict[str, str]] = {}
     # one output message per input message and no state across items: may be replicated
     stateless: ClassVar[bool] = False
     # what runners may ask of the stage beyond its stream, each role a few class methods

@@ -6,7 +6,7 @@ from typing import Any
 
 from .loader import line_getter
 from .model import Problems, StageSpec
-from .overrides import check_type, is_count, type_name
+from .overrides import check_type, choice_problems, is_count, type_name, unknown_param
 from .registry import UnknownStageType, resolve
 
 _STAGE_KEYS = {"type", "group", "params", "workers"}
@@ -64,8 +64,7 @@ def _read_params(sname: str, tname: str, cls, sval: dict, problems: Problems) ->
     params = dict(cls.params)
     for k, v in params_raw.items():
         if k not in cls.params:
-            problems.add(pline(k), sname, f"params.{k}", f"unknown param for type '{tname}' "
-                                                         f"(known: {', '.join(sorted(cls.params)) or 'none'})")
+            problems.add(pline(k), sname, f"params.{k}", unknown_param(cls, tname, k))
             continue
         ok, v2 = check_type(cls.params[k], v)
         if not ok:
@@ -86,6 +85,6 @@ def bind_stages(stages: dict[str, StageSpec], problems: Problems) -> list[str]:
             problems.add(spec.line, spec.name, None, f"{type(exc).__name__}: {exc}")
         notes += [f"{spec.name}: {msg}" for _, msg in told]
     for spec in stages.values():
-        for param, msg in spec.cls.validate_params(spec.params):
+        for param, msg in choice_problems(spec.cls, spec.params) + spec.cls.validate_params(spec.params):
             problems.add(spec.line, spec.name, f"params.{param}", msg)
     return notes

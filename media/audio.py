@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 import av
 import numpy as np
 
-from .video import MediaError, decode_or_damaged, open_input
+from .decode import MediaError, StreamReader, decode_or_damaged, open_input
 
 DamageCallback = Callable[[float | None, float], None]
 
@@ -196,7 +196,7 @@ def iter_audio_blocks(
         container.close()
 
 
-class AudioReader:
+class AudioReader(StreamReader):
     """Iterate float32 mono chunks of `chunk_seconds` at `sample_rate` (last one shorter).
     `on_damage(time_s, seconds)` is called for each packet that could not be decoded (given
     as silence)."""
@@ -215,19 +215,13 @@ class AudioReader:
         self.chunk_samples = max(1, int(round(chunk_seconds * self.sample_rate)))
         self.samples_read = 0
         self._blocks = iter_audio_blocks(self.path, self.sample_rate, 1, downmix, on_damage)
-        self._chunks: Iterator[np.ndarray] | None = None
-
-    def __iter__(self) -> "AudioReader":
-        return self
 
     def __next__(self) -> np.ndarray:
-        if self._chunks is None:
-            self._chunks = self._rechunk()
-        chunk = next(self._chunks)
+        chunk = super().__next__()
         self.samples_read += chunk.size
         return chunk
 
-    def _rechunk(self) -> Iterator[np.ndarray]:
+    def _generate(self) -> Iterator[np.ndarray]:
         pending: list[np.ndarray] = []
         have = 0
         for block in self._blocks:
@@ -242,16 +236,8 @@ class AudioReader:
         if have:
             yield np.concatenate(pending)
 
-    def close(self) -> None:
-        if self._chunks is not None:
-            self._chunks.close()
+    def _release(self) -> None:
         self._blocks.close()
-
-    def __enter__(self) -> "AudioReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def read_audio(path: str | os.PathLike, sr: int = 16000, downmix: str = "mean") -> np.ndarray:

@@ -51,7 +51,7 @@ from lipgraph.models.whisper import (
     normalize_log_mel,
 )
 
-FLAVOURS = ("musetalk", "latentsync")
+MODELS = ("musetalk", "latentsync")
 STEPS_PER_SECOND = 50
 SAMPLES_PER_STEP = SAMPLE_RATE // STEPS_PER_SECOND  # 320
 STEPS_PER_FRAME = 10
@@ -133,13 +133,13 @@ def musetalk_pad_unit(fps: float | Fraction) -> int:
     return -((-STEPS_PER_SECOND * rate.denominator) // rate.numerator)
 
 
-def _left_steps(flavour: str, fps: Fraction) -> int:
-    return 2 * musetalk_pad_unit(fps) if flavour == "musetalk" else LATENTSYNC_LEFT_STEPS
+def _left_steps(model: str, fps: Fraction) -> int:
+    return 2 * musetalk_pad_unit(fps) if model == "musetalk" else LATENTSYNC_LEFT_STEPS
 
 
-def _check_flavour(flavour: str) -> None:
-    if flavour not in FLAVOURS:
-        raise ValueError(f"unknown audio flavour {flavour!r}: expected one of {FLAVOURS}")
+def _check_model(model: str) -> None:
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}: expected one of {MODELS}")
 
 
 def _as_pcm(pcm: np.ndarray) -> np.ndarray:
@@ -251,18 +251,18 @@ class AudioFeatureStream:
     def __init__(
         self,
         encoder: WhisperAudioEncoder,
-        flavour: str = "musetalk",
+        model: str = "musetalk",
         fps: float | Fraction = 25.0,
         mel_peak: float | None = None,
     ):
-        _check_flavour(flavour)
-        if mel_peak is not None and flavour != "latentsync":
-            raise ValueError("mel_peak applies to the 'latentsync' flavour only")
+        _check_model(model)
+        if mel_peak is not None and model != "latentsync":
+            raise ValueError("mel_peak applies to the 'latentsync' model only")
         self.encoder = encoder
-        self.flavour = flavour
+        self.model = model
         self.fps = fps_fraction(fps)
         self.mel_peak = None if mel_peak is None else float(mel_peak)
-        self.left_steps = _left_steps(flavour, self.fps)
+        self.left_steps = _left_steps(model, self.fps)
         self.windows_encoded = 0
         self._pcm = _PcmBuffer()
         self._closed = False
@@ -334,11 +334,11 @@ class AudioFeatureStream:
                 f"after {self._last_start}"
             )
         steps = start - self.left_steps + np.arange(STEPS_PER_FRAME)
-        if self.flavour == "latentsync":
+        if self.model == "latentsync":
             steps = np.maximum(steps, 0)
         if self._closed:
             total = step_count(self._pcm.end)
-            if self.flavour == "latentsync":
+            if self.model == "latentsync":
                 if total == 0:
                     raise ValueError(
                         f"audio too short for LatentSync features: {self._pcm.end} samples (< 20 ms)"
@@ -377,7 +377,7 @@ class AudioFeatureStream:
 
     def _samples_for_window(self, w: int) -> int:
         end = WINDOW_SAMPLES * (w + 1)
-        if self.flavour == "latentsync":
+        if self.model == "latentsync":
             # the window's last mel frame reaches 200 - 160 = 40 samples past its end
             end = HOP_LENGTH * (WINDOW_FRAMES * (w + 1) - 1) + _HALF_FFT
         return end
@@ -386,7 +386,7 @@ class AudioFeatureStream:
         return self._closed or self._pcm.end >= self._samples_for_window(w)
 
     def _encode_window(self, w: int) -> np.ndarray:
-        if self.flavour == "musetalk":
+        if self.model == "musetalk":
             a = WINDOW_SAMPLES * w
             pcm = self._pcm.span(a, min(a + WINDOW_SAMPLES, self._pcm.end))
             mel = torch.from_numpy(log_mel(pcm))
@@ -399,6 +399,6 @@ class AudioFeatureStream:
             spec = _clip_log10_mel(self._pcm, k0, k1, total)
             peak = self.mel_peak if self.mel_peak is not None else spec.max()
             mel = F.pad(normalize_log_mel(spec, peak), (0, WINDOW_FRAMES - spec.shape[1]))
-        states = self.encoder.hidden_states(mel[None], final_layer_norm=self.flavour == "musetalk")
+        states = self.encoder.hidden_states(mel[None], final_layer_norm=self.model == "musetalk")
         self.windows_encoded += 1
         return states[0].float().cpu().numpy()

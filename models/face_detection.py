@@ -91,6 +91,15 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
+def face_batches(frames: Sequence[np.ndarray], boxes: Sequence, batch_size: int):
+    """The (frame, box) pairs in lists of at most `batch_size`; there must be a box per frame."""
+    if len(frames) != len(boxes):
+        raise ValueError(f"got {len(frames)} frames but {len(boxes)} boxes")
+    pairs = list(zip(frames, boxes))
+    for start in range(0, len(pairs), batch_size):
+        yield pairs[start:start + batch_size]
+
+
 def iou(a, b) -> float:
     """IoU of two boxes (x1, y1, x2, y2, ...)."""
     return float(box_iou(a, np.asarray(b, dtype=np.float64)[None])[0])

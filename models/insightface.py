@@ -26,7 +26,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
-from lipgraph.models.face_detection import box_iou
+from lipgraph.models.face_detection import box_iou, face_batches
 
 DETECTOR_FILE = "det_10g.onnx"
 LANDMARK_FILE = "2d106det.onnx"
@@ -291,11 +291,8 @@ class Landmark106:
 
     def landmarks(self, frames: Sequence[np.ndarray], boxes: Sequence[Box]) -> List[np.ndarray]:
         """One [106, 2] float32 array per (frame, box) pair."""
-        if len(frames) != len(boxes):
-            raise ValueError(f"got {len(frames)} frames but {len(boxes)} boxes")
         results: List[np.ndarray] = []
-        for start in range(0, len(frames), self.batch_size):
-            pairs = list(zip(frames[start:start + self.batch_size], boxes[start:start + self.batch_size]))
+        for pairs in face_batches(frames, boxes, self.batch_size):
             crops, transforms = [], []
             for frame, box in pairs:
                 _check_frame(frame)

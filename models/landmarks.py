@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lipgraph.models.checkpoint import StateDictMismatchError, check_state_dict, read_state_dict
+from lipgraph.models.face_detection import face_batches
 
 NUM_LANDMARKS = 68
 INPUT_SIZE = 256
@@ -281,11 +282,8 @@ class FANLandmarks:
 
     def landmarks(self, frames: Sequence[np.ndarray], boxes: Sequence[Box]) -> List[np.ndarray]:
         """One [68, 2] float32 array per (frame, box) pair."""
-        if len(frames) != len(boxes):
-            raise ValueError(f"got {len(frames)} frames but {len(boxes)} boxes")
         results: List[np.ndarray] = []
-        for start in range(0, len(frames), self.batch_size):
-            chunk = list(zip(frames[start : start + self.batch_size], boxes[start : start + self.batch_size]))
+        for chunk in face_batches(frames, boxes, self.batch_size):
             heatmaps = self._heatmaps(np.stack([crop_face(f, b) for f, b in chunk]))
             peaks, _ = heatmap_peaks(heatmaps)
             for p, (_, box) in zip(peaks, chunk):

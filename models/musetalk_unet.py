@@ -15,6 +15,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from .positional import sinusoid_table
+from .sd_unet_layout import SD_UNET_LAYOUT, block_types
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
@@ -23,41 +24,10 @@ from lipgraph.models.checkpoint import check_state_dict, read_diffusers_config, 
 # Upstream's PositionalEncoding(d_model=384, max_len=5000).
 PE_MAX_LEN = 5000
 
-# musetalkV15/musetalk.json as published (diffusers UNet2DConditionModel arguments)
-MUSETALK_V15_UNET_CONFIG: dict[str, Any] = {
-    "act_fn": "silu",
-    "attention_head_dim": 8,
-    "block_out_channels": [
-        320,
-        640,
-        1280,
-        1280
-    ],
-    "center_input_sample": False,
-    "cross_attention_dim": 384,
-    "down_block_types": [
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "DownBlock2D"
-    ],
-    "downsample_padding": 1,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "in_channels": 8,
-    "layers_per_block": 2,
-    "mid_block_scale_factor": 1,
-    "norm_eps": 1e-05,
-    "norm_num_groups": 32,
-    "out_channels": 4,
-    "sample_size": 64,
-    "up_block_types": [
-        "UpBlock2D",
-        "CrossAttnUpBlock2D",
-        "CrossAttnUpBlock2D",
-        "CrossAttnUpBlock2D"
-    ]
-}
+# musetalkV15/musetalk.json as published (diffusers UNet2DConditionModel arguments); its keys
+# are in alphabetical order, as the published file writes them.
+MUSETALK_V15_UNET_CONFIG: dict[str, Any] = dict(sorted(
+    {**SD_UNET_LAYOUT, **block_types("2D"), "in_channels": 8}.items()))
 
 
 def default_dtype(device: str | torch.device) -> torch.dtype:
@@ -99,20 +69,15 @@ def audio_positional_encoding(seq_len: int, d_model: int = 384, max_len: int = P
 class MuseTalkUNet(nn.Module):
     """The UNet plus MuseTalk's audio positional encoding: latents + audio -> predicted latent."""
 
+    device = property(lambda self: self.unet.device)
+    dtype = property(lambda self: self.unet.dtype)
+
     def __init__(self, unet: UNet2DConditionModel):
         super().__init__()
         self.unet = unet
         self.audio_dim = int(unet.config.cross_attention_dim)
         # Kept out of the module's buffers so it stays fp32 when the UNet is cast to half.
         self._pe: torch.Tensor | None = None
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.unet.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.unet.device
 
     def positional_encoding(self, seq_len: int) -> torch.Tensor:
         pe = self._pe

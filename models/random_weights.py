@@ -227,7 +227,7 @@ def uses_latentsync(graph) -> bool:
     """Whether a stage that takes the LatentSync UNet asks for LatentSync (as written: without
     weights, binding has already switched it to its MuseTalk fallback)."""
     return any("unet3d" in _takes(spec.cls).values()
-               and (spec.declared or spec.params).get("backend") == "latentsync"
+               and (spec.declared or spec.params).get("model") == "latentsync"
                for spec in graph.stages.values())
 
 

@@ -1,4 +1,4 @@
-"""SD VAE (sd-vae-ft-mse, diffusers AutoencoderKL) with MuseTalk's and LatentSync's conventions.
+"""SD VAE (sd-vae-ft-mse, diffusers AutoencoderKL) with MuseTalk's and LatentSync's ways of using it.
 
 Both projects scale latents by 0.18215 with no shift. MuseTalk encodes each 256x256 face crop
 twice: once with its lower half blacked out (the region to re-draw) and once whole (the
@@ -86,19 +86,14 @@ def _locate(path: Path, config: Any) -> tuple[Path, Any]:
 class SDVAE:
     """AutoencoderKL wrapper: uint8 RGB images <-> scaled latents."""
 
+    device = property(lambda self: self.vae.device)
+    dtype = property(lambda self: self.vae.dtype)
+
     def __init__(self, vae: AutoencoderKL, scaling_factor: float = SCALING_FACTOR,
                  shift_factor: float = SHIFT_FACTOR):
         self.vae = vae
         self.scaling_factor = scaling_factor
         self.shift_factor = shift_factor
-
-    @property
-    def device(self) -> torch.device:
-        return self.vae.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.vae.dtype
 
     def to_pixels(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 RGB [B, H, W, 3] -> [B, 3, H, W] in [-1, 1] on the VAE's device and dtype."""

@@ -57,6 +57,19 @@ def vae_required_weights(params) -> list[str]:
     return [] if params["vae"] else list(VAE_FILES)
 
 
+class VAEStageChecks:
+    """The param and weights checks of the stages that run the shared VAE."""
+
+    @classmethod
+    def validate_params(cls, params):
+        from ._torch import check_device_params
+        return check_device_params(params)
+
+    @classmethod
+    def required_weights(cls, params):
+        return vae_required_weights(params)
+
+
 def vae_folder(stage) -> str:
     if stage.p["vae"]:
         return stage.p["vae"]

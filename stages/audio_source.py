@@ -9,6 +9,7 @@ from __future__ import annotations
 from lipgraph.graph.items import Info, Item
 from lipgraph.graph.stage import Stage
 
+from .unet_model import bind_auto
 from .fields import names
 
 SAMPLE_RATE = 16000
@@ -18,23 +19,17 @@ class AudioSource(Stage):
     inputs = ()
     outputs = ("out",)
     # peak: also measure the whole clip's log-mel peak first (LatentSync's features need it);
-    # auto: when the graph's UNet uses LatentSync's conventions
+    # auto: when the graph runs LatentSync
     params = {"path": "", "chunk_s": 1.0, "peak": "auto"}
     reads = ()
     writes = names("pcm")
 
-    @classmethod
-    def bind(cls, params, graph, notes):
-        if params["peak"] == "auto":
-            from .conventions import graph_conventions
-            params["peak"] = "yes" if "latentsync" in graph_conventions(graph) else "no"
-        return params
+    choices = {"peak": ("auto", "yes", "no")}
+    bind = bind_auto(peak=lambda models: "yes" if "latentsync" in models else "no")
 
     @classmethod
     def validate_params(cls, params):
         problems = []
-        if params["peak"] not in ("auto", "yes", "no"):
-            problems.append(("peak", "expected auto, yes or no"))
         if not params["path"]:
             problems.append(("path", "no input audio (params.path / --audio)"))
         if params["chunk_s"] <= 0:
@@ -44,7 +39,7 @@ class AudioSource(Stage):
     @classmethod
     def check_files(cls, params):
         from lipgraph.media.audio import probe_audio
-        from lipgraph.media.video import MediaError
+        from lipgraph.media.decode import MediaError
         try:
             info = probe_audio(params["path"])
         except MediaError as exc:

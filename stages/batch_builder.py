@@ -2,13 +2,13 @@
 bypass to the sink, in order. What is held is released before a cutaway is bypassed, at an
 index gap, when full, and at the end (graph/README.md, rule 3).
 
-- `mode: batches` (MuseTalk): up to `batch_size` consecutive face frames per batch.
-- `mode: windows` (LatentSync): windows of `window` consecutive face frames of one shot
+- `model: musetalk`: up to `batch_size` consecutive face frames per batch.
+- `model: latentsync`: windows of `window` consecutive face frames of one shot
   (default 16, at most 24: the temporal attention's limit). A window never spans a cutaway
   or a gap. A shot shorter than a window runs with fewer frames. The tail of a longer shot
   does not pad with invented frames: its window starts earlier, taking the last frames of
   the previous window again as context (their model inputs only; they are not output twice).
-`mode: auto` follows the graph's UNet stage.
+`model: auto` follows the graph's UNet stage.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from lipgraph.graph.batching import BatchRouter
 from lipgraph.graph.items import Batch
 from lipgraph.graph.stage import Stage
 
+from .unet_model import bind_auto
 from .fields import STACKED, STACKED_FLOAT32, WITH_CONTEXT, names
 
 
@@ -68,22 +69,17 @@ class WindowRouter(BatchRouter):
 
 class BatchBuilder(Stage):
     outputs = ("main", "bypass")
-    params = {"mode": "auto", "batch_size": 8, "window": 16}
+    params = {"model": "auto", "batch_size": 8, "window": 16}
+    choices = {"model": ("auto", "musetalk", "latentsync")}
+    renamed = {"mode": "model"}
     reads = names("box")
     writes = names("n_context", *STACKED.values())
 
-    @classmethod
-    def bind(cls, params, graph, notes):
-        if params["mode"] == "auto":
-            from .conventions import graph_conventions
-            params["mode"] = "windows" if graph_conventions(graph)[0] == "latentsync" else "batches"
-        return params
+    bind = bind_auto(model=lambda models: models[0])
 
     @classmethod
     def validate_params(cls, params):
         problems = []
-        if params["mode"] not in ("auto", "batches", "windows"):
-            problems.append(("mode", "expected auto, batches or windows"))
         if params["batch_size"] < 1:
             problems.append(("batch_size", "must be >= 1"))
         if not 1 <= params["window"] <= 24:
@@ -91,7 +87,7 @@ class BatchBuilder(Stage):
         return problems
 
     def open(self):
-        if self.p["mode"] == "windows":
+        if self.p["model"] == "latentsync":
             self.router = WindowRouter(self.p["window"], "main", "bypass")
         else:
             self.router = BatchRouter(self.p["batch_size"], "main", "bypass", make_batch=stack_batch)

@@ -1,4 +1,4 @@
-"""blend: paste each generated face back into its frame, in the convention of the model that
+"""blend: paste each generated face back into its frame, the way of the model that
 made it (the batch says which):
 
 - MuseTalk v1.5: the 256 face resized into the face box, blended through the parsing mask.
@@ -22,13 +22,13 @@ class Blend(Stage):
     stateless = True
     params = {}
     reads = names("frame", "face")
-    writes = names("convention", "edit", "restore")
+    writes = names("model", "edit", "restore")
 
     def process(self, batch, port):
-        convention = batch.data.get("convention", "musetalk")
-        paste = self._latentsync if convention == "latentsync" else self._musetalk
+        model = batch.data.get("model", "musetalk")
+        paste = self._latentsync if model == "latentsync" else self._musetalk
         for item in batch.members():
-            item.data["convention"] = convention
+            item.data["model"] = model
             paste(item.data)
             for key in WORKING:      # lighter messages downstream
                 item.data.pop(key, None)

@@ -1,4 +1,4 @@
-"""face_align: LatentSync's face convention for each face frame.
+"""face_align: LatentSync's aligned face for each face frame.
 
 Three points from the landmarks `face_landmarks` computed are mapped by a similarity
 transform onto LatentSync's template, and the face is warped into its 3:4 box (gray fill)
@@ -8,7 +8,7 @@ and resized to a square of `resolution` (256 for v1.5, 512 for v1.6):
 - 68 points (`lm68`, FAN, 1.5): brow and nose means, landmark and translation smoothing, a
   Lanczos warp (the 1.5 release); without any landmarks, points estimated from the box.
 Smoothing restarts at every cutaway or gap. Adds `aligned` (the square face), `affine`
-(frame -> box) and `align` (which convention, for the paste-back) to each face frame.
+(frame -> box) and `align` (which alignment, for the paste-back) to each face frame.
 
 The mask: `mask: PATH`, else the official `latentsync/utils/mask.png` when `weights` is a
 LatentSync checkout (or its `checkpoints/` folder), else the same mask drawn by code. It is
@@ -30,27 +30,19 @@ class FaceAlign(Stage):
     reads = names("frame", "box")
     writes = names("aligned", "affine", "align")
 
+    choices = {"enabled": ("auto", "yes", "no"), "resolution": (0, 256, 512)}
+
     @classmethod
     def bind(cls, params, graph, notes):
-        from .conventions import graph_conventions, unet_resolution
-        conv = graph_conventions(graph)
+        from .unet_model import graph_models, unet_resolution
         if params["enabled"] == "auto":
-            params["enabled"] = "yes" if "latentsync" in conv else "no"
+            params["enabled"] = "yes" if "latentsync" in graph_models(graph) else "no"
         if not params["resolution"]:
             params["resolution"] = unet_resolution(graph)
         if not params["mask"] and params["enabled"] == "yes":
             from lipgraph.vision.latentsync_mask import find_official_mask
             params["mask"] = find_official_mask(params["weights"])
         return params
-
-    @classmethod
-    def validate_params(cls, params):
-        problems = []
-        if params["enabled"] not in ("auto", "yes", "no"):
-            problems.append(("enabled", "expected auto, yes or no"))
-        if params["resolution"] not in (0, 256, 512):
-            problems.append(("resolution", "expected 256 (LatentSync 1.5) or 512 (1.6)"))
-        return problems
 
     def open(self):
         self.on = self.p["enabled"] == "yes"

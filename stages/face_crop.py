@@ -12,6 +12,7 @@ import numpy as np
 
 from lipgraph.graph.stage import Stage
 
+from .unet_model import bind_auto
 from .fields import names
 
 
@@ -22,21 +23,8 @@ class FaceCrop(Stage):
     reads = names("frame", "box")
     writes = names("face_box", "crop")
 
-    @classmethod
-    def bind(cls, params, graph, notes):
-        if params["enabled"] == "auto":
-            from .conventions import graph_conventions
-            params["enabled"] = "yes" if "musetalk" in graph_conventions(graph) else "no"
-        return params
-
-    @classmethod
-    def validate_params(cls, params):
-        problems = []
-        if params["enabled"] not in ("auto", "yes", "no"):
-            problems.append(("enabled", "expected auto, yes or no"))
-        if params["box"] not in ("landmarks", "detector"):
-            problems.append(("box", "expected landmarks or detector"))
-        return problems
+    choices = {"enabled": ("auto", "yes", "no"), "box": ("landmarks", "detector")}
+    bind = bind_auto(enabled=lambda models: "yes" if "musetalk" in models else "no")
 
     def process(self, item, port):
         from lipgraph.vision.musetalk_face import crop_face, face_box, landmark_box

@@ -13,7 +13,11 @@ disappears or jumps between two detections, the frames between are detected too.
 `detect_every: auto` detects every 8th frame and on both sides of every shot change (a
 cheap comparison of 32 x 18 grey thumbnails of consecutive frames), so a face that comes
 with a cut is found on its first frame and boxes are never interpolated across a cut.
-Several faces: the one that continues the current track, else the largest.
+Several faces: `face` chooses whom to dub (vision/face_choice.py): `largest` (the face that
+continues the current one, else the largest), a point of the frame, or track ids from
+`python -m lipgraph.tools.faces` (then every frame is detected and tracked as the listing
+does, so the ids are the listing's), or `speaker`: the track whose mouth moves with the
+video's own speech (vision/speaker.py). A frame without the chosen face is a cutaway.
 """
 from __future__ import annotations
 
@@ -22,35 +26,44 @@ import warnings
 import numpy as np
 
 from lipgraph.graph.stage import Stage
+from lipgraph.vision.face_choice import FaceChoice, parse_choice
+from lipgraph.vision.shots import ShotCuts
 
 from ._torch import (DEVICE_PARAMS, check_device_params, inference, resolve_device,
                      resolve_dtype, run_halving)
+from .unet_model import bind_auto
 from .fields import names
 
 TRACK_IOU = 0.3     # two boxes this similar are the same face (interpolation is safe)
 AUTO_EVERY = 8      # detect_every: auto detects at least this often
-SHOT_CHANGE = 24.0  # mean grey-level change of the thumbnails that marks a cut
 
 
 class FaceDetect(Stage):
     params = {"detector": "auto", "weights": "", "detect_every": "1", "batch_size": 8,
               "max_side": 0, "channel_order": "auto", "score_threshold": 0.5,
-              "nms_threshold": 0.3, **DEVICE_PARAMS}
+              "nms_threshold": 0.3, "face": "largest", "speech": "", **DEVICE_PARAMS}
     reads = names("frame")
-    writes = names("box")
+    writes = names("box", "face_id")
+
+    choices = {"detector": ("auto", "s3fd", "haar"), "channel_order": ("auto", "rgb", "bgr")}
+    bind = bind_auto(channel_order=lambda models: "rgb" if models[0] == "musetalk" else "bgr",
+                     then=lambda params, graph: _bind_speech(params, graph))
 
     @classmethod
-    def bind(cls, params, graph, notes):
-        if params["channel_order"] == "auto":
-            from .conventions import graph_conventions
-            params["channel_order"] = "rgb" if graph_conventions(graph)[0] == "musetalk" else "bgr"
-        return params
+    def check_files(cls, params):
+        if params["face"] != "speaker" or not params["speech"]:
+            return []
+        from lipgraph.media.audio import probe_audio
+        try:
+            probe_audio(params["speech"])
+        except (ValueError, OSError) as exc:
+            return [f"detect.face=speaker follows the speech of the video's own audio, and "
+                    f"{params['speech']} has none ({exc})"]
+        return []
 
     @classmethod
     def validate_params(cls, params):
         problems = check_device_params(params)
-        if params["detector"] not in ("auto", "s3fd", "haar"):
-            problems.append(("detector", f"expected auto, s3fd or haar, got {params['detector']!r}"))
         every = str(params["detect_every"])
         if every != "auto" and not (every.isdigit() and int(every) >= 1):
             problems.append(("detect_every", f"expected a whole number >= 1 or auto, got {every!r}"))
@@ -58,8 +71,10 @@ class FaceDetect(Stage):
             problems.append(("batch_size", "must be >= 1"))
         if params["max_side"] < 0:
             problems.append(("max_side", "must be >= 0 (0: full resolution)"))
-        if params["channel_order"] not in ("auto", "rgb", "bgr"):
-            problems.append(("channel_order", "expected auto, rgb or bgr"))
+        try:
+            parse_choice(params["face"])
+        except ValueError as exc:
+            problems.append(("face", str(exc)))
         return problems
 
     def open(self):
@@ -78,10 +93,21 @@ class FaceDetect(Stage):
                                                 device=device, dtype=dtype, **options)
         for w in caught:
             self.ctx.warn(str(w.message))
-        self.auto = str(self.p["detect_every"]) == "auto"
-        self.every = AUTO_EVERY if self.auto else int(self.p["detect_every"])
+        choice = parse_choice(self.p["face"])
+        self.choice = None                # built at the first frame (it needs the frame rate)
+        self.tracking = choice[0] in ("ids", "speaker")
+        self.loudness = None
+        if choice[0] == "speaker":
+            if not self.p["speech"]:
+                raise ValueError("detect.face=speaker needs the source video (detect.speech)")
+            from lipgraph.vision.speaker import SpeechLoudness
+            self.loudness = SpeechLoudness(self.p["speech"])
+        # tracks with the listing's ids need the listing's detection: every frame, cuts found
+        self.auto = str(self.p["detect_every"]) == "auto" and not self.tracking
+        self.every = 1 if self.tracking else AUTO_EVERY if self.auto else int(self.p["detect_every"])
+        self.cuts = ShotCuts() if self.tracking else None
+        self.cut_at: set = set()
         self.cut_keys: set = set()    # indices made keyframes by a shot change
-        self.thumb = None             # the previous frame's thumbnail (auto)
         # detect this many keyframes per call, holding about batch_size frames at most
         self.keys_per_call = max(1, self.p["batch_size"] // self.every)
         self.held: list = []          # frames not yet emitted, in order
@@ -95,8 +121,13 @@ class FaceDetect(Stage):
             self.last_key = (item, item.data["box"])
             yield "out", self._counted(item)
             return
+        if self.choice is None:
+            self._start_choice(item)
         if self.auto:
             self._mark_cut(item)
+        elif self.cuts is not None and self.cuts.is_cut(item.data["frame"]):
+            self.cut_at.add(item.index)
+            self.ctx.count("shot_changes")
         self.held.append(item)
         if self._keys_held() >= self.keys_per_call:
             yield from self._resolve(final=False)
@@ -112,6 +143,26 @@ class FaceDetect(Stage):
                           "input video with the new audio (check the video, or try "
                           "detect.detector=s3fd / a lower detect.score_threshold)")
 
+    def _start_choice(self, item) -> None:
+        fps = float(self.info.get("fps") or 25.0)
+        self.fps = fps
+        self.choice = FaceChoice(parse_choice(self.p["face"]), max_lost=max(1, round(fps)), fps=fps)
+        h, w = item.data["frame"].shape[:2]
+        self.choice.size = (w, h)
+
+    def _choose(self, item, boxes, previous):
+        change = 0.0
+        if self.loudness is not None:
+            t = item.time if item.time is not None else item.index / self.fps
+            change = self.loudness.change(t, 1.0 / self.fps)
+        box, tid = self.choice.choose(item.index, boxes, previous, item.index in self.cut_at,
+                                      frame=item.data["frame"], loudness_change=change)
+        self.cut_at.discard(item.index)
+        if tid is not None:
+            item.data["face_id"] = tid
+            self.ctx.count(f"frames_face_{tid}")
+        return box
+
     def _counted(self, item):
         self.seen += 1
         self.with_face += item.data["box"] is not None
@@ -125,14 +176,9 @@ class FaceDetect(Stage):
 
     def _mark_cut(self, item) -> None:
         """A shot change before `item`: it and the last frame of the old shot become keyframes."""
-        import cv2
-        frame = item.data["frame"]
-        step = max(1, min(frame.shape[:2]) // 64)       # subsample first: cheap at 4K too
-        small = np.ascontiguousarray(frame[::step, ::step])
-        thumb = cv2.cvtColor(cv2.resize(small, (32, 18), interpolation=cv2.INTER_AREA),
-                             cv2.COLOR_RGB2GRAY).astype(np.int16)
-        prev, self.thumb = self.thumb, thumb
-        if prev is not None and float(np.abs(thumb - prev).mean()) > SHOT_CHANGE:
+        if self.cuts is None:
+            self.cuts = ShotCuts()
+        if self.cuts.is_cut(item.data["frame"]):
             self.cut_keys.add(item.index)
             if self.held:
                 self.cut_keys.add(self.held[-1].index)
@@ -165,7 +211,7 @@ class FaceDetect(Stage):
         start = 0
         for k, boxes in zip(keys, found):
             between = self.held[start:k]
-            key_box = _pick(boxes, prev_box)
+            key_box = self._choose(self.held[k], boxes, prev_box)
             self._fill(between, prev_box, key_box)
             self.held[k].data["box"] = key_box
             prev_box = key_box
@@ -200,13 +246,15 @@ class FaceDetect(Stage):
         # a face appears, disappears or jumps: detect every frame in between
         prev = box_a
         for it, boxes in zip(between, self._detect(between)):
-            prev = _pick(boxes, prev)
+            prev = self._choose(it, boxes, prev)
             it.data["box"] = prev
 
 
-def _pick(boxes, previous):
-    from lipgraph.models.face_detection import pick_face
-    box = pick_face(boxes, previous)
-    return None if box is None else np.asarray(box, np.float32)
 
 
+def _bind_speech(params: dict, graph: dict) -> dict:
+    """face: speaker follows the source's own speech: the audio of the video the graph decodes."""
+    if params["face"] == "speaker" and not params["speech"]:
+        source = next((s for s in graph.values() if "seekable_source" in s.cls.roles), None)
+        params["speech"] = source.params.get("path", "") if source else ""
+    return params

@@ -35,18 +35,20 @@ class FaceLandmarks(Stage):
     reads = names("frame", "box")
     writes = names("lm68", "lm106")
 
+    choices = {"alignment": ("auto", "fan", "insightface")}
+
     @classmethod
     def bind(cls, params, graph, notes):
-        from .conventions import graph_conventions, unet_resolution
-        conv = graph_conventions(graph)
+        from .unet_model import graph_models, unet_resolution
+        models = graph_models(graph)
         if params["alignment"] == "auto":
             params["alignment"] = "insightface" if unet_resolution(graph) == 512 else "fan"
         if params["sets"] == "auto":
             sets = []
             crop = [s for s in graph.values() if s.type == "face_crop"]
-            if "musetalk" in conv and any(s.params.get("box", "landmarks") == "landmarks" for s in crop):
+            if "musetalk" in models and any(s.params.get("box", "landmarks") == "landmarks" for s in crop):
                 sets.append("68")
-            if "latentsync" in conv:
+            if "latentsync" in models:
                 sets.append("106" if params["alignment"] == "insightface" else "68")
             params["sets"] = ",".join(sorted(set(sets))) or "none"
         return params
@@ -54,8 +56,6 @@ class FaceLandmarks(Stage):
     @classmethod
     def validate_params(cls, params):
         problems = check_device_params(params)
-        if params["alignment"] not in ("auto", "fan", "insightface"):
-            problems.append(("alignment", "expected auto, fan or insightface"))
         sets = params["sets"]
         if sets not in ("auto", "none") and not set(sets.split(",")) <= {"68", "106"}:
             problems.append(("sets", f"expected auto, none, 68, 106 or 68,106, got {sets!r}"))

@@ -61,7 +61,7 @@ class FaceParse(Stage):
         return super().on_flush(flush, port)
 
     def process(self, batch, port):
-        if batch.data.get("convention", "musetalk") != "musetalk":
+        if batch.data.get("model", "musetalk") != "musetalk":
             self.anchor = None        # LatentSync restores through its own mask
             yield "out", batch
             return

@@ -33,6 +33,8 @@ TABLE = (
     Field("cached", "bool", "the frame's prepared work came from the cache", working=True),
     Field("box", "float32 [5] or None", "detector face box x1, y1, x2, y2, score; None: a "
                                         "cutaway", cached=True),
+    Field("face_id", "int", "the face track chosen on this frame (detect.face: track ids)",
+          cached=True),
     Field("lm68", "float32 [68, 2]", "FAN landmarks, iBUG order", working=True),
     Field("lm106", "float32 [106, 2]", "InsightFace 2d106det landmarks", working=True),
     Field("face_box", "int32 [4]", "MuseTalk's face box (from the 68 landmarks)", cached=True),
@@ -40,7 +42,7 @@ TABLE = (
     Field("aligned", "uint8 [R, R, 3]", "LatentSync's aligned face (R 256 or 512)", cached=True,
           stacked="aligned", context=True, working=True),
     Field("affine", "float64 [2, 3]", "frame -> aligned box transform", cached=True, working=True),
-    Field("align", "str", "alignment convention: fan or insightface", cached=True, working=True),
+    Field("align", "str", "alignment: fan or insightface", cached=True, working=True),
     Field("audio", "float32 [T, D]", "MuseTalk's Whisper tokens (batch: stacked)",
           stacked="audio", float32=True, working=True),
     Field("audio_ls", "float32 [T, D]", "LatentSync's Whisper features (batch: stacked, "
@@ -64,7 +66,7 @@ TABLE = (
     Field("ls_mask", "tensor [F, 1, h, w]", "LatentSync's mask at latent size",
           unet_input="latentsync"),
     Field("pred", "tensor [B, 4, h, w]", "the UNet's predicted latents (new frames only)"),
-    Field("convention", "str", "the model that made the face: musetalk or latentsync "
+    Field("model", "str", "the model that made the face: musetalk or latentsync "
                                "(batch, then each frame)"),
     # the face and its paste-back
     Field("face", "uint8 [S, S, 3]", "the decoded face", working=True),

@@ -9,7 +9,8 @@ For a lossless master: `codec: ffv1`, `pix_fmt: bgr0` and a .mkv path.
 `sidecar: PATH` also writes one JSON line per output frame: index, time, src (the decoded
 source frame it shows; resampled by video_source's `fps`, a repeated frame names the same
 one), face (face box or null for a cutaway), edit (box of every pixel that may have
-changed, or null), convention (the model that made the mouth).
+changed, or null), model (the model that made the mouth), face_id (the face track
+dubbed, when `detect.face` names track ids).
 
 With `workdir` (set by run_graph: segments are on unless `segment_s: 0`), frames go into
 segments of `segment_s` seconds recorded in the job's manifest, joined into the output at
@@ -175,7 +176,8 @@ class Mux(Stage):
         face = None if box is None else [int(round(float(v))) for v in list(box)[:4]]
         return json.dumps({
             "index": item.index, "time": item.time, "src": d.get("src_index"), "face": face,
-            "edit": d.get("edit"), "convention": d.get("convention") if face else None,
+            "edit": d.get("edit"), "model": d.get("model") if face else None,
+            **({"face_id": d["face_id"]} if face and d.get("face_id") is not None else {}),
             **({"restore": d["restore"]} if face and d.get("restore") else {})})
 
     def finish(self):

@@ -66,7 +66,7 @@ class _CacheStage(Stage):
         self.store = None
         if not self.p["dir"]:
             return
-        from lipgraph.media.video import probe_video
+        from lipgraph.media.probe import probe_video
 
         from ._prepared import PreparedStore
         from ._torch import shared_model

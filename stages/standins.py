@@ -18,11 +18,14 @@ from lipgraph.graph.stage import Stage
 from .fields import names
 
 
-class PatternFaces(Stage):
+class _StandIn(Stage):
     stateless = True
+    params = {}
+
+
+class PatternFaces(_StandIn):
     params = {"pattern": "", "box": [0, 0, 1, 1]}
-    reads = names("frame")
-    writes = names("box")
+    reads, writes = names("frame"), names("box")
 
     def process(self, item, port):
         from lipgraph.tools.synthetic import read_id
@@ -32,11 +35,8 @@ class PatternFaces(Stage):
         yield "out", item
 
 
-class ZeroTokens(Stage):
-    stateless = True
-    params = {}
-    reads = names("box")
-    writes = names("audio")
+class ZeroTokens(_StandIn):
+    reads, writes = names("box"), names("audio")
 
     def process(self, item, port):
         if item.data.get("box") is not None:
@@ -44,11 +44,8 @@ class ZeroTokens(Stage):
         yield "out", item
 
 
-class CopyFace(Stage):
-    stateless = True
-    params = {}
-    reads = names("crops")
-    writes = names("face")
+class CopyFace(_StandIn):
+    reads, writes = names("crops"), names("face")
 
     def process(self, batch, port):
         crops = batch.data.pop("crops")

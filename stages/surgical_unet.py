@@ -1,6 +1,6 @@
 """surgical_unet: the one place the model changes.
 
-`backend: musetalk` runs MuseTalk v1.5's UNet; `backend: latentsync` runs LatentSync's
+`model: musetalk` runs MuseTalk v1.5's UNet; `model: latentsync` runs LatentSync's
 UNet3D (`version: "1.5"` at 256 px or `"1.6"` at 512 px) with `fallback: musetalk`
 (default) or `fallback: none`:
 
@@ -10,7 +10,7 @@ UNet3D (`version: "1.5"` at 256 px or `"1.6"` at 512 px) with `fallback: musetal
   (vae_encode, which may run in another process, still prepares LatentSync's inputs: each
   window drops them here and MuseTalk encodes its own from the crops);
 - a window failing at run time (CUDA out of memory, non-finite output, any error): that
-  window is redone with MuseTalk from the same frames, in MuseTalk's conventions, and the run
+  window is redone with MuseTalk from the same frames, as MuseTalk's inputs, and the run
   goes on. Fallbacks are counted per reason in the profile (`fallback_windows`,
   `fallback_frames`); `frames_<model>` counts the frames each model made.
 With `fallback: none` a failure stops the run with the stage, window and reason.
@@ -27,7 +27,7 @@ _DISCARD = unet_inputs("latentsync") + names("pred")
 
 
 class SurgicalUNet(Stage):
-    params = {"backend": "musetalk", "fallback": "musetalk", "weights": "",
+    params = {"model": "musetalk", "fallback": "musetalk", "weights": "",
               # MuseTalk files (or --weights)
               "unet": "", "unet_config": "", "vae": "",
               # LatentSync files (or --weights) and sampling
@@ -37,22 +37,20 @@ class SurgicalUNet(Stage):
     # param -> the file of the random models it takes (models/random_weights.py)
     random_weights = {"unet": "unet", "unet_config": "unet_config", "vae": "vae",
                       "unet3d": "unet3d", "unet3d_config": "unet3d_config"}
+    renamed = {"backend": "model"}
+    choices = {"fallback": ("musetalk", "none"), "version": ("auto", "1.5", "1.6")}
     bind_order = -1
-    reads = ()              # what each backend needs depends on it and on the window
-    writes = names("pred", "convention")
+    reads = ()              # what each model's UNet needs depends on it and on the window
+    writes = names("pred", "model")
 
     @classmethod
     def validate_params(cls, params):
-        from .backends import backend_class
+        from .unets import unet_class
         problems = check_device_params(params)
         try:
-            backend_class(params["backend"])
+            unet_class(params["model"])
         except (ValueError, ImportError, AttributeError) as exc:
-            problems.append(("backend", str(exc)))
-        if params["fallback"] not in ("musetalk", "none"):
-            problems.append(("fallback", f"expected musetalk or none, got {params['fallback']!r}"))
-        if str(params["version"]) not in ("auto", "1.5", "1.6"):
-            problems.append(("version", "expected auto, 1.5 (256 px) or 1.6 (512 px)"))
+            problems.append(("model", str(exc)))
         if params["steps"] < 1:
             problems.append(("steps", "must be >= 1"))
         if params["guidance"] < 1.0:
@@ -67,10 +65,10 @@ class SurgicalUNet(Stage):
         no LatentSync weights: MuseTalk it is."""
         if str(params["version"]) == "auto":
             params["version"] = checkpoint_version(params["unet3d"], params["weights"])
-        if params["backend"] != "latentsync" or params["fallback"] != "musetalk":
+        if params["model"] != "latentsync" or params["fallback"] != "musetalk":
             return params
-        from .backends.latentsync import LatentSyncBackend
-        need = LatentSyncBackend.required_weights(params)
+        from .unets.latentsync import LatentSyncUNet
+        need = LatentSyncUNet.required_weights(params)
         missing = None
         if not need:
             import os
@@ -83,44 +81,44 @@ class SurgicalUNet(Stage):
             except MissingWeightsError as exc:
                 missing = str(exc).splitlines()[0] + f" ({', '.join(exc.missing)})"
         if missing:
-            notes.append(("backend", f"LatentSync weights not found: {missing}; the whole run "
+            notes.append(("model", f"LatentSync weights not found: {missing}; the whole run "
                                      "uses MuseTalk (fallback: musetalk)"))
-            params["backend"] = "musetalk"
+            params["model"] = "musetalk"
         return params
 
     @classmethod
     def required_weights(cls, params):
-        from .backends import backend_class
-        need = list(backend_class(params["backend"]).required_weights(params))
-        if params["backend"] != "musetalk" and params["fallback"] == "musetalk":
-            from .backends.musetalk import MuseTalkBackend
-            need += MuseTalkBackend.required_weights(params)
+        from .unets import unet_class
+        need = list(unet_class(params["model"]).required_weights(params))
+        if params["model"] != "musetalk" and params["fallback"] == "musetalk":
+            from .unets.musetalk import MuseTalkUNet
+            need += MuseTalkUNet.required_weights(params)
         return need
 
     def open(self):
-        from .backends import backend_class
-        from .backends.musetalk import MuseTalkBackend
-        name = self.p["backend"]
+        from .unets import unet_class
+        from .unets.musetalk import MuseTalkUNet
+        name = self.p["model"]
         self.fallback = None
         if name != "musetalk" and self.p["fallback"] == "musetalk":
-            self.fallback = MuseTalkBackend(self)
+            self.fallback = MuseTalkUNet(self)
         try:
-            self.backend = backend_class(name)(self)
+            self.model = unet_class(name)(self)
         except Exception as exc:
             if self.fallback is None:
                 raise
-            self.backend = None
+            self.model = None
             self.load_reason = f"{name} failed to load"          # the profile's reason
             self.ctx.warn(f"{self.load_reason}: {type(exc).__name__}: {exc}; "
                           "the whole run uses MuseTalk")
 
     def process(self, batch, port):
-        if self.backend is None:
+        if self.model is None:
             self._fall_back(batch, self.load_reason)
         else:
             reason = None
             try:
-                self.backend.run(batch)
+                self.model.run(batch)
             except Exception as exc:
                 if self.fallback is None:
                     raise
@@ -128,7 +126,7 @@ class SurgicalUNet(Stage):
                 # window's tensors, which the MuseTalk rerun may need the memory of
                 reason = _reason(exc)
             if reason is None:
-                self.ctx.count(f"frames_{self.backend.name}", len(batch))
+                self.ctx.count(f"frames_{self.model.name}", len(batch))
             else:
                 self._fall_back(batch, reason)
         yield "out", batch

@@ -170,7 +170,18 @@ def bypass_predicate(spec: str):
     raise ValueError(f"unknown bypass pattern {spec!r}")
 
 
-class SyntheticRouter(Stage):
+class _Holding(Stage):
+    """Holds items in `self.held` (a BatchRouter or Rebatcher); a Flush or the end releases them."""
+
+    def on_flush(self, flush, port):
+        yield from self.held.flush()
+        yield from super().on_flush(flush, port)
+
+    def finish(self):
+        return self.held.flush()
+
+
+class SyntheticRouter(_Holding):
     """Batches long-path items, sends the others down `bypass` (a stand-in batch builder)."""
 
     outputs = ("main", "bypass")
@@ -185,23 +196,16 @@ class SyntheticRouter(Stage):
         return [("batch_size", "must be >= 1")] if params["batch_size"] < 1 else []
 
     def open(self):
-        self.router = BatchRouter(self.p["batch_size"], "main", "bypass")
+        self.held = BatchRouter(self.p["batch_size"], "main", "bypass")
         self.pred = bypass_predicate(self.p["bypass"])
 
     def process(self, item, port):
         _maybe_fail(self, item.index)
         if self.pred(item.index):
             _trail(item, f"{self.name}:bypass")
-            yield from self.router.divert(item)
+            yield from self.held.divert(item)
         else:
-            yield from self.router.add(item)
-
-    def on_flush(self, flush, port):
-        yield from self.router.flush()
-        yield from super().on_flush(flush, port)
-
-    def finish(self):
-        return self.router.flush()
+            yield from self.held.add(item)
 
 
 class SyntheticBatchMap(Stage):
@@ -219,24 +223,17 @@ class SyntheticBatchMap(Stage):
         yield "out", batch
 
 
-class SyntheticRebatch(Stage):
+class SyntheticRebatch(_Holding):
     """Collects items into batches; releases on Flush and at the end (downstream batcher)."""
 
     params = {"batch_size": 8}
 
     def open(self):
-        self.batcher = Rebatcher(self.p["batch_size"], "out")
+        self.held = Rebatcher(self.p["batch_size"], "out")
 
     def process(self, item, port):
         for m in item.members():
-            yield from self.batcher.add(m)
-
-    def on_flush(self, flush, port):
-        yield from self.batcher.flush()
-        yield from super().on_flush(flush, port)
-
-    def finish(self):
-        return self.batcher.flush()
+            yield from self.held.add(m)
 
 
 class SyntheticUnbatch(Stage):
@@ -309,14 +306,15 @@ class SyntheticSink(Stage):
         if self.merge:
             self.merge.finish()
         if self.f:
-            self.f.close()
-            self.f = None
+            self.close()
             os.replace(self.tmp, self.p["path"])
         return ()
 
     def close(self):
-        if self.f:   # not finished: a failed run; the runner removes the temporary file
+        # after a failed run the runner removes the temporary file
+        if self.f:
             self.f.close()
+            self.f = None
 
 
 for _name, _cls in {"synthetic_source": SyntheticSource, "synthetic_map": SyntheticMap,

@@ -3,25 +3,17 @@ from __future__ import annotations
 
 from lipgraph.graph.stage import Stage
 
-from ._torch import DEVICE_PARAMS, check_device_params, inference, run_halving
-from ._weights import load_shared_vae, vae_required_weights
+from ._torch import DEVICE_PARAMS, inference, run_halving
+from ._weights import VAEStageChecks, load_shared_vae
 from .fields import names
 
 
-class VAEDecode(Stage):
+class VAEDecode(VAEStageChecks, Stage):
     params = {"weights": "", "vae": "", **DEVICE_PARAMS}
     # param -> the file of the random models it takes (models/random_weights.py)
     random_weights = {"vae": "vae"}
     reads = names("pred")
     writes = names("face")
-
-    @classmethod
-    def validate_params(cls, params):
-        return check_device_params(params)
-
-    @classmethod
-    def required_weights(cls, params):
-        return vae_required_weights(params)
 
     def open(self):
         self.vae = load_shared_vae(self)

@@ -7,46 +7,37 @@ distribution mean by default (deterministic), `sample: true` draws like upstream
 - LatentSync: the aligned face times its mask (masked pixels mid-gray) and the whole aligned
   face, each [F, 4, h, w] (`ls_masked`, `ls_ref`), and the mask at latent size (`ls_mask`),
   for every frame of the window, context frames included.
-`convention: auto` follows the graph's UNet stage.
+`model: auto` follows the graph's UNet stage.
 """
 from __future__ import annotations
 
 from lipgraph.graph.stage import Stage
 
-from ._torch import DEVICE_PARAMS, check_device_params, inference, run_halving
-from ._weights import load_shared_vae, vae_required_weights
+from ._torch import DEVICE_PARAMS, inference, run_halving
+from ._weights import VAEStageChecks, load_shared_vae
 from .fields import names, unet_inputs
 
 
-class VAEEncode(Stage):
+class VAEEncode(VAEStageChecks, Stage):
     # keep: also leave each frame's latents on the frame (for the prepared cache)
-    params = {"convention": "auto", "weights": "", "vae": "", "sample": False, "seed": 0,
+    params = {"model": "auto", "weights": "", "vae": "", "sample": False, "seed": 0,
               "keep": "auto", **DEVICE_PARAMS}
     # param -> the file of the random models it takes (models/random_weights.py)
     random_weights = {"vae": "vae"}
-    reads = ()              # crops or aligned faces, by convention
+    choices = {"model": ("auto", "musetalk", "latentsync")}
+    renamed = {"convention": "model"}
+    reads = ()              # crops or aligned faces, by model
     writes = names("latents", "ls_latents", *unet_inputs("latentsync"))
 
     @classmethod
     def bind(cls, params, graph, notes):
-        if params["convention"] == "auto":
-            from .conventions import graph_conventions
-            params["convention"] = graph_conventions(graph)[0]
+        if params["model"] == "auto":
+            from .unet_model import graph_models
+            params["model"] = graph_models(graph)[0]
         if params["keep"] == "auto":
             caching = any(s.type == "cache_write" and s.params.get("dir") for s in graph.values())
             params["keep"] = "yes" if caching else "no"
         return params
-
-    @classmethod
-    def validate_params(cls, params):
-        problems = check_device_params(params)
-        if params["convention"] not in ("auto", "musetalk", "latentsync"):
-            problems.append(("convention", "expected auto, musetalk or latentsync"))
-        return problems
-
-    @classmethod
-    def required_weights(cls, params):
-        return vae_required_weights(params)
 
     def open(self):
         import torch
@@ -57,7 +48,7 @@ class VAEEncode(Stage):
 
     def process(self, batch, port):
         with inference():
-            if self.p["convention"] == "latentsync":
+            if self.p["model"] == "latentsync":
                 self._encode_latentsync(batch)
             else:
                 self._encode_musetalk(batch)

@@ -22,7 +22,7 @@ default rounding (`round=near`, AV_ROUND_NEAR_INF):
 - the resampled sequence covers the source: round(duration * R) frames (at least 1), the
   source ending at its last frame's time plus 1 / its average rate.
 
-`media.video.resample_picks` is the rule; it picks the same frames as libavfilter's `fps`
+`media.resample.resample_picks` is the rule; it picks the same frames as libavfilter's `fps`
 filter. Upstream LatentSync re-encodes its input with `ffmpeg -i IN -r 25 -crf 18` before
 inference, which also picks frames by timestamp; note that the ffmpeg command line applies
 an output `-r` through its constant-frame-rate sync rather than the `fps` filter (it drops or
@@ -105,7 +105,8 @@ class VideoSource(Stage):
 
     @classmethod
     def check_files(cls, params):
-        from lipgraph.media.video import MediaError, probe_video
+        from lipgraph.media.decode import MediaError
+        from lipgraph.media.probe import probe_video
         try:
             probe_video(params["path"])
         except MediaError as exc:
@@ -115,7 +116,8 @@ class VideoSource(Stage):
     @staticmethod
     def plan(params: dict):
         """(video info, output frame count, audio duration or None) for these params."""
-        from lipgraph.media.video import probe_video, resampled_frames
+        from lipgraph.media.probe import probe_video
+        from lipgraph.media.resample import resampled_frames
         vinfo = probe_video(params["path"])
         rate = VideoSource.output_rate(params)
         fps = vinfo.fps if rate is None else float(rate)
@@ -132,7 +134,8 @@ class VideoSource(Stage):
         """Output indices, within the first forward pass, where a keyframe of the source
         is (or, resampling, the first output frame from that keyframe on): where a split
         job prefers to cut."""
-        from lipgraph.media.video import keyframe_indices, resampled_frames
+        from lipgraph.media.frame_source import keyframe_indices
+        from lipgraph.media.resample import resampled_frames
         keys = keyframe_indices(params["path"])
         rate = VideoSource.output_rate(params)
         if rate is None:
@@ -161,7 +164,9 @@ class VideoSource(Stage):
         self.fps = self.vinfo.fps if self.rate is None else float(self.rate)
 
     def _frames(self):
-        from lipgraph.media.video import PingPongReader, ResampledReader, VideoReader
+        from lipgraph.media.pingpong import PingPongReader
+        from lipgraph.media.resample import ResampledReader
+        from lipgraph.media.video import VideoReader
         if self.rate is not None:
             with ResampledReader(self.p["path"], self.rate, self.total, chunk=self.p["chunk"],
                                  threads=self.p["threads"], start=self.first) as r:

@@ -5,8 +5,9 @@ only as far as the frame in hand needs, so memory stays flat (graph/README.md, r
 Features are computed 30 s window by window (`media.audio_features`). Cutaway frames pass
 through without features. Each UNet gets the features it was trained on: `musetalk` (all
 hidden states, zero padding) -> `audio`; `latentsync` (last state before the final
-LayerNorm, clamped edges, the whole clip's mel peak) -> `audio_ls`. `flavour: auto` computes
-what the graph's UNet stage needs (both when LatentSync falls back to MuseTalk).
+LayerNorm, clamped edges, the whole clip's mel peak) -> `audio_ls`. `model: auto` computes
+what the graph's UNet stage needs (both when LatentSync falls back to MuseTalk); `whisper`
+names the Whisper files (else found under --weights).
 """
 from __future__ import annotations
 
@@ -23,33 +24,36 @@ FEATURE_KEYS = {"musetalk": "audio", "latentsync": "audio_ls"}
 class WhisperFeatures(Stage):
     inputs = ("frames", "audio")
     outputs = ("out",)
-    params = {"weights": "", "model": "", "flavour": "auto", **DEVICE_PARAMS}
+    params = {"weights": "", "whisper": "", "model": "auto", **DEVICE_PARAMS}
+    renamed = {"flavour": "model"}
     # param -> the file of the random models it takes (models/random_weights.py)
-    random_weights = {"model": "whisper"}
+    random_weights = {"whisper": "whisper"}
     reads = {"frames": names("box"), "audio": names("pcm")}
     writes = names(*FEATURE_KEYS.values())
 
     @classmethod
     def bind(cls, params, graph, notes):
-        if params["flavour"] == "auto":
-            from .conventions import graph_conventions
-            params["flavour"] = ",".join(graph_conventions(graph))
+        if params["model"] == "auto":
+            from .unet_model import graph_models
+            params["model"] = ",".join(graph_models(graph))
         return params
 
     @classmethod
     def validate_params(cls, params):
         problems = check_device_params(params)
-        bad = [f for f in params["flavour"].split(",") if f not in ("musetalk", "latentsync", "auto")]
+        bad = [f for f in params["model"].split(",") if f not in ("musetalk", "latentsync", "auto")]
         if bad:
-            problems.append(("flavour", f"expected musetalk, latentsync or both (comma-separated), got {params['flavour']!r}"))
+            hint = " (the Whisper files' folder is the param `whisper`)" if "/" in params["model"] else ""
+            problems.append(("model", f"expected musetalk, latentsync or both (comma-separated), "
+                                      f"got {params['model']!r}{hint}"))
         return problems
 
     @classmethod
     def required_weights(cls, params) -> list[str]:
-        if params["model"]:
+        if params["whisper"]:
             return []
         # the HF whisper-tiny folder of a MuseTalk layout, else LatentSync's tiny.pt
-        return ["whisper_config", "whisper_weights"] if "musetalk" in params["flavour"] \
+        return ["whisper_config", "whisper_weights"] if "musetalk" in params["model"] \
             else ["whisper_tiny_openai"]
 
     def open(self):
@@ -58,14 +62,14 @@ class WhisperFeatures(Stage):
         from ._weights import resolve
         self.device = resolve_device(self.p["device"])
         dtype = resolve_dtype(self.p["dtype"], self.device)
-        path = self.p["model"]
+        path = self.p["whisper"]
         if not path:
             names = self.required_weights(self.p)
             found = resolve(self, names)
             path = str(found[names[-1]] if len(names) == 1 else found["whisper_weights"].parent)
         quiet_model_libraries()
         self.encoder = load_whisper_encoder(path, device=self.device, dtype=dtype)
-        self.flavours = self.p["flavour"].split(",")
+        self.models = self.p["model"].split(",")
         self.streams = None
         self.mel_peak = None
         self.pending = None
@@ -87,7 +91,7 @@ class WhisperFeatures(Stage):
             self.streams = {
                 f: AudioFeatureStream(self.encoder, f, fps,
                                       mel_peak=self.mel_peak if f == "latentsync" else None)
-                for f in self.flavours}
+                for f in self.models}
         return self.streams
 
     def accepts(self):

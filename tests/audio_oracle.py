@@ -13,7 +13,7 @@ from lipgraph.media.audio_features import (
     LATENTSYNC_LEFT_STEPS,
     STEPS_PER_FRAME,
     _as_pcm,
-    _check_flavour,
+    _check_model,
     fps_fraction,
     frame_count,
     frame_start_step,
@@ -41,7 +41,7 @@ def reference_features(
     Written straight from the upstream description (all windows, join, trim, pad, slice);
     memory grows with the clip, so use it for short clips and as the streaming oracle.
     """
-    _check_flavour(flavour)
+    _check_model(flavour)
     pcm = _as_pcm(pcm)
     n = pcm.shape[0]
     rate = fps_fraction(fps)

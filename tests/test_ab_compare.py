@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from lipgraph.media.audio import probe_audio
-from lipgraph.media.video import VideoReader, pingpong_indices, probe_video
+from lipgraph.media.pingpong import pingpong_indices
+from lipgraph.media.probe import probe_video
+from lipgraph.media.video import VideoReader
 from lipgraph.media.writer import VideoWriter
 from lipgraph.tools.ab_metrics import PSNR_CAP_DB, OutputFigures, TemporalStability, luma, psnr, ssim, ssim_valid
 from lipgraph.tools.ab_runs import Run
@@ -163,7 +165,7 @@ def handmade(tmp_path):
     rows = [{"index": k, "time": k / 25, "src": k,
              "face": [60, 40, 260, 230] if c == "F" else None,
              "edit": [100, 120, 220, 200] if c == "F" else None,
-             "convention": "musetalk" if c == "F" else None} for k, c in enumerate(pattern)]
+             "model": "musetalk" if c == "F" else None} for k, c in enumerate(pattern)]
     return video, audio, output, rows, tmp_path
 
 
@@ -185,7 +187,7 @@ def test_analysis_with_a_hand_made_sidecar(handmade):
     assert 45 < r["cutaways"]["psnr_db"]["min"] < PSNR_CAP_DB     # one pixel of 76,800 changed
     assert r["frames"]["in_order"] and r["frames"]["pingpong"] and r["frames"]["sidecar_lines"] == 14
     assert r["frames"]["index_mismatches"] == 0 and r["frames"]["time_mismatches"] == 0
-    assert r["conventions"] == {"None": 3, "musetalk": 11}
+    assert r["models"] == {"None": 3, "musetalk": 11}
     t = r["temporal"]
     assert t["pairs"] == 5 + 4                                  # two shots of face frames
     assert t["output"] > 50 and 0 < t["input"] < 20 and t["ratio"] > 3   # noise vs a drifting face
@@ -274,7 +276,7 @@ def test_compare_two_musetalk_graphs_end_to_end(tmp_path, weights):
         fr = g["frames"]
         assert fr["output_frames"] == fr["input_frames"] == fr["sidecar_lines"] == 20 and fr["in_order"]
         assert g["temporal"]["pairs"] > 0 and g["temporal"]["input"] > 0
-        assert g["conventions"] == {"None": 4, "musetalk": 16}
+        assert g["models"] == {"None": 4, "musetalk": 16}
         assert g["lse"]["computed"] and math.isfinite(g["lse"]["lse_c"]) and g["lse"]["lse_d"] > 0
         assert [t["frames"] for t in g["lse"]["tracks"]] == [8, 8]
     batch = [g["throughput"]["stages"]["encode"]["mean_batch"] for g in (a, b)]
@@ -316,14 +318,14 @@ def test_compare_musetalk_with_latentsync_counts_fallbacks_and_upper_face(tmp_pa
     for s in model_sets(weights):
         args += ["--set", s]
     for s in [f"unet.unet3d={ls['unet3d']}", f"unet.unet3d_config={ls['unet3d_config']}", "unet.steps=1",
-              "landmarks.device=cpu", "unet.backend=tests.test_latentsync_pipeline:FlakyLatentSync"]:
+              "landmarks.device=cpu", "unet.model=tests.test_latentsync_pipeline:FlakyLatentSync"]:
         args += ["--set-b", s]
     proc = compare_cli(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.load(open(out / "report.json"))
     a, b = report["graphs"]["A"], report["graphs"]["B"]
     assert a["identity"]["identical_outside_mouth"] == 24 and a["fallbacks"]["frames"] == 0
-    assert b["conventions"] == {"None": 4, "latentsync": 16, "musetalk": 8}
+    assert b["models"] == {"None": 4, "latentsync": 16, "musetalk": 8}
     assert b["fallbacks"]["frames"] == 8
     assert "CUDA out of memory" in json.dumps(b["fallbacks"])
     ident = b["identity"]

@@ -313,7 +313,7 @@ def test_stream_needs_audio_and_forward_order(encoder):
 
 
 def test_stream_rejects_bad_arguments(encoder):
-    with pytest.raises(ValueError, match="flavour"):
+    with pytest.raises(ValueError, match="model"):
         AudioFeatureStream(encoder, "wav2lip", 25)
     with pytest.raises(ValueError, match="mel_peak"):
         AudioFeatureStream(encoder, "musetalk", 25, mel_peak=1.0)

@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from lipgraph.media.video import probe_video
+from lipgraph.media.probe import probe_video
 from tests.test_pipeline_musetalk import GRAPH, LOSSLESS, ROOT
 from lipgraph.tools.synthetic import clip_frames, graph_command, make_clip, model_sets, read_id
 

@@ -76,8 +76,8 @@ def test_musetalk_model_stages_place_every_tensor(tiny_models):
                       "crop": rng.integers(0, 255, (256, 256, 3), np.uint8),
                       "audio": rng.standard_normal((50, 32)).astype(np.float32)}) for i in range(2)]
     batch = stack_batch(items)
-    batch = _audited((lambda: VAEEncode("encode", {"vae": w["vae"], "convention": "musetalk", "device": "cpu"}, Ctx()),
-                 lambda: SurgicalUNet("unet", {"backend": "musetalk", "unet": w["unet"], "unet_config": w["unet_config"],
+    batch = _audited((lambda: VAEEncode("encode", {"vae": w["vae"], "model": "musetalk", "device": "cpu"}, Ctx()),
+                 lambda: SurgicalUNet("unet", {"model": "musetalk", "unet": w["unet"], "unet_config": w["unet_config"],
                                         "vae": w["vae"], "device": "cpu"}, Ctx()),
                       lambda: VAEDecode("decode", {"vae": w["vae"], "device": "cpu"}, Ctx())), batch)
     assert batch.items[0].data["face"].shape == (256, 256, 3)

@@ -234,3 +234,15 @@ def test_shortcuts_set_their_params_and_name_the_output(tmp_path):
     with pytest.raises(GraphError, match=r"no shortcut 'video' \(args: output, count\)"):
         load_graph(path, shortcuts={"video": "a.mp4"})
     assert read_outline("musetalk").shortcuts["output"] == ["mux.path"]   # a built-in graph by name
+
+
+def test_renamed_params_name_their_new_name_and_choices_are_checked():
+    """A graph using an old param name is told the new one (on the command line and in the
+    file); a param outside its stage type's choices names them."""
+    with pytest.raises(GraphError) as exc:
+        load_graph("musetalk", ["unet.backend=latentsync", "detect.detector=nope",
+                                "batch.mode=windows"])
+    text = str(exc.value)
+    assert "param 'backend' of type 'surgical_unet' is now 'model'" in text
+    assert "param 'mode' of type 'batch_builder' is now 'model'" in text
+    assert "expected auto, s3fd or haar, got 'nope'" in text

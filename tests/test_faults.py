@@ -26,7 +26,10 @@ import pytest
 
 from lipgraph.media.audio import iter_audio_blocks, read_audio
 from lipgraph.media.segments import Manifest, work_dir
-from lipgraph.media.video import PingPongReader, ResampledReader, VideoReader, keyframe_indices
+from lipgraph.media.frame_source import keyframe_indices
+from lipgraph.media.pingpong import PingPongReader
+from lipgraph.media.resample import ResampledReader
+from lipgraph.media.video import VideoReader
 from media_fixtures import make_audio, pattern_frame
 from lipgraph.tools.synthetic import clip_frames, graph_command, model_sets, speech_like
 
@@ -158,7 +161,7 @@ def test_undecodable_first_frames_take_the_first_decoded_one(tmp_path):
 def test_seek_onto_an_undecodable_keyframe_starts_a_keyframe_earlier(tmp_path, monkeypatch):
     """Resuming (or a backward pass) right after a damaged keyframe finds the previous
     decoded frame from the keyframe before, not by decoding the file from the top."""
-    import lipgraph.media.video as video
+    from lipgraph.media.frame_source import FrameSource
     clean, bad = tmp_path / "clean.mp4", tmp_path / "bad.mp4"
     encode_clip(clean, [pattern_frame(i, 160, 96) for i in range(40)])
     assert 20 in keyframe_indices(clean)
@@ -166,8 +169,8 @@ def test_seek_onto_an_undecodable_keyframe_starts_a_keyframe_earlier(tmp_path, m
     got = list(VideoReader(bad))
     assert got[20].undecodable and got[21].undecodable
     opened = []
-    real = video._Source._open
-    monkeypatch.setattr(video._Source, "_open", lambda self: (opened.append(1), real(self)))
+    real = FrameSource._open
+    monkeypatch.setattr(FrameSource, "_open", lambda self: (opened.append(1), real(self)))
     again = list(VideoReader(bad, start_index=21))
     assert len(opened) == 2                 # the reader's own and the one after the packet table
     assert [f.index for f in again] == list(range(21, 40))

@@ -69,7 +69,7 @@ def test_undeclared_stages_pass_through():
 
 
 def test_derived_lists_are_the_ones_the_stages_kept():
-    assert set(fields.CACHED) == {"box", "face_box", "crop_box", "mask", "latents", "aligned",
+    assert set(fields.CACHED) == {"box", "face_id", "face_box", "crop_box", "mask", "latents", "aligned",
                                   "affine", "align", "ls_latents"}
     assert fields.STACKED == {"crop": "crops", "audio": "audio", "latents": "cached_latents",
                               "aligned": "aligned", "audio_ls": "audio_ls",

@@ -15,8 +15,11 @@ import pytest
 
 from lipgraph.graph.spec import GraphError, load_graph
 from lipgraph.media.audio import probe_audio, read_audio
-from lipgraph.media.video import (ResampledReader, VideoReader, covering_count, fps_slot, keyframe_indices,
-                         pingpong_indices, probe_video, resample_picks, resampled_frames)
+from lipgraph.media.frame_source import keyframe_indices
+from lipgraph.media.pingpong import pingpong_indices
+from lipgraph.media.probe import probe_video
+from lipgraph.media.resample import ResampledReader, covering_count, fps_slot, resample_picks, resampled_frames
+from lipgraph.media.video import VideoReader
 from media_fixtures import make_video, read_pattern_index, vfr_times
 from lipgraph.stages.video_source import VideoSource
 from lipgraph.tools.synthetic import graph_command, make_clip, model_sets, read_id

@@ -47,7 +47,7 @@ def test_upstream_folders_run_the_surgical_graph_without_renaming(tmp_path, monk
                                                       ("detect", "landmarks", "align", "whisper",
                                                        "encode", "unet", "decode", "parse")}})
     p = {name: s.params for name, s in g.stages.items()}
-    assert p["unet"]["backend"] == "latentsync" and not g.notes       # its UNet was found
+    assert p["unet"]["model"] == "latentsync" and not g.notes       # its UNet was found
     assert p["unet"]["version"] == version                           # told apart by size
     assert p["align"]["resolution"] == (512 if version == "1.6" else 256)
     assert os.path.samefile(p["align"]["mask"], tmp_path / "LatentSync" / "latentsync" / "utils" / "mask.png")
@@ -63,7 +63,7 @@ def test_a_16_checkpoint_is_never_taken_for_15(tmp_path):
     ckpt = checkout(tmp_path / "LatentSync", "1.6")
     g = load_graph(SURGICAL, {"video.path": "a.mp4", "video.audio": "b.wav", "audio.path": "b.wav",
                               "mux.path": "c.mp4", "unet.weights": str(ckpt), "unet.version": "1.5"})
-    assert g.stages["unet"].params["backend"] == "musetalk"          # 1.5 missing: fallback
+    assert g.stages["unet"].params["model"] == "musetalk"          # 1.5 missing: fallback
     assert any("latentsync15_unet" in n for n in g.notes)
 
 

@@ -73,7 +73,7 @@ def test_preroll_frames_bypass_so_windows_start_at_the_boundary():
     and smoothing warm up on them); they bypass the models, so no window spans the
     boundary with the previous part."""
     from lipgraph.stages.batch_builder import BatchBuilder
-    b = BatchBuilder("batch", {"mode": "windows", "window": 16, "batch_size": 8})
+    b = BatchBuilder("batch", {"model": "latentsync", "window": 16, "batch_size": 8})
     b.open()
     out = []
     for i in range(12, 60):                      # the part starts at 20, pre-roll from 12
@@ -229,7 +229,7 @@ def test_latentsync_end_to_end(tmp_path, models):
     out, side = str(tmp_path / "o.mkv"), str(tmp_path / "o.jsonl")
     run_graph(video, audio, out, model_sets(mt, latentsync=ls) + LOSSLESS + [f"mux.sidecar={side}"])
     rows, prof = read_run(video, out, side)
-    assert [r["convention"] for r in rows] == ["latentsync"] * 20 + [None] * 3 + ["latentsync"] * 5
+    assert [r["model"] for r in rows] == ["latentsync"] * 20 + [None] * 3 + ["latentsync"] * 5
     unet = prof["stages"]["unet"]
     assert unet["batch_sizes"] == {"4": 1, "5": 1, "16": 1}      # 16, the tail (+12 context), 5
     assert "fallback_windows" not in unet["counters"]
@@ -238,11 +238,10 @@ def test_latentsync_end_to_end(tmp_path, models):
 class FlakyLatentSync:
     """The LatentSync backend, failing on windows that start at index 16 (like a CUDA OOM)."""
     name = "latentsync"
-    convention = "latentsync"
 
     def __init__(self, stage):
-        from lipgraph.stages.backends.latentsync import LatentSyncBackend
-        self.inner = LatentSyncBackend(stage)
+        from lipgraph.stages.unets.latentsync import LatentSyncUNet
+        self.inner = LatentSyncUNet(stage)
 
     required_weights = staticmethod(lambda params: [])
 
@@ -257,10 +256,10 @@ def test_window_failure_falls_back_to_musetalk(tmp_path, models):
     video, audio = make_clip(str(tmp_path), "F" * 24)
     out, side = str(tmp_path / "o.mkv"), str(tmp_path / "o.jsonl")
     sets = model_sets(mt, latentsync=ls) + LOSSLESS + [
-        f"mux.sidecar={side}", "unet.backend=tests.test_latentsync_pipeline:FlakyLatentSync"]
+        f"mux.sidecar={side}", "unet.model=tests.test_latentsync_pipeline:FlakyLatentSync"]
     run_graph(video, audio, out, sets)
     rows, prof = read_run(video, out, side)
-    assert [r["convention"] for r in rows] == ["latentsync"] * 16 + ["musetalk"] * 8
+    assert [r["model"] for r in rows] == ["latentsync"] * 16 + ["musetalk"] * 8
     unet = prof["stages"]["unet"]
     assert unet["counters"] == {"fallback_windows": 1, "fallback_frames": 8,
                                 "frames_latentsync": 16, "frames_musetalk": 8}
@@ -271,12 +270,11 @@ class DivergingLatentSync:
     """The real LatentSync backend whose sampler diverges (NaN) on the window at index 0:
     the backend's own finiteness check must catch it."""
     name = "latentsync"
-    convention = "latentsync"
     required_weights = staticmethod(lambda params: [])
 
     def __init__(self, stage):
-        from lipgraph.stages.backends.latentsync import LatentSyncBackend
-        self.inner = LatentSyncBackend(stage)
+        from lipgraph.stages.unets.latentsync import LatentSyncUNet
+        self.inner = LatentSyncUNet(stage)
         sample = self.inner.sampler.sample
 
         def diverging(noise, *args):
@@ -295,9 +293,9 @@ def test_non_finite_window_falls_back_and_the_table_says_why(tmp_path, models):
     video, audio = make_clip(str(tmp_path), "F" * 24)
     out, side = str(tmp_path / "o.mkv"), str(tmp_path / "o.jsonl")
     run_graph(video, audio, out, model_sets(mt, latentsync=ls) + LOSSLESS + [
-        f"mux.sidecar={side}", "unet.backend=tests.test_latentsync_pipeline:DivergingLatentSync"])
+        f"mux.sidecar={side}", "unet.model=tests.test_latentsync_pipeline:DivergingLatentSync"])
     rows, prof = read_run(video, out, side)
-    assert [r["convention"] for r in rows] == ["musetalk"] * 16 + ["latentsync"] * 8
+    assert [r["model"] for r in rows] == ["musetalk"] * 16 + ["latentsync"] * 8
     unet = prof["stages"]["unet"]
     assert unet["reasons"]["fallback_windows"] == {"non-finite output": 1}
     assert "unet: fallback_windows: non-finite output x1" in format_table(prof)
@@ -307,16 +305,16 @@ def test_noise_is_seeded_and_shared_by_every_window():
     """One noise map for the whole run: the same for every window (and every frame of it),
     the same on every run with the same seed, another with another seed."""
     import types
-    from lipgraph.stages.backends.latentsync import LatentSyncBackend
+    from lipgraph.stages.unets.latentsync import LatentSyncUNet
 
     def backend(seed):
         return types.SimpleNamespace(noise=None, seed=seed, device="cpu")
     a, b, c = backend(1247), backend(1247), backend(7)
     shape = (4, 8, 8)
-    first = LatentSyncBackend._noise(a, shape)
-    assert LatentSyncBackend._noise(a, shape) is first                 # the next window
-    assert torch.equal(LatentSyncBackend._noise(b, shape), first)      # another run
-    assert not torch.equal(LatentSyncBackend._noise(c, shape), first)
+    first = LatentSyncUNet._noise(a, shape)
+    assert LatentSyncUNet._noise(a, shape) is first                 # the next window
+    assert torch.equal(LatentSyncUNet._noise(b, shape), first)      # another run
+    assert not torch.equal(LatentSyncUNet._noise(c, shape), first)
 
 
 def test_fallback_none_stops_with_the_reason(tmp_path, models):
@@ -324,7 +322,7 @@ def test_fallback_none_stops_with_the_reason(tmp_path, models):
     video, audio = make_clip(str(tmp_path), "F" * 20)
     out = str(tmp_path / "o.mkv")
     sets = model_sets(mt, latentsync=ls) + [
-        "unet.fallback=none", "unet.backend=tests.test_latentsync_pipeline:FlakyLatentSync"]
+        "unet.fallback=none", "unet.model=tests.test_latentsync_pipeline:FlakyLatentSync"]
     proc = run_graph(video, audio, out, sets, expect=1)
     assert "stage 'unet'" in proc.stderr and "items 16..19" in proc.stderr
     assert "OutOfMemoryError" in proc.stderr and not os.path.exists(out)
@@ -340,7 +338,7 @@ def test_unloadable_latentsync_runs_musetalk_with_one_warning(tmp_path, models):
     proc = run_graph(video, audio, out, sets)
     assert proc.stderr.count("failed to load") == 1 and "the whole run uses MuseTalk" in proc.stderr
     rows, prof = read_run(video, out, side)
-    assert {r["convention"] for r in rows if r["face"]} == {"musetalk"}
+    assert {r["model"] for r in rows if r["face"]} == {"musetalk"}
     reasons = prof["stages"]["unet"]["reasons"]["fallback_frames"]
     assert sum(reasons.values()) == 16 and list(reasons) == ["latentsync failed to load"]
 
@@ -348,22 +346,22 @@ def test_unloadable_latentsync_runs_musetalk_with_one_warning(tmp_path, models):
 def test_missing_latentsync_weights_switch_the_graph_to_musetalk(tmp_path):
     g = load_graph(SURGICAL, ["video.path=a", "video.audio=b", "audio.path=b", "mux.path=c.mp4",
                               f"unet.weights={tmp_path}"])
-    assert g.stages["unet"].params["backend"] == "musetalk"
-    assert g.stages["batch"].params["mode"] == "batches"
+    assert g.stages["unet"].params["model"] == "musetalk"
+    assert g.stages["batch"].params["model"] == "musetalk"
     assert g.stages["align"].params["enabled"] == "no"
-    assert g.stages["whisper"].params["flavour"] == "musetalk"
+    assert g.stages["whisper"].params["model"] == "musetalk"
     assert len(g.notes) == 1 and "latentsync15_unet" in g.notes[0] and "uses MuseTalk" in g.notes[0]
 
 
-def test_binding_follows_backend_and_version(tmp_path, models):
+def test_binding_follows_model_and_version(tmp_path, models):
     _, ls = models
     g = load_graph(SURGICAL, ["video.path=a", "video.audio=b", "audio.path=b", "mux.path=c.mp4",
                               f"unet.unet3d={ls['unet3d']}", "unet.version=1.6"])
     p = {name: s.params for name, s in g.stages.items()}
-    assert p["unet"]["backend"] == "latentsync" and not g.notes
+    assert p["unet"]["model"] == "latentsync" and not g.notes
     assert p["align"]["enabled"] == "yes" and p["align"]["resolution"] == 512
-    assert p["batch"]["mode"] == "windows" and p["encode"]["convention"] == "latentsync"
-    assert p["whisper"]["flavour"] == "latentsync,musetalk" and p["audio"]["peak"] == "yes"
+    assert p["batch"]["model"] == "latentsync" and p["encode"]["model"] == "latentsync"
+    assert p["whisper"]["model"] == "latentsync,musetalk" and p["audio"]["peak"] == "yes"
     assert p["crop"]["enabled"] == "yes"          # the MuseTalk fallback needs its crops
     # 1.6: InsightFace's 106 points for the alignment, 68 for the fallback's crop box; the
     # detector fed BGR as face_alignment feeds it
@@ -376,4 +374,4 @@ def test_binding_follows_backend_and_version(tmp_path, models):
     g = load_graph(SURGICAL, ["video.path=a", "video.audio=b", "audio.path=b", "mux.path=c.mp4",
                               f"unet.unet3d={ls['unet3d']}", "unet.fallback=none"])
     assert g.stages["crop"].params["enabled"] == "no"
-    assert g.stages["whisper"].params["flavour"] == "latentsync"
+    assert g.stages["whisper"].params["model"] == "latentsync"

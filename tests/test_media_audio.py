@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lipgraph.media.audio import AudioReader, iter_audio_blocks, probe_audio, read_audio
-from lipgraph.media.video import MediaError
+from lipgraph.media.decode import MediaError
 from media_fixtures import dominant_frequency, make_audio, make_video, sine
 
 SR = 16000

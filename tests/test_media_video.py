@@ -4,14 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
-from lipgraph.media.video import (
-    MediaError,
-    MediaFileNotFoundError,
-    PingPongReader,
-    VideoReader,
-    pingpong_indices,
-    probe_video,
-)
+from lipgraph.media.decode import MediaError, MediaFileNotFoundError
+from lipgraph.media.pingpong import PingPongReader, pingpong_indices
+from lipgraph.media.probe import probe_video
+from lipgraph.media.video import VideoReader
 from media_fixtures import make_audio, make_video, pattern_frame, psnr, read_pattern_index, vfr_times
 
 

@@ -8,7 +8,8 @@ from skimage import data
 
 import lipgraph.media.writer as writer_module
 from lipgraph.media.audio import read_audio
-from lipgraph.media.video import VideoReader, probe_video
+from lipgraph.media.probe import probe_video
+from lipgraph.media.video import VideoReader
 from lipgraph.media.writer import VideoWriter
 from media_fixtures import dominant_frequency, make_audio, pattern_frame, psnr, read_pattern_index, vfr_times
 

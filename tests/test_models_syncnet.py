@@ -7,13 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from lipgraph.models.syncnet import (
-    SyncNet,
+from lipgraph.models.lse import (
     _mel_filterbank,
     _median_filter,
     crop_face,
     face_tracks,
-    load_syncnet,
     lse_tracks,
     resample_to_25fps,
     smooth_track,
@@ -21,6 +19,7 @@ from lipgraph.models.syncnet import (
     sync_score,
     syncnet_mfcc,
 )
+from lipgraph.models.syncnet import SyncNet, load_syncnet
 from lipgraph.models.checkpoint import StateDictMismatchError
 from tests.spec_keys import check_rejects_bad_files
 

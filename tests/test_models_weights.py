@@ -11,7 +11,7 @@ import torch
 
 from lipgraph.models.checkpoint import StateDictMismatchError, check_state_dict, load_checkpoint, read_state_dict
 from lipgraph.models.weight_finder import MissingWeightsError, find_weights, resolve_weights
-from lipgraph.models.weight_table import BACKENDS, WEIGHT_FILES, WeightFile, files_in_set
+from lipgraph.models.weight_table import MODELS, WEIGHT_FILES, WeightFile, files_in_set
 from lipgraph.tools import download_weights as D
 
 
@@ -43,7 +43,7 @@ def test_registry_is_consistent():
         if wf.sha256 is not None:
             assert len(wf.sha256) == 64
         for backend in wf.required_for + wf.optional_for:
-            assert backend in BACKENDS
+            assert backend in MODELS
 
 
 def test_published_sizes_of_key_files():

@@ -211,8 +211,8 @@ def musetalk_stages(weights):
     from lipgraph.stages.vae_decode import VAEDecode
     from lipgraph.stages.vae_encode import VAEEncode
     cpu = {"device": "cpu"}
-    stages = [VAEEncode("encode", {"vae": weights["vae"], "convention": "musetalk", "keep": "no", **cpu}, Ctx()),
-              SurgicalUNet("unet", {"backend": "musetalk", "unet": weights["unet"],
+    stages = [VAEEncode("encode", {"vae": weights["vae"], "model": "musetalk", "keep": "no", **cpu}, Ctx()),
+              SurgicalUNet("unet", {"model": "musetalk", "unet": weights["unet"],
                                     "unet_config": weights["unet_config"], "vae": weights["vae"], **cpu}, Ctx()),
               VAEDecode("decode", {"vae": weights["vae"], **cpu}, Ctx()),
               FaceParse("parse", cpu, Ctx())]
@@ -250,13 +250,13 @@ def test_musetalk_stages_halve_on_out_of_memory(weights, monkeypatch):
     faults = {
         # the encoder sees the masked and the reference half of each frame: 2 frames = 4 rows
         "encode": OOMAbove(vae.vae.encode, 4),
-        "unet": OOMAbove(unet.backend.unet.forward, 2),
+        "unet": OOMAbove(unet.model.unet.forward, 2),
         "decode": OOMAbove(vae.vae.decode, 2),
         "parse": OOMAbove(parse.parser.parse, 2),
     }
     monkeypatch.setattr(vae.vae, "encode", faults["encode"])
     monkeypatch.setattr(vae.vae, "decode", faults["decode"])
-    monkeypatch.setattr(unet.backend.unet, "forward", faults["unet"])
+    monkeypatch.setattr(unet.model.unet, "forward", faults["unet"])
     parse.parser.parse = faults["parse"]
     got = run_musetalk(stages, [face_items(4), face_items(3, first=4)])
 
@@ -290,7 +290,7 @@ def test_latentsync_window_is_encoded_in_pieces(weights, monkeypatch):
         return stack_batch(items, context)
 
     def encode(fault):
-        stage = VAEEncode("encode", {"vae": weights["vae"], "convention": "latentsync", "keep": "no",
+        stage = VAEEncode("encode", {"vae": weights["vae"], "model": "latentsync", "keep": "no",
                                      "device": "cpu"}, Ctx())
         stage.open()
         if fault:
@@ -352,19 +352,18 @@ def test_detection_and_landmarks_halve(monkeypatch):
 # ----- the whole graph --------------------------------------------------------------------------
 class OOMMuseTalk:
     """MuseTalk's backend whose UNet runs out of memory on more than 2 frames (a graph run
-    names it with `--set unet.backend=tests.test_oom_halving:OOMMuseTalk`)."""
+    names it with `--set unet.model=tests.test_oom_halving:OOMMuseTalk`)."""
     name = "musetalk"
-    convention = "musetalk"
 
     def __init__(self, stage):
-        from lipgraph.stages.backends.musetalk import MuseTalkBackend
-        self.inner = MuseTalkBackend(stage)
+        from lipgraph.stages.unets.musetalk import MuseTalkUNet
+        self.inner = MuseTalkUNet(stage)
         self.inner.unet = OOMAbove(self.inner.unet, 2)
 
     @staticmethod
     def required_weights(params):
-        from lipgraph.stages.backends.musetalk import MuseTalkBackend
-        return MuseTalkBackend.required_weights(params)
+        from lipgraph.stages.unets.musetalk import MuseTalkUNet
+        return MuseTalkUNet.required_weights(params)
 
     def run(self, batch):
         self.inner.run(batch)
@@ -384,7 +383,7 @@ def test_graph_run_halves_and_profiles_it(tmp_path, weights):
     out = str(tmp_path / "o.mkv")
     cmd = graph_command(os.path.join(root, "configs", "graphs", "musetalk.yaml"), video, audio, out,
                         model_sets(weights) + ["mux.codec=ffv1", "mux.pix_fmt=bgr0",
-                                               "unet.backend=tests.test_oom_halving:OOMMuseTalk"],
+                                               "unet.model=tests.test_oom_halving:OOMMuseTalk"],
                         "--no-trace", "--runner", "inline")
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

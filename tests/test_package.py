@@ -1,6 +1,7 @@
 """A plain (non-editable) install adds one import name, `lipgraph`, and a `lipgraph` command
 that finds the built-in graphs by name from any folder."""
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -18,8 +19,12 @@ def installed(tmp_path_factory):
     # is built from the repository and installed into the fresh environment
     venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
     py = str(env_dir / "bin" / "python")
+    # built from a copy: a build leaves build/ and *.egg-info/ beside its sources
+    src = base / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", "build", "*.egg-info", "__pycache__", "tests", "bench", "sample", "out", "runs"))
     subprocess.run([sys.executable, "-m", "pip", "--python", py, "install", "-q", "--no-deps",
-                    "--no-build-isolation", "--no-cache-dir", ROOT],
+                    "--no-build-isolation", "--no-cache-dir", str(src)],
                    check=True, cwd=base, timeout=300)
     work = base / "elsewhere"
     work.mkdir()

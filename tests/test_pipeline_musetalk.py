@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from lipgraph.media.audio import probe_audio, read_audio
-from lipgraph.media.video import VideoReader, pingpong_indices, probe_video
+from lipgraph.media.pingpong import pingpong_indices
+from lipgraph.media.probe import probe_video
+from lipgraph.media.video import VideoReader
 from media_fixtures import psnr
 from lipgraph.tools.synthetic import clip_frames, graph_command, make_clip, model_sets, read_id, tiny_weights
 

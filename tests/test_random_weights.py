@@ -9,7 +9,7 @@ import sys
 import av
 import pytest
 
-from lipgraph.media.video import probe_video
+from lipgraph.media.probe import probe_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -97,7 +97,7 @@ def test_split_job_equals_one_pipeline(local_ray, clip, runner):
                                             "--quiet", "--no-trace", *extra),
                               cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
-    from lipgraph.media.video import keyframe_indices
+    from lipgraph.media.frame_source import keyframe_indices
     from lipgraph.runners.scaleout import part_ranges
     (a0, b0), (a1, b1) = part_ranges(len(pattern), 2, keyframe_indices(video))
     assert f"2 parts ({a0}..{b0 - 1}, {a1}..{b1 - 1})" in proc.stderr
@@ -132,7 +132,7 @@ def test_split_latentsync_windows_stay_inside_their_part(local_ray, clip):
     out = str(folder / "ls-split.mkv")
     surgical = os.path.join(ROOT, "configs", "graphs", "surgical.yaml")
     ls_sets = [s for s in sets] + [f"unet.unet3d={ls['unet3d']}", f"unet.unet3d_config={ls['unet3d_config']}",
-                                   "unet.steps=1", "unet.backend=latentsync", "batch.window=8"]
+                                   "unet.steps=1", "unet.model=latentsync", "batch.window=8"]
     proc = subprocess.run(graph_command(surgical, video, audio, out, ls_sets, "--quiet", "--no-trace",
                                         "--runner", "process", "--parallel", "2"),
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -191,12 +191,11 @@ def test_job_that_fails_once_is_retried_and_succeeds(local_ray, tmp_path):
 class SlowThenFailingMuseTalk:
     """MuseTalk, slow on frames before 28 and failing on the first batch from 28 on."""
     name = "musetalk"
-    convention = "musetalk"
     required_weights = staticmethod(lambda params: [])
 
     def __init__(self, stage):
-        from lipgraph.stages.backends.musetalk import MuseTalkBackend
-        self.inner = MuseTalkBackend(stage)
+        from lipgraph.stages.unets.musetalk import MuseTalkUNet
+        self.inner = MuseTalkUNet(stage)
 
     def run(self, batch):
         import time
@@ -211,7 +210,7 @@ def test_a_failing_part_stops_the_others(local_ray, clip, runner):
     folder, video, audio, pattern, sets = clip
     out = str(folder / f"fail-{runner}.mkv")
     proc = subprocess.run(graph_command(GRAPH, video, audio, out, sets + [
-        "unet.backend=tests.test_ray_runner:SlowThenFailingMuseTalk", "unet.fallback=none"], "--no-trace", "--quiet",
+        "unet.model=tests.test_ray_runner:SlowThenFailingMuseTalk", "unet.fallback=none"], "--no-trace", "--quiet",
         "--runner", runner, "--parallel", "2"), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1
     assert "stage 'unet'" in proc.stderr and "synthetic failure in the window at 28" in proc.stderr

@@ -107,10 +107,10 @@ def encoder():
 
 def make_whisper_stage(encoder, flavour="musetalk"):
     """The stage with an in-memory encoder instead of a file (as open() would set it up)."""
-    stage = WhisperFeatures("whisper", {"device": "cpu", "model": "x", "flavour": flavour},
+    stage = WhisperFeatures("whisper", {"device": "cpu", "whisper": "x", "model": flavour},
                             StageContext())
     stage.encoder, stage.streams, stage.mel_peak = encoder, None, None
-    stage.flavours = flavour.split(",")
+    stage.models = flavour.split(",")
     stage.pending, stage.audio_ended, stage.frames_ended = None, False, False
     return stage
 
@@ -152,7 +152,7 @@ def test_whisper_stage_matches_reference_across_windows(encoder, fps):
             np.testing.assert_allclose(out[i], ref[i], rtol=0, atol=1e-5)
 
 
-def test_whisper_stage_gives_each_backend_its_flavour(encoder):
+def test_whisper_stage_gives_each_model_its_features(encoder):
     """Both flavours from one stage: MuseTalk's in `audio`, LatentSync's (with the clip's mel
     peak from the audio source's Info) in `audio_ls`, each equal to its reference."""
     from lipgraph.media.audio_features import latentsync_mel_peak

@@ -45,7 +45,7 @@ def compare(graphs: Sequence[str], video: str, audio: str, out_dir: str, *, weig
             lse_min_track: int = 100, lse_min_face: float = 100.0) -> dict:
     """Run both graphs, measure, write side_by_side.mp4, report.json and report.md; return the report."""
     from lipgraph.media.audio import probe_audio
-    from lipgraph.media.video import probe_video
+    from lipgraph.media.probe import probe_video
     if len(graphs) != 2:
         raise SystemExit("ab_compare: --graphs takes exactly two graph files")
     for what, p in (("video", video), ("audio", audio)):

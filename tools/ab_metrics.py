@@ -168,7 +168,7 @@ class OutputFigures:
     cutaways: int = 0
     cutaways_identical: int = 0
     cutaway_psnr: list = field(default_factory=list)
-    conventions: dict = field(default_factory=dict)
+    models: dict = field(default_factory=dict)
     srcs: list = field(default_factory=list)
     index_mismatch: list = field(default_factory=list)
     time_mismatch: list = field(default_factory=list)
@@ -182,8 +182,8 @@ class OutputFigures:
             self.index_mismatch.append(k)
         if side.get("time") is not None and abs(float(side["time"]) - t) > 1e-3:
             self.time_mismatch.append(k)
-        conv = side.get("convention")
-        self.conventions[str(conv)] = self.conventions.get(str(conv), 0) + 1
+        model = side.get("model")
+        self.models[str(model)] = self.models.get(str(model), 0) + 1
         face = side.get("face")
         if face is None:
             self.cutaways += 1
@@ -215,7 +215,7 @@ class OutputFigures:
                                  "index_mismatches": len(self.index_mismatch),
                                  "time_mismatches": len(self.time_mismatch)}
         if n_input:
-            from lipgraph.media.video import pingpong_indices
+            from lipgraph.media.pingpong import pingpong_indices
             forward = list(range(min(n_input, self.frames)))
             order["in_order"] = self.srcs[:len(forward)] == forward
             expected = list(pingpong_indices(n_input, self.frames))
@@ -230,15 +230,16 @@ class OutputFigures:
             "cutaways": {"frames": self.cutaways, "identical": self.cutaways_identical,
                          "exact": self.lossless, "psnr_db": summary(self.cutaway_psnr)},
             "frames": order,
-            "conventions": dict(sorted(self.conventions.items())),
+            "models": dict(sorted(self.models.items())),
         }
 
 
 def lse_figures(run: Run, audio: str, syncnet, **options) -> dict:
     """LSE-C / LSE-D of one output (face boxes from its sidecar, sound from the output file)."""
     from lipgraph.media.audio import read_audio
-    from lipgraph.media.video import VideoReader, probe_video
-    from lipgraph.models.syncnet import lse_tracks
+    from lipgraph.media.probe import probe_video
+    from lipgraph.media.video import VideoReader
+    from lipgraph.models.lse import lse_tracks
     side = read_sidecar(run.sidecar) if run.sidecar else None
     if side is None:
         return {"computed": False, "why": "no per-frame face boxes (no sidecar)"}

@@ -92,9 +92,9 @@ def write_markdown(report: dict, path: str) -> None:
                 lines.append(f"- fallback `{stage}.{key}`: {e['count']} ({why})")
         for note in g.get("notes") or []:
             lines.append(f"- note: {note}")
-        if g.get("conventions"):
-            by = ", ".join(f"{k} {v}" for k, v in g["conventions"].items())
-            lines.append(f"- frames by convention: {by}")
+        if g.get("models"):
+            by = ", ".join(f"{k} {v}" for k, v in g["models"].items())
+            lines.append(f"- frames by model: {by}")
         fr = g.get("frames") or {}
         if fr:
             lines.append(f"- frames: output {fr.get('output_frames')}, input {fr.get('input_frames')}, "

@@ -93,7 +93,7 @@ def analyse(video: str, audio: str, runs: Sequence[Run], out_dir: str, lossless:
             side_by_side: bool = True) -> tuple[dict, list[str]]:
     """Read the input and both outputs once in lockstep: per-graph figures, side_by_side.mp4.
     Returns (figures per label, reasons for what could not be computed)."""
-    from lipgraph.media.video import probe_video
+    from lipgraph.media.probe import probe_video
     from lipgraph.media.writer import VideoWriter
     info = probe_video(video)
     n_input = info.frame_count

@@ -36,7 +36,7 @@ class DevicePlacementError(RuntimeError):
 
 
 def _modules(obj, depth: int = 3, seen=None):
-    """Every torch module reachable from `obj`'s attributes (a stage, its backends ...)."""
+    """Every torch module reachable from `obj`'s attributes (a stage, its UNets ...)."""
     seen = set() if seen is None else seen
     if id(obj) in seen or depth < 0:
         return

@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None, fetch: Fetcher = hf_fetch) -> int:
     )
     parser.add_argument("--dest", required=True, help="weights folder (e.g. a MuseTalk models/ folder)")
     parser.add_argument("--set", default="musetalk", choices=list(DOWNLOAD_SETS),
-                        help="which backend's files (latentsync = LatentSync 1.6)")
+                        help="which model's files (latentsync = LatentSync 1.6)")
     parser.add_argument("--layout", default="ours", choices=LAYOUTS,
                         help="ours: MuseTalk's models/ layout, LatentSync versions side by side; "
                              "hub: LatentSync's checkpoints/ layout, as its Hugging Face repo has it")

@@ -32,7 +32,8 @@ def find_tracks(video: str, detector, detect_every: str | int = 1, batch: int = 
                 max_lost_s: float = 1.0) -> tuple[list[Track], dict]:
     """Detect and track every face of `video`; the tracks and the frames' thumbnails of each
     track's largest box (for the contact sheet), plus counts."""
-    from lipgraph.media.video import VideoReader, probe_video
+    from lipgraph.media.probe import probe_video
+    from lipgraph.media.video import VideoReader
     info = probe_video(video)
     auto = str(detect_every) == "auto"
     every = AUTO_EVERY if auto else int(detect_every)

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from ..sd_unet_layout import SD_UNET_LAYOUT, block_types
+
 # Block type names of the config -> whether the block has spatial transformers.
 DOWN_BLOCKS = {"CrossAttnDownBlock3D": True, "DownBlock3D": False}
 UP_BLOCKS = {"CrossAttnUpBlock3D": True, "UpBlock3D": False}
@@ -184,61 +186,24 @@ def read_unet_config(config: Mapping[str, Any] | str | os.PathLike) -> UNet3DCon
 # The `model:` section of LatentSync's configs/unet/stage2.yaml (v1.5, 256 px) as published;
 # stage2_512.yaml (v1.6, 512 px) has the same section.
 LATENTSYNC_STAGE2_CONFIG: dict[str, Any] = {
-    "act_fn": "silu",
+    **SD_UNET_LAYOUT,
+    **block_types("3D"),
     "add_audio_layer": True,
-    "attention_head_dim": 8,
-    "block_out_channels": [
-        320,
-        640,
-        1280,
-        1280
-    ],
-    "center_input_sample": False,
-    "cross_attention_dim": 384,
-    "down_block_types": [
-        "CrossAttnDownBlock3D",
-        "CrossAttnDownBlock3D",
-        "CrossAttnDownBlock3D",
-        "DownBlock3D"
-    ],
     "mid_block_type": "UNetMidBlock3DCrossAttn",
-    "up_block_types": [
-        "UpBlock3D",
-        "CrossAttnUpBlock3D",
-        "CrossAttnUpBlock3D",
-        "CrossAttnUpBlock3D"
-    ],
-    "downsample_padding": 1,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
     "in_channels": 13,
-    "layers_per_block": 2,
-    "mid_block_scale_factor": 1,
-    "norm_eps": 1e-05,
-    "norm_num_groups": 32,
-    "out_channels": 4,
-    "sample_size": 64,
     "resnet_time_scale_shift": "default",
     "use_motion_module": True,
-    "motion_module_resolutions": [
-        1,
-        2,
-        4,
-        8
-    ],
+    "motion_module_resolutions": [1, 2, 4, 8],
     "motion_module_mid_block": False,
     "motion_module_decoder_only": False,
     "motion_module_type": "Vanilla",
     "motion_module_kwargs": {
         "num_attention_heads": 8,
         "num_transformer_block": 1,
-        "attention_block_types": [
-            "Temporal_Self",
-            "Temporal_Self"
-        ],
+        "attention_block_types": ["Temporal_Self", "Temporal_Self"],
         "temporal_position_encoding": True,
         "temporal_position_encoding_max_len": 24,
         "temporal_attention_dim_div": 1,
-        "zero_initialize": True
-    }
+        "zero_initialize": True,
+    },
 }

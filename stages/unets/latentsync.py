@@ -12,9 +12,8 @@ from ..fields import unet_inputs
 MAX_FRAMES = 24            # the motion modules' positional encoding length
 
 
-class LatentSyncBackend:
+class LatentSyncUNet:
     name = "latentsync"
-    convention = "latentsync"
 
     @staticmethod
     def required_weights(params) -> list[str]:
@@ -62,6 +61,6 @@ class LatentSyncBackend:
         if not bool(torch.isfinite(latents).all()):
             raise FloatingPointError("non-finite values in the LatentSync output")
         d["pred"] = latents[d.get("n_context", 0):]
-        d["convention"] = self.convention
-        for key in unet_inputs(self.convention):
+        d["model"] = self.name
+        for key in unet_inputs(self.name):
             d.pop(key, None)

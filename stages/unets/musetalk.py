@@ -8,9 +8,8 @@ from __future__ import annotations
 from .._torch import inference, resolve_device, resolve_dtype, run_halving, shared_model
 
 
-class MuseTalkBackend:
+class MuseTalkUNet:
     name = "musetalk"
-    convention = "musetalk"      # face crop, Whisper flavour, paste-back it was trained with
 
     @staticmethod
     def required_weights(params) -> list[str]:
@@ -41,7 +40,7 @@ class MuseTalkBackend:
         d = batch.data
         latents = d.pop("latents", None)
         vae = None
-        if latents is None:              # prepared for another backend: encode MuseTalk's inputs
+        if latents is None:              # prepared for another model: encode MuseTalk's inputs
             from .._weights import load_shared_vae
             vae = load_shared_vae(self.stage)
         audio = d["audio"]
@@ -52,4 +51,4 @@ class MuseTalkBackend:
         with inference():
             d["pred"] = run_halving(self.stage, predict, len(batch), what="the MuseTalk UNet",
                                     indices=[it.index for it in batch.items])
-        d["convention"] = self.convention
+        d["model"] = self.name
