@@ -9,13 +9,22 @@ temporary file renamed onto the output.
 
 The work folder `.NAME.lipgraph/` sits beside the output: `manifest.json` plus the segments
 (and per-segment sidecar lines). It is removed once the output is complete.
+
+With `encoders: N > 1` up to N consecutive segments are encoded at once, each by its own
+thread: the caller only hands frames over, and the conversion to the encoder's pixel format
+and the encoding (both outside the GIL in FFmpeg) run side by side, so one sink is no longer
+capped by one thread's per-frame work. Each segment is encoded as it would be alone (the
+same frames and timestamps; with a deterministic codec such as FFV1 the same bytes: libx264's
+own threads already vary its bits from run to run), and segments are recorded in order.
 """
 from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import tempfile
+import threading
 import time
 from fractions import Fraction
 
@@ -130,64 +139,137 @@ class Manifest:
                     os.unlink(path)
 
 
+class _Encoding:
+    """One segment being written: by the caller's thread, or by a thread of its own that
+    takes frames from a short queue."""
+
+    def __init__(self, writer: VideoWriter, threaded: bool):
+        self.writer = writer
+        self.error: BaseException | None = None
+        self.queue: queue.Queue | None = None
+        self.thread = None
+        if threaded:
+            self.queue = queue.Queue(maxsize=4)
+            self.thread = threading.Thread(target=self._run, name="segment-encoder", daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while (job := self.queue.get()) is not None:
+                self.writer.write(*job)
+            self.writer.close()
+        except BaseException as exc:         # reported by the caller's next call
+            self.error = exc
+            self.writer.abort()
+            while self.queue.get() is not None:
+                pass
+
+    def write(self, image, t: float) -> None:
+        if self.queue is None:
+            self.writer.write(image, t)
+            return
+        while True:
+            self._raise()
+            try:
+                self.queue.put((image, t), timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> None:
+        if self.queue is None:
+            self.writer.close()
+            return
+        self.queue.put(None)
+        self.thread.join()
+        self._raise()
+
+    def abort(self) -> None:
+        if self.queue is not None:
+            if self.thread.is_alive():
+                self.queue.put(None)
+                self.thread.join()
+        self.writer.abort()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
 class SegmentWriter:
-    """Writes frames into the manifest's segments, N frames each, from `start` on."""
+    """Writes frames into the manifest's segments, N frames each, from `start` on; with
+    `encoders` > 1, that many segments are encoded at once (module docstring)."""
 
     def __init__(self, manifest: Manifest, width: int, height: int, fps: float,
-                 per_segment: int, on_temp=None, **encoder):
+                 per_segment: int, on_temp=None, encoders: int = 1, **encoder):
         self.m = manifest
         self.width, self.height, self.fps = width, height, fps
         self.n = per_segment
+        self.encoders = max(1, int(encoders))
         self.encoder = encoder
         self.on_temp = on_temp or (lambda path: None)
-        self.writer: VideoWriter | None = None
         self.current: dict | None = None
+        self.encoding: _Encoding | None = None
         self.sidecar = None
+        self.pending: list[tuple[dict, _Encoding]] = []    # closed segments still encoding
 
     def write(self, index: int, image, time: float, sidecar_line: str | None = None) -> None:
         k = index // self.n
         if self.current is not None and k != self.current["k"]:
             self._close_segment()
-        if self.writer is None:
+        if self.encoding is None:
             if index % self.n and index != self.m.next_frame():
                 raise ValueError(f"frame {index} cannot start a segment")
+            while len(self.pending) >= self.encoders:       # at most N segments at once
+                self._record(*self.pending.pop(0))
             name = f"seg-{k:06d}"
             self.current = {"k": k, "file": f"{name}.mp4", "first": index, "start_time": time}
-            self.writer = VideoWriter(os.path.join(self.m.folder, self.current["file"]),
-                                      self.width, self.height, self.fps, **self.encoder)
-            self.on_temp(self.writer.temp_path)
+            writer = VideoWriter(os.path.join(self.m.folder, self.current["file"]),
+                                 self.width, self.height, self.fps, **self.encoder)
+            self.on_temp(writer.temp_path)
+            self.encoding = _Encoding(writer, threaded=self.encoders > 1)
             if sidecar_line is not None:
                 self.current["sidecar"] = f"{name}.jsonl"
                 self.sidecar = open(os.path.join(self.m.folder, f".{name}.jsonl.partial"), "w")
                 self.on_temp(self.sidecar.name)
-        self.writer.write(image, time - self.current["start_time"])
+        self.encoding.write(image, time - self.current["start_time"])
         self.current["last"] = index
         self.current["end_time"] = time + 1.0 / self.fps
         if self.sidecar is not None and sidecar_line is not None:
             self.sidecar.write(sidecar_line + "\n")
 
     def _close_segment(self) -> None:
-        self.writer.close()
-        self.writer = None
-        seg = self.current
-        self.current = None
+        seg, encoding = self.current, self.encoding
+        self.current = self.encoding = None
         if self.sidecar is not None:
             self.sidecar.close()
             os.replace(self.sidecar.name, os.path.join(self.m.folder, seg["sidecar"]))
             self.sidecar = None
+        self.pending.append((seg, encoding))
+        if self.encoders == 1:
+            self._record(*self.pending.pop(0))
+
+    def _record(self, seg: dict, encoding: _Encoding) -> None:
+        """Wait for a segment's encoder and add the segment to the manifest (in order)."""
+        encoding.finish()
         seg["bytes"] = os.path.getsize(os.path.join(self.m.folder, seg["file"]))
         seg["frames"] = seg["last"] - seg["first"] + 1
         del seg["k"]
         self.m.add(seg)
 
     def close(self) -> None:
-        if self.writer is not None:
+        if self.encoding is not None:
             self._close_segment()
+        while self.pending:
+            self._record(*self.pending.pop(0))
 
     def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.abort()
-            self.writer = None
+        for _, encoding in self.pending:
+            encoding.abort()
+        self.pending = []
+        if self.encoding is not None:
+            self.encoding.abort()
+            self.encoding = None
         if self.sidecar is not None:
             self.sidecar.close()
             if os.path.exists(self.sidecar.name):
