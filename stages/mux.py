@@ -1,7 +1,8 @@
 """mux: the output file. Merges the blended face frames and the bypassed cutaways back into
 index order (holding at most one message per input), encodes H.264 (libx264, yuv420p,
-crf 18, preset `faster` by default: the CPU side's biggest cost; `preset: medium` makes files
-about a tenth smaller for about a third more encoding time) at the stream's frame rate (the source's, or video_source's `fps`) and
+crf 18, preset `faster` by default: encoding is the CPU side's biggest cost, and `faster`
+keeps the whole CPU side near 40 core-ms per 1080p frame where `medium` takes 56, see
+bench/cpu_side.py) at the stream's frame rate (the source's, or video_source's `fps`) and
 timestamps, and muxes the new audio track (AAC), cut or padded with silence to the video's
 duration. Writes to a temporary file that is renamed onto `path` only when the stream ends;
 a failed run leaves nothing there.
