@@ -144,6 +144,7 @@ def test_split_latentsync_windows_stay_inside_their_part(local_ray, clip):
     assert [read_id(f.image) for f in VideoReader(out)] == list(range(40))
 
 
+@pytest.mark.slow       # 45 s: four jobs on Ray, one failing
 def test_job_batch_failure_is_isolated(local_ray, clip, tmp_path):
     folder, video, audio, pattern, sets = clip
     short, _ = make_clip(str(tmp_path), "FFFFFFCCFF", name="short")
