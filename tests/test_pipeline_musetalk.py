@@ -219,7 +219,9 @@ def test_face_and_cutaway_clip_h264_end_to_end(tmp_path, weights):
     assert abs(_audio_lag_s(a_in, a_out)) <= 1 / 25
     # the same input frames encoded alone with the same settings: the codec's own error
     ref_path = str(tmp_path / "ref.mp4")
-    with VideoWriter(ref_path, 320, 240, 25.0) as w:
+    from lipgraph.stages.mux import Mux
+    with VideoWriter(ref_path, 320, 240, 25.0, crf=Mux.params["crf"],
+                     preset=Mux.params["preset"]) as w:
         for f in src:
             w.write(f)
     ref = [f for f, _ in frames_of(ref_path)]

@@ -75,6 +75,7 @@ def test_redub_reuses_video_work_and_matches_uncached(setup):
     assert len(frames(str(folder / "c.mkv"))) == n3
 
 
+@pytest.mark.slow      # 50 s; the identity tests below cover a changed video in CI
 def test_changed_video_gets_a_new_entry_and_the_stale_one_goes(setup, tmp_path):
     folder, video, dub1, dub2, sets = setup
     cache = str(tmp_path / "cache")

@@ -67,7 +67,8 @@ def interrupt(proc, how):
                           "SIGKILL": signal.SIGKILL}[how])
 
 
-@pytest.mark.parametrize("codec", ["ffv1", "h264"])
+# ffv1 proves bit-identity in CI; the h264 twin (the default codec) runs with the slow tests
+@pytest.mark.parametrize("codec", ["ffv1", pytest.param("h264", marks=pytest.mark.slow)])
 def test_interrupted_runs_resume_to_the_uninterrupted_result(setup, codec):
     folder, video, audio, sets = setup
     if codec == "h264":     # the default encoder: segments joined by packet copy
