@@ -5,6 +5,7 @@
     lipgraph surgical --dry-run
     lipgraph GRAPH.yaml ... --runner ray [--address ADDR] [--parallel 4]
     lipgraph --jobs jobs.yaml [GRAPH.yaml] --runner ray [--retries 1] [--concurrency 4]
+    lipgraph app [--host --port --weights DIR --share]     (the web app: lipgraph.app)
 
 (`python run_graph.py ...` in a source checkout is the same command.) Built-in graphs are
 found by name (musetalk, surgical); anything else is a graph file path.
@@ -83,6 +84,9 @@ def default_paths(graph, output: str | None) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["app"]:
+        from lipgraph.app import main as app_main
+        return app_main(argv[1:])
     # the graph file names the shortcut options (--video ...): find it first
     known, _ = build_parser({}, add_help=False).parse_known_args(argv)
     shortcuts = _shortcuts(known.graph)
@@ -91,10 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         print("lipgraph: --stall-timeout: expected seconds >= 0 (0: off)", file=sys.stderr)
         return 2
 
-    import lipgraph.stages  # noqa: F401  (the pipeline's stage types register themselves)
     from lipgraph.graph.plan import describe_plan
-    from lipgraph.graph.spec import GraphError, load_graph
-    from lipgraph.runners import RunOptions, format_error, get_runner
+    from lipgraph.launch import RANDOM_BANNER, UsageError, check, load, make_runner
+    from lipgraph.runners import RunOptions, format_error
 
     if args.jobs:
         return run_jobs_file(args)
@@ -102,39 +105,15 @@ def main(argv: list[str] | None = None) -> int:
         print("lipgraph: a graph file is needed (or --jobs FILE)", file=sys.stderr)
         return 2
 
-    given = {name: getattr(args, f"arg_{name}") for name in shortcuts
-             if getattr(args, f"arg_{name}") is not None}
+    given = {name: getattr(args, f"arg_{name}") for name in shortcuts}
     try:
-        graph = load_graph(args.graph, args.sets, shortcuts=given)   # explicit --set wins
-        if args.random_weights:
-            graph = with_random_weights(graph, args, given)
-    except GraphError as exc:
+        graph = load(args.graph, args.sets, given, args.random_weights, check_inputs=not args.dry_run)
+        if args.dry_run:
+            print(describe_plan(graph, args.runner))
+            return 0
+        plan = check(graph, args.resume)
+    except UsageError as exc:
         print(f"lipgraph: {exc}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        print(describe_plan(graph, args.runner))
-        return 0
-    for note in graph.notes:
-        print(f"note: {note}", file=sys.stderr)
-    try:
-        from lipgraph.stages.preflight import preflight
-        preflight(graph)
-    except (FileNotFoundError, ValueError) as exc:      # bad inputs, missing model files
-        print(f"lipgraph: {exc}", file=sys.stderr)
-        return 2
-    from lipgraph.runners import job
-    plan = None
-    if job.resumable(graph):
-        try:
-            plan = job.prepare(graph, args.resume)
-        except job.ResumeRefused as exc:
-            print(f"lipgraph: {exc}", file=sys.stderr)
-            return 2
-        for note in plan.notes:
-            print(f"note: {note}", file=sys.stderr)
-    elif args.resume:
-        print("lipgraph: --resume needs a graph whose mux writes segments (segment_s > 0)",
-              file=sys.stderr)
         return 2
     prof_default, trace_default = default_paths(graph, graph.output_path())
     options = RunOptions(
@@ -149,9 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if parts > 1:
         return run_split(graph, args, options, plan, parts)
-    runner_cls = get_runner(args.runner)
-    runner = runner_cls(graph, options, address=args.address) if args.runner == "ray" else runner_cls(graph, options)
-    result = runner.run()
+    result = make_runner(graph, options, args.runner, args.address).run()
     if args.random_weights and result.ok:
         print(RANDOM_BANNER, file=sys.stderr)
     if not result.ok:
@@ -160,30 +137,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lipgraph: completed segments are kept in {plan.workdir}; run the same "
                   "command with --resume to continue", file=sys.stderr)
     return result.exit_code
-
-
-RANDOM_BANNER = ("*** RANDOM WEIGHTS: the models are randomly initialised; this output is NOT "
-                 "lip-synced (it exercises the pipeline and its profile only) ***")
-
-
-def with_random_weights(graph, args, given: dict):
-    """Point every model stage at random models of the chosen size (built on first use)."""
-    from lipgraph.graph.spec import load_graph
-    from lipgraph.models.random_weights import ensure_random_weights, random_weight_sets, uses_latentsync
-    if getattr(args, "arg_weights", None):
-        print("lipgraph: --weights and --random-weights exclude each other", file=sys.stderr)
-        raise SystemExit(2)
-    print(RANDOM_BANNER, file=sys.stderr)
-    latentsync = uses_latentsync(graph)
-    print(f"note: {args.random_weights} random models{' (with LatentSync)' if latentsync else ''} "
-          "from the lipgraph cache (built on first use)", file=sys.stderr)
-    paths = ensure_random_weights(args.random_weights, latentsync)
-    extra = random_weight_sets(graph, paths)
-    sink = graph.output_stage()
-    if sink is not None and "comment" in sink.cls.params:
-        extra.append(f"{sink.name}.comment=lipgraph random weights: not lip-synced")
-    # the user's own --set lines still win
-    return load_graph(args.graph, extra + args.sets, shortcuts=given)
 
 
 def parallel_parts(args) -> int | None:

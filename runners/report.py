@@ -5,7 +5,7 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from lipgraph.graph.profile import build_profile, format_table, merge_traces, write_json_atomic
 
@@ -23,6 +23,9 @@ class RunOptions:
     stream: Any = None                   # where progress, warnings and the table go (default stderr)
     stall_timeout_s: float = 300.0       # fail when nothing moves this long (0: never)
     extra: dict = dataclasses.field(default_factory=dict)   # added to the profile JSON
+    on_progress: Callable[["ProgressInfo"], None] | None = None   # called from the run's thread
+    progress_every_s: float = 0.5        # how often on_progress is called while running
+    cancel: Any = None                   # set (a threading.Event): stop as cancelled within one poll
 
 
 @dataclasses.dataclass
@@ -31,10 +34,23 @@ class RunResult:
     profile: dict
     error: RunError | None = None
     exit_code: int = 0
+    warnings: list[str] = dataclasses.field(default_factory=list)   # "stage: text", once each
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+
+@dataclasses.dataclass
+class ProgressInfo:
+    """What `RunOptions.on_progress` receives: the engine's own progress."""
+    done: int                            # items the sinks have taken
+    total: int | None                    # items the sources will send (None: not known yet)
+    rate: float                          # items/s over the last 10 s
+    eta_s: float | None
+    elapsed_s: float
+    stages: dict                         # per-stage figures, as in the profile JSON's "stages"
+    final: bool = False                  # the last call, once the run has ended
 
 
 class Progress:
@@ -52,21 +68,25 @@ class Progress:
         self.window: list[tuple[float, int]] = []
         self.drawn = False
 
-    def update(self, done: int, total: int | None, force: bool = False) -> None:
-        if not self.enabled:
-            return
+    def measure(self, done: int, total: int | None) -> tuple[float, float | None]:
+        """Record `done` now; the rate over the last 10 s and the ETA (None: unknown)."""
         now = time.monotonic()
         self.window.append((now, done))
         while len(self.window) > 2 and now - self.window[0][0] > 10:
             self.window.pop(0)
-        if not force and now - self.last_print < self.every:
-            return
-        self.last_print = now
         (t_a, n_a), (t_b, n_b) = self.window[0], self.window[-1]
         rate = (n_b - n_a) / (t_b - t_a) if t_b > t_a else 0.0
+        eta = (total - done) / rate if total and rate > 0 else None
+        return rate, eta
+
+    def update(self, done: int, total: int | None, force: bool = False) -> None:
+        rate, eta = self.measure(done, total)
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self.last_print < self.every):
+            return
+        self.last_print = now
         if total:
             pct = 100.0 * done / total
-            eta = (total - done) / rate if rate > 0 else None
             eta_txt = f", ETA {_hms(eta)}" if eta is not None else ""
             text = f"{self.label}: {done}/{total} ({pct:.0f}%) {rate:.1f} items/s{eta_txt}"
         else:
@@ -105,13 +125,14 @@ class Reporter:
         self.last_write = time.monotonic()
         self.report_failed: set = set()      # reports that could not be written (warned once)
         self.trace_parts: list[str] = []
-        self.warned: set[tuple[str, str]] = set()
+        self.warned: dict[tuple[str, str], None] = {}     # in the order first said
+        self.last_hook = 0.0
 
     def warn(self, stage: str, message: str) -> None:
         """A stage's warning on stderr, once per run (replicas and repeats say it once)."""
         if (stage, message) in self.warned:
             return
-        self.warned.add((stage, message))
+        self.warned[(stage, message)] = None
         stream = self.options.stream or sys.stderr
         stream.write(f"warning: {stage}: {message}\n")
         stream.flush()
@@ -124,8 +145,14 @@ class Reporter:
         return sum(s["items_in"] for p in self.processes.values() for s in p.get("stages", [])
                    if s["stage"] in sinks)
 
+    def warnings(self) -> list[str]:
+        return [f"{stage}: {text}" for stage, text in self.warned]
+
     def tick(self) -> None:
         self.progress.update(self.items_done(), self.total)
+        if (self.options.on_progress is not None
+                and time.monotonic() - self.last_hook >= self.options.progress_every_s):
+            self._hook(self.profile("running"))
         if (self.options.profile_path and self.options.profile_every_s
                 and time.monotonic() - self.last_write >= self.options.profile_every_s):
             self.last_write = time.monotonic()
@@ -152,10 +179,24 @@ class Reporter:
         return build_profile(self.graph, self.processes, runner=self.runner, status=status,
                              started=self.started, error=error and error.to_dict(), total=self.total, extra=extra)
 
+    def _hook(self, prof: dict, final: bool = False) -> None:
+        """Tell `on_progress`; its exceptions are its own (warned once), never the run's."""
+        self.last_hook = time.monotonic()
+        done = self.items_done()
+        rate, eta = self.progress.measure(done, self.total)
+        info = ProgressInfo(done, self.total, rate, eta, time.time() - self.started,
+                            prof.get("stages", {}), final)
+        try:
+            self.options.on_progress(info)
+        except Exception as exc:  # noqa: BLE001
+            self.warn("lipgraph", f"the progress callback failed ({type(exc).__name__}: {exc})")
+
     def finish(self, status: str, error: RunError | None = None) -> dict:
         self.progress.update(self.items_done(), self.total, force=True)
         self.progress.done()
         prof = self.profile(status, error)
+        if self.options.on_progress is not None:
+            self._hook(prof, final=True)
         if self.options.trace_path and self._write_report(
                 lambda: merge_traces(self.trace_parts, self.options.trace_path), "trace"):
             prof["trace_path"] = self.options.trace_path

@@ -23,6 +23,7 @@ import re
 import shutil
 import signal
 import tempfile
+import threading
 import time
 
 from lipgraph.graph import shm
@@ -108,9 +109,16 @@ class RunSession:
         self.run_dir: str | None = None
 
     def cancel(self, reason: str) -> None:
-        """Stop the run from another thread (a sibling part of a split job failed); it ends
-        as failed, cleaned up like any failure, within one poll."""
+        """Stop the run from another thread (a sibling part of a split job failed, a user
+        pressed Cancel); it ends as failed, cleaned up like any failure, within one poll.
+        Setting `RunOptions.cancel` (an Event) does the same."""
         self.cancelled = reason
+
+    def _cancel_reason(self) -> str | None:
+        event = self.options.cancel
+        if self.cancelled is None and event is not None and event.is_set():
+            self.cancelled = "cancelled: run stopped"
+        return self.cancelled
 
     def place(self, run_id: str, run_dir: str) -> Placement:
         return self.placement(self.graph, run_id, run_dir, self.reporter)
@@ -157,7 +165,7 @@ class RunSession:
                 shutil.rmtree(run_dir, ignore_errors=True)
             finally:
                 restore_signals(old_handlers)
-        return RunResult(status, profile, error, exit_code)
+        return RunResult(status, profile, error, exit_code, self.reporter.warnings())
 
     def _watch(self, place: Placement) -> RunError | None:
         """Until every worker is done (None) or the run must stop (its error)."""
@@ -180,7 +188,7 @@ class RunSession:
                     return place.lost(key, how)
             if len(self.done) == len(ended) == n and all(how == 0 for how in ended.values()):
                 return None
-            if self.cancelled is not None:
+            if self._cancel_reason() is not None:
                 return RunError("cancelled", self.cancelled)
             self.reporter.tick()
 
@@ -215,12 +223,13 @@ def drain(q, timeout: float = 0.0):
 
 
 def install_signals() -> dict | None:
-    """SIGTERM raises into the monitor loop (SIGINT already raises KeyboardInterrupt)."""
-    try:
-        return {signal.SIGTERM: signal.signal(signal.SIGTERM, raise_interrupted),
-                signal.SIGINT: signal.getsignal(signal.SIGINT)}
-    except ValueError:   # not in the main thread: leave handlers alone
+    """SIGTERM raises into the monitor loop (SIGINT already raises KeyboardInterrupt). Python
+    lets only the main thread set handlers: a run started from another thread (a web server's
+    worker) leaves them alone and is stopped through `cancel` instead."""
+    if threading.current_thread() is not threading.main_thread():
         return None
+    return {signal.SIGTERM: signal.signal(signal.SIGTERM, raise_interrupted),
+            signal.SIGINT: signal.getsignal(signal.SIGINT)}
 
 
 def restore_signals(old: dict | None, ignore: bool = False) -> None:
