@@ -232,6 +232,124 @@ def test_output_figures_count_a_face_frame_left_untouched():
     assert r["identity"]["identical_outside_mouth"] == 1 and r["identity"]["psnr_db"]["mean"] == PSNR_CAP_DB
 
 
+# ----------------------------------------------------------------------------- several faces
+
+TWO_FACES = "FFFFFFFFFFCCCCFFFFFF"      # frames 14 and 15 dub face 1 only
+BOXES = {1: ([20, 30, 150, 210], [40, 130, 130, 190]), 2: ([170, 30, 300, 210], [190, 130, 280, 190])}
+
+
+def _two_face_rows(fallbacks=0):
+    """Sidecar rows of the multi-face format: the first face at the top level, `faces` where
+    two were dubbed; face 2's first `fallbacks` frames made by MuseTalk."""
+    rows = []
+    for k, c in enumerate(TWO_FACES):
+        ids = [] if c == "C" else [1] if k in (14, 15) else [1, 2]
+        faces = [{"id": i, "face": BOXES[i][0], "edit": BOXES[i][1],
+                  "model": "musetalk" if i == 2 and k < fallbacks else "latentsync"} for i in ids]
+        row = {"index": k, "time": k / 25, "src": k, "face": None, "edit": None, "model": None}
+        if faces:
+            row.update(face=faces[0]["face"], edit=faces[0]["edit"], model=faces[0]["model"], face_id=1)
+        if len(faces) > 1:
+            row["faces"] = faces
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture
+def two_faces(tmp_path):
+    """An input and two outputs that redraw the edit box of each dubbed face; output B also
+    changes one pixel of frame 2 inside face 2's box but outside both edit boxes."""
+    src = clip_frames(TWO_FACES)
+    video, audio = str(tmp_path / "in.mkv"), str(tmp_path / "dub.wav")
+    _write(video, src)
+    write_wav(audio, speech_like(len(TWO_FACES) / 25))
+    rng = np.random.default_rng(4)
+    outs = {"A": [], "B": []}
+    for row, f in zip(_two_face_rows(), src):
+        f = f.copy()
+        for face in ([] if row["face"] is None else row.get("faces") or [row]):
+            x1, y1, x2, y2 = face["edit"]
+            f[y1:y2, x1:x2] = rng.integers(0, 256, (y2 - y1, x2 - x1, 3), dtype=np.uint8)
+        outs["A"].append(f)
+        outs["B"].append(f.copy())
+    outs["B"][2][60, 200] = 255 - outs["B"][2][60, 200]
+    paths = {}
+    for label, frames in outs.items():
+        paths[label] = str(tmp_path / f"two_{label}.mkv")
+        _write(paths[label], frames)
+    return video, audio, paths, tmp_path
+
+
+def test_identity_excludes_every_dubbed_face_and_figures_are_per_face(two_faces):
+    video, audio, paths, tmp = two_faces
+    side = str(tmp / "two.jsonl")
+    _sidecar(side, _two_face_rows())
+    runs = [_run(paths["A"], side, tmp), Run("B", "leak", "-", [], paths["B"], side, "", "", 0)]
+    results, missing = analyse(video, audio, runs, str(tmp), lossless=True, side_by_side=False)
+    assert missing == []
+    a, b = results["A"], results["B"]
+    assert a["identity"]["face_frames"] == 16 and a["identity"]["identical_outside_mouth"] == 16
+    assert a["identity"]["psnr_db"]["min"] == PSNR_CAP_DB and a["identity"]["ssim"]["min"] == 1.0
+    assert set(a["faces"]) == {"1", "2"}
+    f1, f2 = a["faces"]["1"], a["faces"]["2"]
+    assert (f1["frames"], f2["frames"]) == (16, 14) and f2["models"] == {"latentsync": 14}
+    for f in (f1, f2):
+        assert f["identity"]["identical_outside_mouth"] == f["frames"]
+        assert f["identity"]["ssim"]["min"] == 1.0
+    # per face: shots 0-9 and 14-19 (face 1), 0-9 and 16-19 (face 2); the frame figure sums them
+    assert (f1["temporal"]["pairs"], f2["temporal"]["pairs"]) == (9 + 5, 9 + 3)
+    assert a["temporal"]["pairs"] == 26 and a["temporal"]["ratio"] > 3
+    # one pixel outside both mouth regions, inside face 2's box: caught by the frame and by face 2
+    assert b["identity"]["identical_outside_mouth"] == 15 and b["identity"]["psnr_db"]["min"] < PSNR_CAP_DB
+    assert b["identity"]["ssim"]["min"] < 1.0
+    assert b["faces"]["1"]["identity"]["identical_outside_mouth"] == 16
+    assert b["faces"]["2"]["identity"]["identical_outside_mouth"] == 13
+
+    # read as one face per frame (no `faces`), face 2's redrawn mouth counts as a change
+    first_only = [{k: v for k, v in r.items() if k != "faces"} for r in _two_face_rows()]
+    _sidecar(side, first_only)
+    results, _ = analyse(video, audio, runs[:1], str(tmp), lossless=True, side_by_side=False)
+    assert results["A"]["identity"]["identical_outside_mouth"] == 2     # frames 14 and 15
+    assert set(results["A"]["faces"]) == {"1"}
+
+
+def test_compare_reports_each_face(two_faces, monkeypatch):
+    """compare() on prepared outputs (the runs replaced): fallbacks, LSE and report lines per face."""
+    from lipgraph.models.syncnet import SyncNet
+    from lipgraph.tools import ab_compare
+    video, audio, paths, tmp = two_faces
+
+    def execute(run, *args):
+        import shutil
+        shutil.copy(paths[run.label], run.output)
+        _sidecar(run.sidecar, _two_face_rows(fallbacks=4 if run.label == "B" else 0))
+        n = 4 if run.label == "B" else 0
+        with open(run.profile, "w") as f:
+            json.dump({"items_done": 20, "stages": {"unet": {
+                "type": "surgical_unet", "counters": {"fallback_frames": n},
+                "reasons": {"fallback_frames": {"CUDA out of memory": n} if n else {}}}}}, f)
+        run.exit_code, run.wall_s = 0, 0.0
+
+    monkeypatch.setattr(ab_compare, "execute", execute)
+    torch.manual_seed(0)
+    syncnet = str(tmp / "syncnet_v2.model")
+    torch.save(SyncNet().state_dict(), syncnet)
+    report = ab_compare.compare([GRAPH, GRAPH], video, audio, str(tmp / "ab"), syncnet=syncnet,
+                                lossless=True, lse_min_track=5, lse_min_face=10)
+    assert report["not_computed"] == []
+    for label, fallbacks in (("A", 0), ("B", 4)):
+        g = report["graphs"][label]
+        assert g["fallbacks"]["frames"] == fallbacks
+        assert {k: f["fallback_frames"] for k, f in g["faces"].items()} == {"1": 0, "2": fallbacks}
+        assert [t["face"] for t in g["lse"]["tracks"]] == ["1", "1", "2"]
+        assert set(g["lse"]["faces"]) == {"1", "2"} and g["lse"]["computed"]
+    md = open(tmp / "ab" / "report.md").read()
+    assert md.count("- face 1: 16 frames (latentsync 16; 0 fallback)") == 2
+    assert "- face 2: 14 frames (latentsync 14; 0 fallback)" in md
+    assert "- face 2: 14 frames (latentsync 10, musetalk 4; 4 fallback)" in md
+    assert md.count("SyncNet track of face 2") == 2 and "Several faces" in md
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
@@ -303,6 +421,7 @@ def test_failed_runs_are_reported_with_what_could_not_be_computed(tmp_path):
     assert "## Not computed" in open(out / "report.md").read()
 
 
+@pytest.mark.slow      # 21 s; test_compare_reports_each_face covers fallbacks and upper face in CI
 def test_compare_musetalk_with_latentsync_counts_fallbacks_and_upper_face(tmp_path, weights):
     """The user's acceptance test: musetalk.yaml against surgical.yaml. LatentSync's restore
     resamples the whole face box, so its identity figure (measured outside the mouth region

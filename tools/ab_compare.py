@@ -18,7 +18,10 @@ lockstep (memory stays flat), and writes:
   consecutive face frames of one shot, inside the edit box resampled to 96 x 96, for the output
   and for the input under the same boxes); cutaway integrity (identical to the input, frame
   count and source order); LSE-C / LSE-D with SyncNet weights. Figures that cannot be computed
-  are listed with the reason.
+  are listed with the reason. Where several faces are dubbed on a frame (the sidecar's
+  `faces`), identity excludes every face's region, and each face (track id) gets its own
+  line: frames by model and fallbacks, identity inside its face box (the upper face), mouth
+  stability and LSE.
 
 Exit status: 0, or 1 when a run failed (the report then says what it could and why not the rest).
 
@@ -33,7 +36,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-from .ab_metrics import PSNR_CAP_DB, SSIM_RADIUS, SSIM_SIGMA, TEMPORAL_SIZE, lse_figures
+from .ab_metrics import PSNR_CAP_DB, SSIM_RADIUS, SSIM_SIGMA, TEMPORAL_SIZE, face_fallbacks, lse_figures
 from .ab_report import clean, write_markdown
 from .ab_runs import execute, plan_runs, profile_figures
 from .ab_video import analyse
@@ -86,6 +89,7 @@ def compare(graphs: Sequence[str], video: str, audio: str, out_dir: str, *, weig
         else:
             missing.append(f"{run.label} ({run.name}): throughput and fallbacks: no profile at {run.profile}")
         g.update(figures.get(run.label, {}))
+        face_fallbacks(g.get("faces") or {}, (g.get("fallbacks") or {}).get("frames"))
         if model is not None and run.exit_code == 0:
             g["lse"] = lse_figures(run, audio, model, min_track=lse_min_track, min_face_size=lse_min_face)
             if not g["lse"]["computed"]:

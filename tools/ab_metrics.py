@@ -4,6 +4,10 @@ may redraw, temporal stability of the mouth region, cutaway integrity, frame ord
 PSNR is over RGB, capped at 100 dB (identical pixels read 100). SSIM is the Gaussian-window
 SSIM of Wang et al. (sigma 1.5, 11 taps, K1 0.01, K2 0.03) on BT.601 luma, averaged over the
 pixels whose whole window lies inside the frame and outside that region.
+
+A frame may show several dubbed faces (the sidecar's `faces`, see `ab_runs.faces_of`): the
+frame's identity excludes every face's region; each face (by track id) also has its own
+figures: identity inside its face box, mouth-region stability, frames by model, LSE.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from .ab_runs import Run, read_sidecar
+from .ab_runs import Run, faces_of, read_sidecar
 
 PSNR_CAP_DB = 100.0
 SSIM_SIGMA = 1.5
@@ -89,24 +93,22 @@ def clip_box(box: Sequence[float] | None, width: int, height: int) -> tuple[int,
     return (x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None
 
 
-def outside_mask(shape: tuple[int, int], box: Sequence[int] | None) -> np.ndarray:
-    mask = np.ones(shape, bool)
+def redrawn_region(face: dict, shape: tuple[int, int]) -> np.ndarray:
+    """Frame pixels (bool H x W) the model may redraw for one face: LatentSync's mask warped
+    into the frame (the sidecar's `restore`), else the face's edit box (none without one)."""
+    h, w = shape
+    restore = face.get("restore")
+    if restore:
+        from lipgraph.vision.latentsync_align import mouth_region
+        from lipgraph.vision.latentsync_mask import keep_mask
+        keep = keep_mask(int(restore["res"]), restore.get("mask") or "")
+        return mouth_region(np.asarray(restore["affine"]), keep, w, h)
+    mask = np.zeros(shape, bool)
+    box = clip_box(face.get("edit"), w, h)
     if box is not None:
         x1, y1, x2, y2 = box
-        mask[y1:y2, x1:x2] = False
+        mask[y1:y2, x1:x2] = True
     return mask
-
-
-def redrawn_region(side: dict, shape: tuple[int, int]) -> np.ndarray | None:
-    """Frame pixels a LatentSync frame's model output may reach (None without the sidecar's
-    `restore` record: the edit box is used)."""
-    restore = side.get("restore")
-    if not restore:
-        return None
-    from lipgraph.vision.latentsync_align import mouth_region
-    from lipgraph.vision.latentsync_mask import keep_mask
-    keep = keep_mask(int(restore["res"]), restore.get("mask") or "")
-    return mouth_region(np.asarray(restore["affine"]), keep, shape[1], shape[0])
 
 
 def region(frame: np.ndarray, box: Sequence[int], size: int = TEMPORAL_SIZE) -> np.ndarray:
@@ -157,6 +159,43 @@ class TemporalStability:
 
 
 @dataclass
+class FaceFigures:
+    """One face of an output (a track id, or a place on the frame): its frames and models, its
+    identity inside its face box outside every redrawn region (the upper face), and the
+    temporal stability of its mouth region."""
+
+    frames: int = 0
+    models: dict = field(default_factory=dict)
+    psnr: list = field(default_factory=list)
+    ssim: list = field(default_factory=list)
+    identical: int = 0
+    temporal: TemporalStability = field(default_factory=TemporalStability)
+
+    def add(self, k: int, src: int, face: dict, out: np.ndarray, inp: np.ndarray, outside: np.ndarray,
+            valid: np.ndarray, smap: np.ndarray) -> None:
+        h, w = out.shape[:2]
+        self.frames += 1
+        self.models[str(face.get("model"))] = self.models.get(str(face.get("model")), 0) + 1
+        box = clip_box(face["face"], w, h)
+        if box is not None:
+            x1, y1, x2, y2 = box
+            p = psnr(out[y1:y2, x1:x2], inp[y1:y2, x1:x2], outside[y1:y2, x1:x2])
+            if not math.isnan(p):
+                self.identical += p == float("inf")
+                self.psnr.append(min(PSNR_CAP_DB, p))
+            inside = valid[y1:y2, x1:x2]
+            if inside.any():
+                self.ssim.append(float(smap[y1:y2, x1:x2][inside].mean()))
+        self.temporal.add(k, src, face["face"], clip_box(face.get("edit"), w, h), out, inp)
+
+    def result(self) -> dict:
+        return {"frames": self.frames, "models": dict(sorted(self.models.items())),
+                "identity": {"identical_outside_mouth": self.identical, "psnr_db": summary(self.psnr),
+                             "ssim": summary(self.ssim)},
+                "temporal": self.temporal.result()}
+
+
+@dataclass
 class OutputFigures:
     """Everything measured on one output while the videos are read in lockstep."""
 
@@ -164,7 +203,7 @@ class OutputFigures:
     psnr: list = field(default_factory=list)
     ssim: list = field(default_factory=list)
     identical_faces: int = 0
-    temporal: TemporalStability = field(default_factory=TemporalStability)
+    faces: dict = field(default_factory=dict)       # key -> FaceFigures
     cutaways: int = 0
     cutaways_identical: int = 0
     cutaway_psnr: list = field(default_factory=list)
@@ -184,30 +223,29 @@ class OutputFigures:
             self.time_mismatch.append(k)
         model = side.get("model")
         self.models[str(model)] = self.models.get(str(model), 0) + 1
-        face = side.get("face")
-        if face is None:
+        faces = faces_of(side)
+        if not faces:
             self.cutaways += 1
             same = out.shape == inp.shape and np.array_equal(out, inp)
             self.cutaways_identical += same
             self.cutaway_psnr.append(PSNR_CAP_DB if same else min(PSNR_CAP_DB, psnr(out, inp)))
-            self.temporal.add(k, src, None, None, out, inp)
             return
-        edit = clip_box(side.get("edit"), w, h)
-        redrawn = redrawn_region(side, (h, w))
-        if redrawn is None:
-            outside, valid = outside_mask((h, w), edit), ssim_valid((h, w), edit)
-        else:
-            outside = ~redrawn
-            window = np.ones((2 * SSIM_RADIUS + 1,) * 2, np.uint8)
-            valid = ssim_valid((h, w)) & ~(cv2.dilate(redrawn.astype(np.uint8), window) > 0)
+        # identity outside what any face's model may redraw; SSIM where no window reaches it
+        redrawn = np.zeros((h, w), bool)
+        for face in faces:
+            redrawn |= redrawn_region(face, (h, w))
+        outside = ~redrawn
+        window = np.ones((2 * SSIM_RADIUS + 1,) * 2, np.uint8)
+        valid = ssim_valid((h, w)) & ~(cv2.dilate(redrawn.astype(np.uint8), window) > 0)
         p = psnr(out, inp, outside)
         if not math.isnan(p):
             self.identical_faces += p == float("inf")
             self.psnr.append(min(PSNR_CAP_DB, p))
-        s = ssim(luma(out), luma(inp), valid)
-        if not math.isnan(s):
-            self.ssim.append(s)
-        self.temporal.add(k, src, face, edit, out, inp)
+        smap = ssim_map(luma(out), luma(inp))
+        if valid.any():
+            self.ssim.append(float(smap[valid].mean()))
+        for face in faces:
+            self.faces.setdefault(face["key"], FaceFigures()).add(k, src, face, out, inp, outside, valid, smap)
 
     def result(self, n_input: int | None) -> dict:
         faces = self.frames - self.cutaways
@@ -223,10 +261,14 @@ class OutputFigures:
             order["first_out_of_order"] = next((k for k, (a, b) in enumerate(zip(self.srcs, expected))
                                                 if a != b), None)
             order["sources_in_range"] = all(0 <= s < n_input for s in self.srcs)
+        parts = [f.temporal for f in self.faces.values()]
+        temporal = TemporalStability(out_sum=sum(t.out_sum for t in parts), in_sum=sum(t.in_sum for t in parts),
+                                     pairs=sum(t.pairs for t in parts))
         return {
             "identity": {"face_frames": faces, "identical_outside_mouth": self.identical_faces,
                          "psnr_db": summary(self.psnr), "ssim": summary(self.ssim)},
-            "temporal": self.temporal.result(),
+            "temporal": temporal.result(),
+            "faces": {key: f.result() for key, f in self.faces.items()},
             "cutaways": {"frames": self.cutaways, "identical": self.cutaways_identical,
                          "exact": self.lossless, "psnr_db": summary(self.cutaway_psnr)},
             "frames": order,
@@ -234,8 +276,18 @@ class OutputFigures:
         }
 
 
+def face_fallbacks(faces: dict, fallback_frames: int | None) -> None:
+    """Fallback frames per face: a window that fails is redone with MuseTalk, the only
+    fallback, so in a run that counted fallbacks every MuseTalk face is one."""
+    for f in faces.values():
+        f["fallback_frames"] = None if fallback_frames is None else (
+            f["models"].get("musetalk", 0) if fallback_frames else 0)
+
+
 def lse_figures(run: Run, audio: str, syncnet, **options) -> dict:
-    """LSE-C / LSE-D of one output (face boxes from its sidecar, sound from the output file)."""
+    """LSE-C / LSE-D of one output (face boxes from its sidecar, sound from the output file):
+    each face of the sidecar (track id or place) scored on its own, the video read once per
+    face; the figures are means over every track, and per face under `faces`."""
     from lipgraph.media.audio import read_audio
     from lipgraph.media.probe import probe_video
     from lipgraph.media.video import VideoReader
@@ -243,19 +295,32 @@ def lse_figures(run: Run, audio: str, syncnet, **options) -> dict:
     side = read_sidecar(run.sidecar) if run.sidecar else None
     if side is None:
         return {"computed": False, "why": "no per-frame face boxes (no sidecar)"}
+    boxes: dict[str, list] = {}
+    for i, row in enumerate(side):
+        for face in faces_of(row):
+            boxes.setdefault(face["key"], [None] * len(side))[i] = face["face"]
     try:
         sound = read_audio(run.output, 16000)
     except ValueError:
         sound = read_audio(audio, 16000)
     fps = probe_video(run.output).fps
+    tracks, faces = [], {}
     try:
-        with VideoReader(run.output) as frames:
-            tracks = lse_tracks(frames, [s.get("face") for s in side], sound, fps, model=syncnet, **options)
+        for key, per_frame in boxes.items():
+            with VideoReader(run.output) as frames:
+                found = lse_tracks(frames, per_frame, sound, fps, model=syncnet, **options)
+            tracks += [dict(t, face=key) for t in found]
+            if found:
+                faces[key] = _lse_means(found)
     except ValueError as exc:       # e.g. the sidecar names more frames than the video holds
         return {"computed": False, "why": f"{run.output}: {exc}"}
     if not tracks:
         return {"computed": False,
                 "why": f"no face track of more than {options.get('min_track')} frames (at 25 fps) with "
                        f"a mean face size above {options.get('min_face_size')} px"}
-    return {"computed": True, "lse_c": float(np.mean([t["lse_c"] for t in tracks])),
-            "lse_d": float(np.mean([t["lse_d"] for t in tracks])), "tracks": tracks}
+    return {"computed": True, **_lse_means(tracks), "tracks": tracks, "faces": faces}
+
+
+def _lse_means(tracks: list[dict]) -> dict:
+    return {"lse_c": float(np.mean([t["lse_c"] for t in tracks])),
+            "lse_d": float(np.mean([t["lse_d"] for t in tracks]))}

@@ -29,6 +29,17 @@ def _stats(d: dict | None, spec="{:.2f}") -> str:
     return "-" if not d else f"mean {_f(d['mean'], spec)}, min {_f(d['min'], spec)}, p5 {_f(d['p5'], spec)}"
 
 
+def _face_line(key: str, f: dict, lse: dict | None) -> str:
+    models = ", ".join(f"{k} {v}" for k, v in f["models"].items())
+    fallback = "" if f.get("fallback_frames") is None else f"; {f['fallback_frames']} fallback"
+    ident, t = f["identity"], f["temporal"]
+    mouth = "-" if not t["pairs"] else f"{_f(t['output'])} / {_f(t['input'])} (x{_f(t['ratio'])})"
+    sync = "-" if not lse else f"{lse['lse_c']:.3f} / {lse['lse_d']:.3f}"
+    return (f"- face {key}: {f['frames']} frames ({models}{fallback}); face box outside mouth region: "
+            f"PSNR {_stats(ident['psnr_db'])} dB, SSIM {_stats(ident['ssim'], '{:.4f}')}; mouth change "
+            f"out / in {mouth}; LSE-C / LSE-D {sync}")
+
+
 def write_markdown(report: dict, path: str) -> None:
     lines = ["# A/B comparison", ""]
     inp = report["input"]
@@ -101,10 +112,15 @@ def write_markdown(report: dict, path: str) -> None:
                          f"sidecar lines {fr.get('sidecar_lines', '-')}, index mismatches "
                          f"{fr.get('index_mismatches', '-')}, time mismatches "
                          f"{fr.get('time_mismatches', '-')}")
-        if (g.get("lse") or {}).get("tracks"):
-            for t in g["lse"]["tracks"]:
-                lines.append(f"- SyncNet track from frame {t['start_frame']} ({t['frames']} frames): offset "
-                             f"{t['offset']}, LSE-C {t['lse_c']:.3f}, LSE-D {t['lse_d']:.3f}")
+        faces = g.get("faces") or {}
+        several = len(faces) > 1
+        if several:
+            lines += [_face_line(key, f, ((g.get("lse") or {}).get("faces") or {}).get(key))
+                      for key, f in faces.items()]
+        for t in (g.get("lse") or {}).get("tracks") or []:
+            whose = f" of face {t['face']}" if several else ""
+            lines.append(f"- SyncNet track{whose} from frame {t['start_frame']} ({t['frames']} frames): "
+                         f"offset {t['offset']}, LSE-C {t['lse_c']:.3f}, LSE-D {t['lse_d']:.3f}")
         lines.append("")
     if report["not_computed"]:
         lines += ["## Not computed", ""] + [f"- {m}" for m in report["not_computed"]] + [""]
@@ -119,5 +135,12 @@ def write_markdown(report: dict, path: str) -> None:
               "uses the same boxes on the input frames.",
               "- LSE-C / LSE-D: SyncNet (syncnet_v2) over face tracks at 25 fps, offsets -15..15, "
               "averaged over tracks (Wav2Lip's evaluation); higher LSE-C and lower LSE-D are better.", ""]
+    if any(len(g.get("faces") or {}) > 1 for g in graphs.values()):
+        lines[-1:-1] = [
+            "- Several faces: the frame figures exclude every dubbed face's region; each face (track id, "
+            "or place on the frame where the sidecar gives none) has its own line: its frames by model, "
+            "fallbacks (its MuseTalk frames in a run that fell back), PSNR/SSIM inside its face box "
+            "outside every mouth region (the upper face), its mouth change and its LSE, scored against "
+            "the output's one sound track."]
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))

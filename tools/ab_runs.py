@@ -115,6 +115,20 @@ def read_sidecar(path: str) -> list[dict] | None:
     return rows
 
 
+def faces_of(row: dict) -> list[dict]:
+    """The faces dubbed on a sidecar row, first face first, each {key, id, face, edit, model,
+    restore}: its `faces` list where several were dubbed, else its top-level fields (no face
+    on a cutaway). `key` names the face across rows: its track id, or its place on the row
+    ("#1", "#2", ...) where the sidecar gives no id."""
+    faces = row.get("faces")
+    if not faces:
+        if row.get("face") is None:
+            return []
+        faces = [{"id": row.get("face_id"), "face": row["face"], "edit": row.get("edit"),
+                  "model": row.get("model"), "restore": row.get("restore")}]
+    return [dict(f, key=str(f["id"]) if f.get("id") is not None else f"#{n}") for n, f in enumerate(faces, 1)]
+
+
 def profile_figures(profile: dict) -> dict:
     """Per-stage throughput and the bottleneck; fallback counters with their reasons."""
     stages = {}
