@@ -1,8 +1,8 @@
 """Routing items to a batched long path or a bypass, with the flush rules that keep a
 bounded graph free of deadlock (graph/README.md).
 
-`Rebatcher` groups consecutive items into batches of up to `size` and releases what it holds
-at an index discontinuity, on `flush()` (call it on a Flush message) and at end of stream, so
+`Rebatcher` groups consecutive items (or several items of one index) into batches of up to
+`size` and releases what it holds at an index discontinuity, on `flush()` (call it on a Flush message) and at end of stream, so
 it may sit anywhere on a long path.
 
 `BatchRouter` is a Rebatcher that also sends some items down a bypass. It releases the batch
@@ -29,7 +29,8 @@ class Rebatcher:
         self.pending: list[Item] = []
 
     def add(self, item: Item) -> Iterator[Emit]:
-        if self.pending and item.index != self.pending[-1].index + 1:
+        # the next index, or the same one again (several items of one frame: its faces)
+        if self.pending and item.index - self.pending[-1].index not in (0, 1):
             yield from self.flush()
         self.pending.append(item)
         if len(self.pending) >= self.size:

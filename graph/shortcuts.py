@@ -88,5 +88,6 @@ def shortcut_overrides(raw: dict, args: dict[str, list[str]], values: dict,
             continue
         for target in args.get(name, ()):
             stage, _, param = target.partition(".")
-            out.append((stage, param, CommandText(str(value))))
+            # text is read like --set; a value given as data (a list of --dub ...) stays data
+            out.append((stage, param, CommandText(value) if isinstance(value, str) else value))
     return out

@@ -24,12 +24,23 @@ import sys
 
 def _shortcuts(graph: str | None) -> dict[str, list[str]]:
     """The graph's command-line shortcuts, read before argv can be parsed (the graph itself is
-    validated once their values are known)."""
+    validated once their values are known). A shortcut whose param takes a list (--dub) may be
+    given several times: its name ends with "*" here."""
+    from lipgraph.graph.registry import resolve
     from lipgraph.graph.spec import GraphError, read_outline
     try:
-        return read_outline(graph).shortcuts if graph else {}
+        outline = read_outline(graph) if graph else None
     except GraphError:          # reported when the graph is loaded
         return {}
+    out = {}
+    for name, targets in (outline.shortcuts if outline else {}).items():
+        stage, _, param = targets[0].partition(".")
+        try:
+            many = isinstance(resolve(outline.stage_types[stage]).params.get(param), list)
+        except (LookupError, ValueError, ImportError):
+            many = False
+        out[name + "*" * many] = targets
+    return out
 
 
 def build_parser(shortcuts: dict, add_help: bool = True) -> argparse.ArgumentParser:
@@ -70,8 +81,10 @@ def build_parser(shortcuts: dict, add_help: bool = True) -> argparse.ArgumentPar
                         "small configs, fast; full: the published sizes, for timing). Built once "
                         "and kept in ~/.cache/lipgraph. The output is NOT lip-synced")
     for name, targets in shortcuts.items():
+        many, name = name.endswith("*"), name.rstrip("*")
         p.add_argument(f"--{name}", dest=f"arg_{name}", default=None, metavar="VALUE",
-                       help=f"sets {', '.join(targets)}")
+                       action="append" if many else "store",
+                       help=f"sets {', '.join(targets)}" + (" (repeatable)" if many else ""))
     return p
 
 
@@ -105,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print("lipgraph: a graph file is needed (or --jobs FILE)", file=sys.stderr)
         return 2
 
-    given = {name: getattr(args, f"arg_{name}") for name in shortcuts}
+    given = {name.rstrip("*"): getattr(args, f"arg_{name.rstrip('*')}") for name in shortcuts}
     try:
         graph = load(args.graph, args.sets, given, args.random_weights, check_inputs=not args.dry_run)
         if args.dry_run:

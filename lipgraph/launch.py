@@ -37,7 +37,9 @@ def load(graph: str, sets: Iterable[str] | dict = (), shortcuts: dict | None = N
     `random_weights` ("tiny" or "full") every model stage points at random models, built on
     first use after the input files are checked (unless `check_inputs` is False: a dry run)."""
     from lipgraph.graph.spec import GraphError, load_graph
-    shortcuts = {k: v for k, v in (shortcuts or {}).items() if v is not None}
+    shortcuts = {k: v for k, v in (shortcuts or {}).items() if v not in (None, [], ())}
+    if "dub" in shortcuts:
+        shortcuts = with_dubs(shortcuts, say)
     try:
         spec = load_graph(graph, sets, shortcuts=shortcuts)
         if random_weights:
@@ -49,6 +51,30 @@ def load(graph: str, sets: Iterable[str] | dict = (), shortcuts: dict | None = N
     except GraphError as exc:
         raise UsageError(str(exc)) from exc
     return spec
+
+
+def with_dubs(shortcuts: dict, say) -> dict:
+    """`dub` (one dub per speaker: ID=AUDIO values, or a YAML file) as the graph takes it: the
+    dubs for the audio stage, every dubbed track chosen (`face: ID+ID`, unless `face` is given)
+    and, without `audio`, the dubs' mix as the soundtrack (media/dubs.py)."""
+    from lipgraph.media.audio import probe_audio
+    from lipgraph.media.decode import MediaError
+    from lipgraph.media.dubs import dub_values, mixed_soundtrack, parse_dubs
+    try:
+        dubs = parse_dubs(shortcuts["dub"])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    for tid, path in dubs.items():
+        try:
+            probe_audio(path)
+        except (MediaError, OSError) as exc:
+            raise UsageError(f"--dub {tid}={path}: {exc}") from exc
+    out = {**shortcuts, "dub": dub_values(dubs)}
+    out.setdefault("face", "+".join(str(t) for t in dubs))
+    if "audio" not in out:
+        out["audio"] = mixed_soundtrack(list(dubs.values()))
+        say(f"note: the soundtrack is the mix of the {len(dubs)} dubs: {out['audio']}")
+    return out
 
 
 def check_files(graph) -> None:

@@ -168,9 +168,8 @@ def full_latentsync(root: str, folder_name: str = LATENTSYNC_FOLDER) -> dict:
 
 
 def default_root() -> str:
-    base = os.environ.get("LIPGRAPH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lipgraph")
-    return os.path.join(base, "random-weights")
+    from lipgraph.cache import cache_folder
+    return cache_folder("random-weights")
 
 
 def _ensure(folder: str, build) -> None:

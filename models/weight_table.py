@@ -171,7 +171,8 @@ WEIGHT_FILES: dict[str, WeightFile] = {
               "ByteDance/LatentSync-1.5:auxiliary/2DFAN4-cd938726ad.zip", 96_316_515,
               "cd938726adb1f15f361263cce2db9cb820c42585fa8796ec72ce19107f369a46",
               url=_FAN_URL + "2DFAN4-cd938726ad.zip", optional_for=_LATENTSYNC, torch_hub_names=FAN_PATTERNS),
-        _file("syncnet", "SyncNet (joonson/syncnet_python), for the LSE-C / LSE-D scores of ab_compare",
+        _file("syncnet", "SyncNet (joonson/syncnet_python), for the LSE-C / LSE-D scores of ab_compare and "
+              "the active speaker (detect.face: speaker)",
               _places(("", "auxiliary", "checkpoints/auxiliary"), ("syncnet_v2.model",)),
               url="https://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model"),
         # "" for a folder that is the pack itself; `auxiliary/models/buffalo_l` is where

@@ -27,6 +27,7 @@ STAGE_TYPES = {
     "vae_decode": "lipgraph.stages.vae_decode:VAEDecode",
     "face_parse": "lipgraph.stages.face_parse:FaceParse",
     "blend": "lipgraph.stages.blend:Blend",
+    "face_join": "lipgraph.stages.face_join:FaceJoin",
     "mux": "lipgraph.stages.mux:Mux",
 }
 

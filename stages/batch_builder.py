@@ -8,6 +8,7 @@ index gap, when full, and at the end (graph/README.md, rule 3).
   or a gap. A shot shorter than a window runs with fewer frames. The tail of a longer shot
   does not pad with invented frames: its window starts earlier, taking the last frames of
   the previous window again as context (their model inputs only; they are not output twice).
+  Each face track makes its own windows (several dubbed faces, a change of chosen face).
 `model: auto` follows the graph's UNet stage.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from lipgraph.graph.batching import BatchRouter
-from lipgraph.graph.items import Batch
+from lipgraph.graph.items import Batch, Flush
 from lipgraph.graph.stage import Stage
 
 from .unet_model import bind_auto
@@ -67,6 +68,46 @@ class WindowRouter(BatchRouter):
         yield from super().divert(item)
 
 
+class LaneWindows:
+    """LatentSync windows per face track (`face_id`; one lane without track ids): each track's
+    frames make their own windows (own shot, context and tail), so a window is always one
+    person's consecutive frames, also when several faces of a frame are dubbed or the chosen
+    face changes. A track missing from a frame ends its shot on the next frame, so no window
+    is held for a face that has gone (face_join waits for every face of a frame)."""
+
+    def __init__(self, window: int, main: str = "main", bypass: str = "bypass"):
+        self.window, self.main, self.bypass = window, main, bypass
+        self.lanes: dict = {}           # track id -> (WindowRouter, last index)
+        self.main_open = False
+
+    def add(self, item):
+        lane = item.data.get("face_id")
+        for key, (router, last) in list(self.lanes.items()):
+            if last < item.index - 1:        # absent from the frame before this one
+                yield from self._end(key)
+        router = self.lanes.get(lane, (None,))[0] or WindowRouter(self.window, self.main, self.bypass)
+        self.lanes[lane] = (router, item.index)
+        self.main_open = True
+        yield from router.add(item)
+
+    def _end(self, key):
+        router, _ = self.lanes.pop(key)
+        yield from router.end_shot()
+
+    def end_shot(self):
+        for key in list(self.lanes):
+            yield from self._end(key)
+
+    flush = end_shot
+
+    def divert(self, item):
+        yield from self.end_shot()
+        if self.main_open:
+            yield self.main, Flush(before=item.index)
+            self.main_open = False
+        yield self.bypass, item
+
+
 class BatchBuilder(Stage):
     outputs = ("main", "bypass")
     params = {"model": "auto", "batch_size": 8, "window": 16}
@@ -88,7 +129,7 @@ class BatchBuilder(Stage):
 
     def open(self):
         if self.p["model"] == "latentsync":
-            self.router = WindowRouter(self.p["window"], "main", "bypass")
+            self.router = LaneWindows(self.p["window"], "main", "bypass")
         else:
             self.router = BatchRouter(self.p["batch_size"], "main", "bypass", make_batch=stack_batch)
 

@@ -7,7 +7,7 @@ and resized to a square of `resolution` (256 for v1.5, 512 for v1.6):
   smoothing, the translation bias smoothed across frames (upstream since April 2025);
 - 68 points (`lm68`, FAN, 1.5): brow and nose means, landmark and translation smoothing, a
   Lanczos warp (the 1.5 release); without any landmarks, points estimated from the box.
-Smoothing restarts at every cutaway or gap. Adds `aligned` (the square face), `affine`
+Smoothing restarts at every cutaway or gap, one smoother per face track. Adds `aligned` (the square face), `affine`
 (frame -> box) and `align` (which alignment, for the paste-back) to each face frame.
 
 The mask: `mask: PATH`, else the official `latentsync/utils/mask.png` when `weights` is a
@@ -46,10 +46,7 @@ class FaceAlign(Stage):
 
     def open(self):
         self.on = self.p["enabled"] == "yes"
-        if self.on:
-            from lipgraph.vision.latentsync_align import AlignmentSmoother
-            self.smoother = AlignmentSmoother() if self.p["smooth"] else None
-        self.prev_index = None
+        self.lanes: dict = {}     # face track id -> [smoother, last index]: one per person
 
     def on_info(self, info, port):
         if self.on:     # a new message: the one received may be another stage's too
@@ -61,10 +58,7 @@ class FaceAlign(Stage):
             if item.data.get("box") is None:          # a cutaway: the shot ends
                 self._cut()
             elif "aligned" not in item.data:          # else aligned already (prepared cache)
-                if self.prev_index is not None and item.index != self.prev_index + 1:
-                    self._cut()                        # a gap in the shot: do not smooth across it
-                self.prev_index = item.index
-                self._align(item.data)
+                self._align(item.data, self._smoother(item))
         yield "out", item
 
     def on_flush(self, flush, port):
@@ -72,24 +66,33 @@ class FaceAlign(Stage):
         yield from super().on_flush(flush, port)
 
     def _cut(self) -> None:
-        if self.on and self.smoother is not None:
-            self.smoother.reset()
-        self.prev_index = None
+        self.lanes.clear()
 
-    def _align(self, d: dict) -> None:
+    def _smoother(self, item):
+        """The smoother of the item's face track, new after a gap in that track's frames."""
+        if not self.p["smooth"]:
+            return None
+        from lipgraph.vision.latentsync_align import AlignmentSmoother
+        lane = self.lanes.get(item.data.get("face_id"))
+        if lane is None or item.index != lane[1] + 1:     # do not smooth across a gap
+            lane = self.lanes[item.data.get("face_id")] = [AlignmentSmoother(), item.index]
+        lane[1] = item.index
+        return lane[0]
+
+    def _align(self, d: dict, smoother) -> None:
         import cv2
 
         from lipgraph.models.landmarks import box_landmarks
         from lipgraph.vision.latentsync_align import align_face, estimate_affine, estimate_affine_106
         res = self.p["resolution"]
         if d.get("lm106") is not None:
-            affine = estimate_affine_106(d["lm106"], res, self.smoother)
+            affine = estimate_affine_106(d["lm106"], res, smoother)
             d["align"], interp = "insightface", cv2.INTER_LINEAR
         else:
             lm = d.get("lm68")
             if lm is None:
                 lm = box_landmarks(tuple(float(v) for v in d["box"][:4]))
-            affine = estimate_affine(lm, res, self.smoother)
+            affine = estimate_affine(lm, res, smoother)
             d["align"], interp = "fan", cv2.INTER_LANCZOS4
         d["affine"] = np.asarray(affine, np.float64)
         d["aligned"] = align_face(d["frame"], affine, res, interpolation=interp)

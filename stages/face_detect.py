@@ -17,7 +17,12 @@ Several faces: `face` chooses whom to dub (vision/face_choice.py): `largest` (th
 continues the current one, else the largest), a point of the frame, or track ids from
 `python -m lipgraph.tools.faces` (then every frame is detected and tracked as the listing
 does, so the ids are the listing's), or `speaker`: the track whose mouth moves with the
-video's own speech (vision/speaker.py). A frame without the chosen face is a cutaway.
+video's own speech (vision/speaker.py); with SyncNet's weights (`syncnet: auto` finds
+syncnet_v2.model as the weights table says, or a path; `off`: never) the tracks are scored by
+SyncNet's audio-visual confidence instead of mouth motion (vision/speaker_syncnet.py). A frame
+without the chosen face is a cutaway.
+`ID+ID...` dubs every listed face present: the frame leaves as one item per face (same index
+and frame, `face_slot` / `face_slots`), for face_join to paste back together.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import warnings
 
 import numpy as np
 
+from lipgraph.graph.items import Item
 from lipgraph.graph.stage import Stage
 from lipgraph.vision.face_choice import FaceChoice, parse_choice
 from lipgraph.vision.shots import ShotCuts
@@ -41,13 +47,23 @@ AUTO_EVERY = 8      # detect_every: auto detects at least this often
 class FaceDetect(Stage):
     params = {"detector": "auto", "weights": "", "detect_every": "1", "batch_size": 8,
               "max_side": 0, "channel_order": "auto", "score_threshold": 0.5,
-              "nms_threshold": 0.3, "face": "largest", "speech": "", **DEVICE_PARAMS}
+              "nms_threshold": 0.3, "face": "largest", "speech": "", "syncnet": "auto",
+              **DEVICE_PARAMS}
     reads = names("frame")
-    writes = names("box", "face_id")
+    writes = names("box", "face_id", "face_slot", "face_slots")
 
     choices = {"detector": ("auto", "s3fd", "haar"), "channel_order": ("auto", "rgb", "bgr")}
     bind = bind_auto(channel_order=lambda models: "rgb" if models[0] == "musetalk" else "bgr",
                      then=lambda params, graph: _bind_speech(params, graph))
+
+    @classmethod
+    def tracks_from_first_frame(cls, params) -> bool:
+        """Track ids (the listing's) and the speaker are tracked from the video's first frame:
+        a resumed or split run's source then decodes (and this stage detects) from there."""
+        try:
+            return parse_choice(params["face"])[0] in ("ids", "all", "speaker")
+        except ValueError:
+            return False
 
     @classmethod
     def check_files(cls, params):
@@ -75,6 +91,11 @@ class FaceDetect(Stage):
             parse_choice(params["face"])
         except ValueError as exc:
             problems.append(("face", str(exc)))
+        syncnet = str(params["syncnet"])
+        import os
+        if syncnet not in ("auto", "off") and not os.path.isfile(syncnet):
+            problems.append(("syncnet", f"expected auto, off or a SyncNet file (syncnet_v2.model); "
+                                        f"{syncnet} does not exist"))
         return problems
 
     def open(self):
@@ -95,13 +116,29 @@ class FaceDetect(Stage):
             self.ctx.warn(str(w.message))
         choice = parse_choice(self.p["face"])
         self.choice = None                # built at the first frame (it needs the frame rate)
-        self.tracking = choice[0] in ("ids", "speaker")
-        self.loudness = None
+        self.tracking = choice[0] in ("ids", "all", "speaker")
+        self.others: dict = {}        # index -> the frame's other chosen faces (face: ID+ID)
+        self.loudness = self.syncnet = None     # face: speaker's audio, and SyncNet if it scores
         if choice[0] == "speaker":
             if not self.p["speech"]:
                 raise ValueError("detect.face=speaker needs the source video (detect.speech)")
             from lipgraph.vision.speaker import SpeechLoudness
-            self.loudness = SpeechLoudness(self.p["speech"])
+            from lipgraph.vision.speaker_syncnet import KEEP_S
+            path = self.p["syncnet"]
+            if path == "auto":
+                from ._weights import find_optional
+                path = find_optional(self.p["weights"], ["syncnet"])[0].get("syncnet")
+                if path is None:
+                    self.ctx.warn("detect.face=speaker: no SyncNet weights (syncnet_v2.model under "
+                                  "--weights or the hub caches), so the speaker is chosen by mouth "
+                                  "motion (detect.syncnet=off: the same, without this warning)")
+            if path not in (None, "off"):
+                import os
+                from lipgraph.models.syncnet import load_syncnet
+                from ._torch import shared_model
+                self.syncnet = shared_model(("syncnet", os.path.abspath(path), device),
+                                            lambda: load_syncnet(path, device=device))
+            self.loudness = SpeechLoudness(self.p["speech"], keep_s=0.0 if self.syncnet is None else KEEP_S)
         # tracks with the listing's ids need the listing's detection: every frame, cuts found
         self.auto = str(self.p["detect_every"]) == "auto" and not self.tracking
         self.every = 1 if self.tracking else AUTO_EVERY if self.auto else int(self.p["detect_every"])
@@ -146,7 +183,12 @@ class FaceDetect(Stage):
     def _start_choice(self, item) -> None:
         fps = float(self.info.get("fps") or 25.0)
         self.fps = fps
-        self.choice = FaceChoice(parse_choice(self.p["face"]), max_lost=max(1, round(fps)), fps=fps)
+        scorer = None
+        if self.syncnet is not None:
+            from lipgraph.vision.speaker_syncnet import SyncNetConfidence
+            scorer = SyncNetConfidence(self.syncnet, self.loudness)
+        self.choice = FaceChoice(parse_choice(self.p["face"]), max_lost=max(1, round(fps)), fps=fps,
+                                 scorer=scorer)
         h, w = item.data["frame"].shape[:2]
         self.choice.size = (w, h)
 
@@ -161,6 +203,10 @@ class FaceDetect(Stage):
         if tid is not None:
             item.data["face_id"] = tid
             self.ctx.count(f"frames_face_{tid}")
+        if self.choice.kind == "all" and self.choice.others:
+            self.others[item.index] = self.choice.others
+            for _, other in self.choice.others:
+                self.ctx.count(f"frames_face_{other}")
         return box
 
     def _counted(self, item):
@@ -168,6 +214,21 @@ class FaceDetect(Stage):
         self.with_face += item.data["box"] is not None
         self.ctx.count("faces" if item.data["box"] is not None else "cutaways")
         return item
+
+    def _faces_of(self, item):
+        """The frame's item, or one item per chosen face (face: ID+ID) sharing its index and
+        frame, slot by slot: the faces go through the models side by side and face_join pastes
+        them back into one frame."""
+        others = self.others.pop(item.index, ())
+        if not others or item.data.get("preroll"):     # pre-roll only warms up: one item
+            yield "out", item
+            return
+        n = len(others) + 1
+        item.data.update(face_slot=0, face_slots=n)
+        yield "out", item
+        for slot, (box, tid) in enumerate(others, start=1):
+            yield "out", Item(item.index, {**item.data, "box": box, "face_id": tid,
+                                           "face_slot": slot}, item.time, item.t0)
 
     def _is_key(self, pos_in_held: int) -> bool:
         # keyframes at absolute indices: a resumed run detects on the same frames
@@ -222,7 +283,7 @@ class FaceDetect(Stage):
             self.last_key = (done[-1], prev_box)
             self.cut_keys = {i for i in self.cut_keys if i > done[-1].index}
         for it in done:
-            yield "out", self._counted(it)
+            yield from self._faces_of(self._counted(it))
 
     def _fill(self, between, box_a, box_b) -> None:
         """Boxes for frames between two detected keyframes."""

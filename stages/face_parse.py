@@ -3,7 +3,8 @@
 BiSeNet (`face-parse-bisent/79999_iter.pth`) parses a square region 1.5x the face box;
 the mask keeps the `mode` classes (`jaw` default, `raw`, `neck`) inside the face box and
 below the middle of the region, feathered. `parse_every: N` parses every Nth face frame
-of a shot and carries the mask over to the frames between (moved with the face box).
+of a shot (per face track) and carries the mask over to the frames between (moved with the
+face box).
 Without parsing weights: a feathered lower-face mask, with a warning.
 """
 from __future__ import annotations
@@ -52,38 +53,40 @@ class FaceParse(Stage):
             device = resolve_device(self.p["device"])
             dtype = resolve_dtype(self.p["dtype"], device)
             self.parser = FaceParser(load_bisenet(path, resnet, device=device, dtype=dtype))
-        self.anchor = None        # (mask, face_box, crop_box) of the last parsed frame
-        self.since = 0            # face frames since that parse
-        self.prev_index = None
+        # per face track: its last parsed frame's (mask, face_box, crop_box) as `anchor`,
+        # face frames since that parse, its last index
+        self.lanes: dict = {}
 
     def on_flush(self, flush, port):
-        self.anchor = None        # a cutaway: the next shot is parsed afresh
+        self.lanes.clear()        # a cutaway: the next shot is parsed afresh
         return super().on_flush(flush, port)
 
     def process(self, batch, port):
         if batch.data.get("model", "musetalk") != "musetalk":
-            self.anchor = None        # LatentSync restores through its own mask
+            self.lanes.clear()        # LatentSync restores through its own mask
             yield "out", batch
             return
         from lipgraph.vision.musetalk_face import blend_mask, crop_padded, expanded_crop_box, reuse_mask
         items = list(batch.members())
         # which frames to parse: the first of each shot, then every parse_every-th
         fresh = []
-        have = self.anchor is not None
         for item in items:
             box = item.data["face_box"]
             item.data["crop_box"] = np.asarray(
                 expanded_crop_box(box, item.data["frame"].shape, self.p["expand"]), np.int32)
-            gap = self.prev_index is None or item.index != self.prev_index + 1
-            self.prev_index = item.index
+            lane = self.lanes.setdefault(item.data.get("face_id"),
+                                         {"anchor": None, "since": 0, "prev": None, "have": False})
+            gap = lane["prev"] is None or item.index != lane["prev"] + 1
+            lane["prev"] = item.index
+            lane["have"] = lane["have"] or lane["anchor"] is not None
             if "mask" in item.data:         # from the prepared cache
-                self.since, have = 1, True
+                lane["since"], lane["have"] = 1, True
                 continue
-            if gap or not have or self.since >= self.p["parse_every"]:
+            if gap or not lane["have"] or lane["since"] >= self.p["parse_every"]:
                 fresh.append(item)
-                self.since = 0
-                have = True
-            self.since += 1
+                lane["since"] = 0
+                lane["have"] = True
+            lane["since"] += 1
         maps = [None] * len(fresh)
         if self.parser is not None and fresh:
             crops = [crop_padded(it.data["frame"], it.data["crop_box"]) for it in fresh]
@@ -95,14 +98,13 @@ class FaceParse(Stage):
                                          self.p["mode"])
         self.ctx.count("parsed", len(fresh))
         # the others carry the mask of the last parsed frame before them
-        anchor = self.anchor
         fresh_ids = {id(it) for it in fresh}
         for item in items:
+            lane = self.lanes[item.data.get("face_id")]
             if id(item) in fresh_ids or ("mask" in item.data and item.data.get("cached")):
-                anchor = (item.data["mask"], item.data["face_box"], item.data["crop_box"])
+                lane["anchor"] = (item.data["mask"], item.data["face_box"], item.data["crop_box"])
             else:
-                mask, box, crop_box = anchor
+                mask, box, crop_box = lane["anchor"]
                 item.data["mask"] = reuse_mask(mask, box, crop_box, item.data["face_box"],
                                                item.data["crop_box"])
-        self.anchor = anchor
         yield "out", batch

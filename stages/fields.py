@@ -29,12 +29,17 @@ TABLE = (
     Field("preroll", "bool", "context only (before a resumed run's first output frame): "
                              "bypasses the models, not written"),
     Field("pcm", "float32 [n]", "audio samples, 16 kHz mono (the audio stream's items)"),
+    Field("dub_pcm", "dict {track id: float32 [n]}", "each speaker's own dub, the same span as "
+                                                      "`pcm` (audio.dubs)"),
     # video-side work (per face frame)
     Field("cached", "bool", "the frame's prepared work came from the cache", working=True),
     Field("box", "float32 [5] or None", "detector face box x1, y1, x2, y2, score; None: a "
                                         "cutaway", cached=True),
     Field("face_id", "int", "the face track chosen on this frame (detect.face: track ids)",
           cached=True),
+    Field("face_slot", "int", "which of its frame's dubbed faces this item is (0 ..); "
+                              "only on frames where several faces are dubbed"),
+    Field("face_slots", "int", "how many faces of this frame are dubbed (items of one index)"),
     Field("lm68", "float32 [68, 2]", "FAN landmarks, iBUG order", working=True),
     Field("lm106", "float32 [106, 2]", "InsightFace 2d106det landmarks", working=True),
     Field("face_box", "int32 [4]", "MuseTalk's face box (from the 68 landmarks)", cached=True),
@@ -75,6 +80,8 @@ TABLE = (
     Field("mask", "float32 [h, w]", "the paste-back mask in crop_box", cached=True, working=True),
     Field("edit", "list [4]", "the box of every pixel blend may have changed"),
     Field("restore", "dict", "what redraws LatentSync's mouth region (the sidecar's restore)"),
+    Field("faces", "list of dict", "every face dubbed on the frame: id, face, edit, model, "
+                                   "restore (face_join; the sidecar's faces)"),
 )
 FIELDS = {f.name: f for f in TABLE}
 

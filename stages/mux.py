@@ -12,7 +12,8 @@ For a lossless master: `codec: ffv1`, `pix_fmt: bgr0` and a .mkv path.
 source frame it shows; resampled by video_source's `fps`, a repeated frame names the same
 one), face (face box or null for a cutaway), edit (box of every pixel that may have
 changed, or null), model (the model that made the mouth), face_id (the face track
-dubbed, when `detect.face` names track ids).
+dubbed, when `detect.face` names track ids), and on a frame where several faces were dubbed
+`faces`: one record per face (id, face, edit, model, restore; the first is the line's own).
 
 With `workdir` (set by run_graph: segments are on unless `segment_s: 0`), frames go into
 segments of `segment_s` seconds recorded in the job's manifest, joined into the output at
@@ -179,14 +180,16 @@ class Mux(Stage):
 
     def _sidecar_line(self, item) -> str:
         import json
+
+        from .face_join import face_record
         d = item.data
-        box = d.get("face_box", d.get("box"))
-        face = None if box is None else [int(round(float(v))) for v in list(box)[:4]]
+        face = face_record(d)
         return json.dumps({
-            "index": item.index, "time": item.time, "src": d.get("src_index"), "face": face,
-            "edit": d.get("edit"), "model": d.get("model") if face else None,
-            **({"face_id": d["face_id"]} if face and d.get("face_id") is not None else {}),
-            **({"restore": d["restore"]} if face and d.get("restore") else {})})
+            "index": item.index, "time": item.time, "src": d.get("src_index"),
+            "face": face and face["face"], "edit": d.get("edit"), "model": face and face["model"],
+            **({"face_id": face["id"]} if face and face["id"] is not None else {}),
+            **({"restore": face["restore"]} if face and "restore" in face else {}),
+            **({"faces": d["faces"]} if d.get("faces") else {})})
 
     def finish(self):
         from lipgraph.media.writer import output_errors

@@ -56,6 +56,10 @@ class _CacheStage(Stage):
 
     @classmethod
     def bind(cls, params, graph, notes):
+        if params["dir"] and any("+" in str(s.params.get("face", "")) for s in graph.values()
+                                 if s.type == "face_detect"):
+            raise ValueError("the prepared-video cache keeps one face per frame: dub several "
+                             "faces of a frame (--dub, face: ID+ID) without --cache")
         if params["dir"] and not params["key"]:
             params["video_id"], params["key"] = cache_key(graph)
             params["video"] = next(s.params["path"] for s in graph.values()

@@ -53,6 +53,9 @@ from lipgraph.graph.stage import Stage
 from .fields import names
 
 
+FROM_FIRST_FRAME = 1 << 40       # preroll: decode from the video's first frame
+
+
 class VideoSource(Stage):
     inputs = ()
     outputs = ("out",)
@@ -67,6 +70,15 @@ class VideoSource(Stage):
     writes = names("frame", "src_index", "preroll")
     roles = ("seekable_source",)
     placement_params = ("start", "stop")
+
+    @classmethod
+    def bind(cls, params, graph, notes):
+        # a stage that follows face tracks by id from the first frame (face_detect with track
+        # ids or the speaker) needs that history in a resumed or split run too
+        if any(getattr(s.cls, "tracks_from_first_frame", lambda p: False)(s.params)
+               for s in graph.values()):
+            params["preroll"] = FROM_FIRST_FRAME
+        return params
 
     @staticmethod
     def output_rate(params: dict) -> Fraction | None:

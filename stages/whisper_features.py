@@ -7,7 +7,9 @@ through without features. Each UNet gets the features it was trained on: `museta
 hidden states, zero padding) -> `audio`; `latentsync` (last state before the final
 LayerNorm, clamped edges, the whole clip's mel peak) -> `audio_ls`. `model: auto` computes
 what the graph's UNet stage needs (both when LatentSync falls back to MuseTalk); `whisper`
-names the Whisper files (else found under --weights).
+names the Whisper files (else found under --weights). With one dub per speaker
+(audio.dubs), a face frame gets the features of its own track's dub (`face_id`), else of the
+main audio.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ class WhisperFeatures(Stage):
     renamed = {"flavour": "model"}
     # param -> the file of the random models it takes (models/random_weights.py)
     random_weights = {"whisper": "whisper"}
-    reads = {"frames": names("box"), "audio": names("pcm")}
+    reads = {"frames": names("box"), "audio": names("pcm")}     # and dub_pcm, when given
     writes = names(*FEATURE_KEYS.values())
 
     @classmethod
@@ -70,29 +72,35 @@ class WhisperFeatures(Stage):
         quiet_model_libraries()
         self.encoder = load_whisper_encoder(path, device=self.device, dtype=dtype)
         self.models = self.p["model"].split(",")
-        self.streams = None
-        self.mel_peak = None
+        self.streams = None           # lane (None: the main audio; else a track id) -> streams
+        self.mel_peaks: dict = {}
         self.pending = None
         self.audio_ended = False
         self.frames_ended = False
 
     def on_info(self, info, port):
         if port == "audio":
-            self.mel_peak = info.data.get("mel_peak")
+            self.mel_peaks = {None: info.data.get("mel_peak"), **(info.data.get("dub_mel_peaks") or {})}
             return ()
         return super().on_info(info, port)
 
-    def _streams(self) -> dict:
+    def _lanes(self, dubs=()) -> dict:
+        """Feature streams per audio lane: the main audio, and each speaker's dub (audio.dubs)."""
         if self.streams is None:
-            from lipgraph.media.audio_features import AudioFeatureStream
-            fps = self.info.get("fps")
-            if not fps:
-                raise RuntimeError("no frame rate: the frame stream carried no Info with 'fps'")
-            self.streams = {
-                f: AudioFeatureStream(self.encoder, f, fps,
-                                      mel_peak=self.mel_peak if f == "latentsync" else None)
-                for f in self.models}
+            self.streams = {}
+        for lane in (None, *dubs):
+            if lane not in self.streams:
+                self.streams[lane] = self._new_streams(self.mel_peaks.get(lane))
         return self.streams
+
+    def _new_streams(self, mel_peak) -> dict:
+        from lipgraph.media.audio_features import AudioFeatureStream
+        fps = self.info.get("fps")
+        if not fps:
+            raise RuntimeError("no frame rate: the frame stream carried no Info with 'fps'")
+        return {f: AudioFeatureStream(self.encoder, f, fps,
+                                      mel_peak=mel_peak if f == "latentsync" else None)
+                for f in self.models}
 
     def accepts(self):
         # holding a frame that needs more audio, or no frames left: read audio
@@ -104,8 +112,10 @@ class WhisperFeatures(Stage):
         if port == "audio":
             if self.frames_ended:
                 return ()            # no frame needs it: drain without buffering
-            for stream in self._streams().values():
-                stream.push(item.data["pcm"])
+            dubs = item.data.get("dub_pcm") or {}
+            for lane, streams in self._lanes(dubs).items():
+                for stream in streams.values():
+                    stream.push(item.data["pcm"] if lane is None else dubs[lane])
         else:
             self.pending = item
         return self._release()
@@ -113,8 +123,9 @@ class WhisperFeatures(Stage):
     def on_eos(self, port):
         if port == "audio":
             self.audio_ended = True
-            for stream in self._streams().values():
-                stream.close()
+            for streams in self._lanes().values():
+                for stream in streams.values():
+                    stream.close()
             return self._release()
         self.frames_ended = True
         return ()
@@ -126,8 +137,10 @@ class WhisperFeatures(Stage):
             return
         if item.data.get("box") is not None:
             try:
+                lanes = self._lanes()
+                streams = lanes.get(item.data.get("face_id"), lanes[None])   # the face's own dub
                 with inference():
-                    feats = {f: s.features_at_time(item.time) for f, s in self._streams().items()}
+                    feats = {f: s.features_at_time(item.time) for f, s in streams.items()}
             except NeedMoreAudio:
                 if self.audio_ended:
                     raise

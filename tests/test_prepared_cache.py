@@ -120,6 +120,7 @@ def test_identity_sees_a_same_size_edit_anywhere(tmp_path):
     assert same_content(a, file_identity(str(tmp_path / "w.bin")))      # content, not name
 
 
+@pytest.mark.slow      # 30 s (CI time)
 def test_damaged_records_are_recomputed_and_counted(setup, tmp_path):
     folder, video, dub1, dub2, sets = setup
     cache = str(tmp_path / "cache")

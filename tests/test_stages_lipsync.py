@@ -109,7 +109,7 @@ def make_whisper_stage(encoder, flavour="musetalk"):
     """The stage with an in-memory encoder instead of a file (as open() would set it up)."""
     stage = WhisperFeatures("whisper", {"device": "cpu", "whisper": "x", "model": flavour},
                             StageContext())
-    stage.encoder, stage.streams, stage.mel_peak = encoder, None, None
+    stage.encoder, stage.streams, stage.mel_peaks = encoder, None, {}
     stage.models = flavour.split(",")
     stage.pending, stage.audio_ended, stage.frames_ended = None, False, False
     return stage
@@ -143,7 +143,7 @@ def test_whisper_stage_matches_reference_across_windows(encoder, fps):
         for _, m in emits:
             out[m.index] = m.data.get("audio")
     assert len(out) == n
-    held = stage.streams["musetalk"].held_windows
+    held = stage.streams[None]["musetalk"].held_windows
     assert len(held) <= 2
     for i in range(n):
         if frames[i].data["box"] is None:
@@ -177,7 +177,8 @@ def test_whisper_stage_drains_audio_after_last_frame(encoder):
     stage.on_eos("frames")
     assert stage.accepts() == ("audio",)
     assert list(stage.process(Item(0, {"pcm": np.zeros(16000, np.float32)}), "audio")) == []
-    assert stage.streams is None or all(s.buffered_samples == 0 for s in stage.streams.values())
+    assert stage.streams is None or all(s.buffered_samples == 0 for lane in stage.streams.values()
+                                         for s in lane.values())
 
 
 # ----- batching at cutaways -----------------------------------------------------------------

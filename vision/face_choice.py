@@ -7,6 +7,8 @@
 - `ID[,ID...]`: the face tracks listed by `python -m lipgraph.tools.faces` (the same
   detection on every frame, shot cuts and tracking rules, so the same ids); on each frame the
   first listed id present. A frame with none of them takes the cutaway path.
+- `ID+ID[+ID...]`: every listed track present on a frame is dubbed (one dub per speaker:
+  `--dub ID=AUDIO`); the frame's faces go through the models as items of the same index.
 - `speaker`: the track whose mouth moves with the source video's own speech
   (vision/speaker.py), followed frame by frame, so the dub follows turn-taking.
 """
@@ -17,19 +19,21 @@ import numpy as np
 from lipgraph.models.face_detection import box_iou, pick_face
 
 from .face_tracks import FaceTracker
-from .speaker import ActiveSpeaker, mouth_patch
+from .speaker import ActiveSpeaker
 
 CONTINUE_IOU = 0.3
 
 
 def parse_choice(text: str) -> tuple:
-    """("largest",), ("point", x, y) or ("ids", (id, ...)); ValueError naming the forms. A
+    """("largest",), ("point", x, y), ("ids", (id, ...)) or ("all", (id, ...)) for
+    `ID+ID...` (every one present, not the first); ValueError naming the forms. A
     point is two numbers written with a decimal point: fractions of the frame's width and
     height when both are at most 1 (0.25,0.5), else pixels (640.0,360.0)."""
     text = str(text).strip()
     if text in ("largest", "speaker"):
         return (text,)
-    parts = [p.strip() for p in text.split(",")]
+    every = "+" in text
+    parts = [p.strip() for p in text.split("+" if every else ",")]
     try:
         if len(parts) == 2 and all("." in p for p in parts):
             x, y = (float(p) for p in parts)
@@ -39,22 +43,27 @@ def parse_choice(text: str) -> tuple:
         ids = tuple(int(p) for p in parts)
     except ValueError:
         raise ValueError(f"expected largest, speaker, a point X.,Y. (fractions of the frame such as "
-                         f"0.25,0.5, or pixels such as 640.0,360.0) or track ids ID[,ID...] "
-                         f"from python -m lipgraph.tools.faces, got {text!r}") from None
+                         f"0.25,0.5, or pixels such as 640.0,360.0), track ids ID[,ID...] "
+                         f"from python -m lipgraph.tools.faces (the first present) or ID+ID... "
+                         f"(all present), got {text!r}") from None
     if min(ids) < 1:
         raise ValueError(f"track ids start at 1, got {text!r}")
-    return ("ids", ids)
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"a track id is listed twice in {text!r}")
+    return ("all" if every else "ids", ids)
 
 
 class FaceChoice:
     """Feed every detected frame in order: `choose(index, boxes, previous, cut)` returns the
     chosen box (or None) and its track id (ids only, else None)."""
 
-    def __init__(self, choice: tuple, max_lost: int = 25, fps: float = 25.0):
+    def __init__(self, choice: tuple, max_lost: int = 25, fps: float = 25.0, scorer=None):
         self.kind = choice[0]
         self.choice = choice
-        self.tracker = FaceTracker(max_lost=max_lost) if self.kind in ("ids", "speaker") else None
-        self.speaker = ActiveSpeaker(fps) if self.kind == "speaker" else None
+        self.tracker = FaceTracker(max_lost=max_lost) if self.kind in ("ids", "all", "speaker") else None
+        self.others: list = []     # kind "all": the frame's other chosen (box, id), after the first
+        # speaker: `scorer` scores the tracks (vision/speaker.py; mouth motion when None)
+        self.speaker = ActiveSpeaker(fps, scorer) if self.kind == "speaker" else None
 
     @property
     def tracks(self) -> bool:
@@ -76,14 +85,11 @@ class FaceChoice:
             self.tracker.cut()
         on_frame = dict(self.tracker.update(index, boxes))
         if self.kind == "speaker":
-            patches = {tid: mouth_patch(frame, b) for tid, b in on_frame.items()}
-            tid = self.speaker.update(index, loudness_change,
-                                      {t: p for t, p in patches.items() if p is not None})
+            tid = self.speaker.update(index, loudness_change, frame, on_frame)
             return (on_frame[tid].astype(np.float32), tid) if tid in on_frame else (None, None)
-        for tid in self.choice[1]:
-            if tid in on_frame:
-                return on_frame[tid].astype(np.float32), tid
-        return None, None
+        present = [(on_frame[t].astype(np.float32), t) for t in self.choice[1] if t in on_frame]
+        self.others = present[1:] if self.kind == "all" else []
+        return present[0] if present else (None, None)
 
     def _at_point(self, boxes, previous):
         if not len(boxes):

@@ -1,13 +1,15 @@
 """The active speaker: which face track's mouth moves with the source video's own speech.
 
-Without extra weights: for every track on screen, the motion of its mouth region (mean
-absolute change of a small grey patch of the lower-middle face box between consecutive
+`ActiveSpeaker` makes the choice from per-track scores given by a scorer. The default scorer
+(`MouthMotion`, no extra weights): for every track on screen, the motion of its mouth region
+(mean absolute change of a small grey patch of the lower-middle face box between consecutive
 frames) is correlated with the change of the speech's loudness (absolute frame-to-frame
 difference of the RMS envelope, one value per video frame) over a trailing window of about a
-second. The track with the highest correlation speaks; a new speaker must beat the current
-one by `margin` and the choice is held at least `hold_s`, so it does not flicker. Until any
-track has `window` frames of history, or when no track correlates above `floor`, the current
-speaker is kept (none at the start).
+second. With SyncNet weights, `vision/speaker_syncnet.py` scores each track by SyncNet's
+audio-visual confidence instead. The track with the highest score speaks; a new speaker must
+beat the current one by the scorer's `margin` and the choice is held at least `hold_s`, so it
+does not flicker. Until any track has a score, or when no track scores above the scorer's
+`floor`, the current speaker is kept (none at the start).
 """
 from __future__ import annotations
 
@@ -43,23 +45,22 @@ def loudness_changes(pcm: np.ndarray, sr: int, fps: float, frames: int) -> np.nd
     return np.abs(np.diff(rms, prepend=rms[:1]))
 
 
-class ActiveSpeaker:
-    """Feed frames in order: `update(index, change, patches)` with the loudness change of
-    that frame and {track id: mouth patch}; returns the speaking track id (or None)."""
+class MouthMotion:
+    """Scorer: the correlation of each track's mouth-patch motion with the loudness change
+    over the trailing window (nan until a track has a full window of history)."""
 
-    def __init__(self, fps: float, window_s: float = 1.0, margin: float = 0.15,
-                 hold_s: float = 0.5, floor: float = 0.2):
+    def __init__(self, fps: float, window_s: float = 1.0, margin: float = 0.15, floor: float = 0.2):
         self.window = max(4, int(round(window_s * fps)))
         self.margin, self.floor = margin, floor
-        self.hold = int(round(hold_s * fps))
         self.loud: collections.deque = collections.deque(maxlen=self.window)
         self.motion: dict[int, collections.deque] = {}
         self.last_patch: dict[int, tuple[int, np.ndarray]] = {}
-        self.speaker: int | None = None
-        self.since = -10 ** 9
         self.scores: dict[int, float] = {}
 
-    def update(self, index: int, change: float, patches: dict) -> int | None:
+    def update(self, index: int, change: float, frame: np.ndarray, boxes: dict) -> set:
+        """Feed one frame ({track id: box}); returns the tracks measured on it. `scores` then
+        holds every track still followed (one gone for a whole window is dropped)."""
+        patches = {tid: p for tid, b in boxes.items() if (p := mouth_patch(frame, b)) is not None}
         self.loud.append(float(change))
         for tid, patch in patches.items():
             prev = self.last_patch.get(tid)
@@ -73,8 +74,7 @@ class ActiveSpeaker:
                     del self.motion[tid]
                     self.last_patch.pop(tid, None)
         self.scores = {tid: self._score(m) for tid, m in self.motion.items()}
-        speaker = self._decide(index)
-        return speaker if speaker in patches else None
+        return set(patches)
 
     def _score(self, motion) -> float:
         n = len(motion)
@@ -89,48 +89,105 @@ class ActiveSpeaker:
             return 0.0
         return float(np.corrcoef(m[ok], a[ok])[0, 1])
 
+
+class ActiveSpeaker:
+    """Feed frames in order: `update(index, change, frame, boxes)` with the loudness change of
+    that frame, the frame and {track id: box}; returns the speaking track id (or None).
+    `scorer` (default `MouthMotion`) scores the tracks; the hysteresis is the same for all."""
+
+    def __init__(self, fps: float, scorer=None, hold_s: float = 0.5):
+        self.scorer = scorer if scorer is not None else MouthMotion(fps)
+        self.hold = int(round(hold_s * fps))
+        self.speaker: int | None = None
+        self.since = -10 ** 9
+
+    @property
+    def scores(self) -> dict:
+        return self.scorer.scores
+
+    def update(self, index: int, change: float, frame: np.ndarray, boxes: dict) -> int | None:
+        seen = self.scorer.update(index, change, frame, boxes)
+        speaker = self._decide(index)
+        return speaker if speaker in seen else None
+
     def _decide(self, index: int) -> int | None:
-        ranked = sorted(((s, tid) for tid, s in self.scores.items() if np.isfinite(s)), reverse=True)
-        if self.speaker is not None and self.speaker not in self.motion:
+        scores, floor = self.scorer.scores, self.scorer.floor
+        ranked = sorted(((s, tid) for tid, s in scores.items() if np.isfinite(s)), reverse=True)
+        if self.speaker is not None and self.speaker not in scores:
             self.speaker = None                  # the speaker left the picture
-        if not ranked or ranked[0][0] < self.floor:
+        if not ranked or ranked[0][0] < floor:
             return self.speaker
         best_score, best = ranked[0]
         if self.speaker is None:
             self.speaker, self.since = best, index
         elif best != self.speaker and index - self.since >= self.hold:
-            current = self.scores.get(self.speaker, np.nan)
-            if not np.isfinite(current) or best_score > current + self.margin:
+            current = scores.get(self.speaker, np.nan)
+            if not np.isfinite(current) or best_score > current + self.scorer.margin:
                 self.speaker, self.since = best, index
         return self.speaker
 
 
 class SpeechLoudness:
-    """The RMS envelope of a media file's own audio in 10 ms hops (read once, streaming: one
-    number per hop is kept), and the loudness change of the frame shown at a time."""
+    """A media file's own audio, decoded once and only as far as the frames fed (in order)
+    need: the RMS envelope in 10 ms hops (one number per hop is kept), the loudness change of
+    the frame shown at a time, and the samples of a time span (`span`; only the last `keep_s`
+    seconds decoded are kept, for the SyncNet scorer). `now` is the (time, duration) of the
+    frame last fed to `change`."""
 
     HOP_S = 0.01
 
-    def __init__(self, path: str, sr: int = 16000):
+    def __init__(self, path: str, sr: int = 16000, keep_s: float = 0.0):
         from lipgraph.media.audio import iter_audio_blocks
-        hop = int(sr * self.HOP_S)
-        rms, rest = [], np.zeros(0, np.float32)
-        for block in iter_audio_blocks(path, sr):
-            pcm = np.concatenate([rest, block[0]])
-            n = len(pcm) // hop
+        self.sr, self.hop, self.keep = sr, int(sr * self.HOP_S), int(round(keep_s * sr))
+        self.blocks = iter_audio_blocks(path, sr)
+        self.pcm = np.zeros(0, np.float32)    # samples start .. read
+        self.start = self.read = self.hops = 0
+        self._rms = np.zeros(4096, np.float32)
+        self.previous = self.now = None
+        self._read_to(1)                      # a file without audio fails here, at open
+
+    def _read_to(self, sample: int) -> None:
+        while self.read < sample and self.blocks is not None:
+            block = next(self.blocks, None)
+            if block is None:
+                self.blocks = None
+                break
+            self.pcm = np.concatenate([self.pcm, block[0]])
+            self.read += len(block[0])
+            first = self.hops * self.hop - self.start      # the next hop, in self.pcm
+            n = (len(self.pcm) - first) // self.hop
             if n:
-                rms.append(np.sqrt(np.mean(pcm[:n * hop].reshape(n, hop).astype(np.float64) ** 2, axis=1)))
-            rest = pcm[n * hop:]
-        self.rms = np.concatenate(rms).astype(np.float32) if rms else np.zeros(0, np.float32)
-        self.previous = None
+                seg = self.pcm[first:first + n * self.hop].reshape(n, self.hop).astype(np.float64)
+                if self.hops + n > len(self._rms):
+                    self._rms = np.concatenate([self._rms, np.zeros(max(n, len(self._rms)), np.float32)])
+                self._rms[self.hops:self.hops + n] = np.sqrt(np.mean(seg ** 2, axis=1))
+                self.hops += n
+            # keep the part of the next hop read so far and the last `keep` samples
+            drop = min(self.hops * self.hop, self.read - self.keep) - self.start
+            if drop > 0:
+                self.pcm, self.start = self.pcm[drop:], self.start + drop
 
     def level(self, t: float, dt: float) -> float:
         a, b = int(t / self.HOP_S), max(int((t + dt) / self.HOP_S), int(t / self.HOP_S) + 1)
-        seg = self.rms[a:b]
+        self._read_to(b * self.hop)
+        seg = self._rms[a:min(b, self.hops)]
         return float(np.sqrt(np.mean(seg.astype(np.float64) ** 2))) if len(seg) else 0.0
 
     def change(self, t: float, dt: float) -> float:
         """|level of this frame - level of the frame before| (frames fed in order)."""
+        self.now = (t, dt)
         level = self.level(t, dt)
         prev, self.previous = self.previous, level
         return 0.0 if prev is None else abs(level - prev)
+
+    def span(self, t: float, dt: float) -> np.ndarray:
+        """The samples of [t, t + dt) (zeros beyond the audio's ends)."""
+        a, n = int(round(t * self.sr)), int(round(dt * self.sr))
+        self._read_to(a + n)
+        if max(a, 0) < self.start:
+            raise ValueError(f"samples from {t:.3f} s are no longer kept (keep_s={self.keep / self.sr})")
+        out = np.zeros(n, np.float32)
+        lo, hi = max(a, 0), min(a + n, self.read)
+        if hi > lo:
+            out[lo - a:hi - a] = self.pcm[lo - self.start:hi - self.start]
+        return out
