@@ -82,8 +82,8 @@ def syncnet_cost(frames: int = 100) -> tuple[float, float]:
     spk = ActiveSpeaker(25.0, SyncNetConfidence(SyncNet().eval().requires_grad_(False), audio))
     t, wall = time.process_time(), time.perf_counter()
     for i, (frame, truth) in enumerate(shots):
-        change = audio.change(i / 25.0, 1 / 25.0)
-        spk.update(i, change, frame, {1: truth["left"], 2: truth["right"]})
+        when = (i / 25.0, 1 / 25.0)
+        spk.update(i, audio.change(*when), frame, {1: truth["left"], 2: truth["right"]}, when)
     return (time.process_time() - t) * 1000 / frames, (time.perf_counter() - wall) * 1000 / frames
 
 

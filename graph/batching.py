@@ -2,8 +2,8 @@
 bounded graph free of deadlock (graph/README.md).
 
 `Rebatcher` groups consecutive items (or several items of one index) into batches of up to
-`size` and releases what it holds at an index discontinuity, on `flush()` (call it on a Flush message) and at end of stream, so
-it may sit anywhere on a long path.
+`size` and releases what it holds at an index discontinuity, on `flush()` (call it on a Flush
+message) and at end of stream, so it may sit anywhere on a long path.
 
 `BatchRouter` is a Rebatcher that also sends some items down a bypass. It releases the batch
 it holds *before* it sends any later item elsewhere, and marks each switch away from the

@@ -19,7 +19,7 @@ import multiprocessing
 import os
 from typing import Any, Callable, Iterable
 
-from .launch import LipgraphError, UsageError, check, load, make_runner
+from .launch import LipgraphError, UsageError, check, default_paths, load, make_runner
 
 __all__ = ["lipsync", "run_graph", "Result", "LipgraphError", "UsageError", "RunFailed", "Cancelled"]
 
@@ -67,13 +67,12 @@ def lipsync(video: str, audio: str, output: str, graph: str = "musetalk", weight
     lip-synced); `progress(info)`: called about twice a second with a `ProgressInfo` (done,
     total, rate, eta_s, stages); `cancel`: a `threading.Event`. Other keywords: the graph's
     other shortcuts (face, fps, steps, guidance, ...) and `run_graph`'s own."""
-    run_keys = {"runner", "address", "profile", "trace", "stall_timeout_s", "say"}
+    run_kw = {k: options.pop(k) for k in ("runner", "address", "profile", "trace",
+                                          "stall_timeout_s", "say") if k in options}
     shortcuts = {"video": video, "audio": audio, "output": output, "weights": weights,
-                 "device": device, "dtype": dtype,
-                 **{k: v for k, v in options.items() if k not in run_keys}}
+                 "device": device, "dtype": dtype, **options}
     return run_graph(graph, set or {}, shortcuts=shortcuts, random_weights=random_weights,
-                     progress=progress, resume=resume, cancel=cancel,
-                     **{k: v for k, v in options.items() if k in run_keys})
+                     progress=progress, resume=resume, cancel=cancel, **run_kw)
 
 
 def run_graph(spec_or_path, overrides: dict | Iterable[str] | None = None, runner: str = "process", *,
@@ -100,9 +99,9 @@ def run_graph(spec_or_path, overrides: dict | Iterable[str] | None = None, runne
         graph = spec_or_path
     plan = check(graph, resume, say=say)
     output = graph.output_path()
-    base = os.path.abspath(output) if output else os.path.abspath(graph.name)
-    options = RunOptions(profile_path=profile or base + ".profile.json",
-                         trace_path=None if trace is False else (trace or base + ".trace.json"),
+    prof_default, trace_default = default_paths(graph)
+    options = RunOptions(profile_path=profile or prof_default,
+                         trace_path=None if trace is False else (trace or trace_default),
                          progress=False, table=False, stall_timeout_s=stall_timeout_s,
                          on_progress=progress, cancel=cancel)
     if size:

@@ -22,10 +22,10 @@ import os
 import sys
 
 
-def _shortcuts(graph: str | None) -> dict[str, list[str]]:
+def _shortcuts(graph: str | None) -> dict[str, tuple[list[str], bool]]:
     """The graph's command-line shortcuts, read before argv can be parsed (the graph itself is
-    validated once their values are known). A shortcut whose param takes a list (--dub) may be
-    given several times: its name ends with "*" here."""
+    validated once their values are known): name -> (targets, repeatable). A shortcut whose
+    param takes a list (--dub) may be given several times."""
     from lipgraph.graph.registry import resolve
     from lipgraph.graph.spec import GraphError, read_outline
     try:
@@ -39,7 +39,7 @@ def _shortcuts(graph: str | None) -> dict[str, list[str]]:
             many = isinstance(resolve(outline.stage_types[stage]).params.get(param), list)
         except (LookupError, ValueError, ImportError):
             many = False
-        out[name + "*" * many] = targets
+        out[name] = (targets, many)
     return out
 
 
@@ -80,19 +80,11 @@ def build_parser(shortcuts: dict, add_help: bool = True) -> argparse.ArgumentPar
                    help="run with randomly initialised models instead of real weights (tiny: "
                         "small configs, fast; full: the published sizes, for timing). Built once "
                         "and kept in ~/.cache/lipgraph. The output is NOT lip-synced")
-    for name, targets in shortcuts.items():
-        many, name = name.endswith("*"), name.rstrip("*")
+    for name, (targets, many) in shortcuts.items():
         p.add_argument(f"--{name}", dest=f"arg_{name}", default=None, metavar="VALUE",
                        action="append" if many else "store",
                        help=f"sets {', '.join(targets)}" + (" (repeatable)" if many else ""))
     return p
-
-
-def default_paths(graph, output: str | None) -> tuple[str, str]:
-    if output:
-        base = os.path.abspath(output)
-        return base + ".profile.json", base + ".trace.json"
-    return os.path.abspath(f"{graph.name}.profile.json"), os.path.abspath(f"{graph.name}.trace.json")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from lipgraph.graph.plan import describe_plan
-    from lipgraph.launch import RANDOM_BANNER, UsageError, check, load, make_runner
+    from lipgraph.launch import RANDOM_BANNER, UsageError, check, default_paths, load, make_runner
     from lipgraph.runners import RunOptions, format_error
 
     if args.jobs:
@@ -118,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         print("lipgraph: a graph file is needed (or --jobs FILE)", file=sys.stderr)
         return 2
 
-    given = {name.rstrip("*"): getattr(args, f"arg_{name.rstrip('*')}") for name in shortcuts}
+    given = {name: getattr(args, f"arg_{name}") for name in shortcuts}
     try:
         graph = load(args.graph, args.sets, given, args.random_weights, check_inputs=not args.dry_run)
         if args.dry_run:
@@ -128,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"lipgraph: {exc}", file=sys.stderr)
         return 2
-    prof_default, trace_default = default_paths(graph, graph.output_path())
+    prof_default, trace_default = default_paths(graph)
     options = RunOptions(
         profile_path=args.profile or prof_default,
         trace_path=None if args.no_trace else (args.trace or trace_default),

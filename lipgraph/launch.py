@@ -11,6 +11,7 @@ before exiting with status 2.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, Iterable
 
@@ -125,6 +126,12 @@ def check(graph, resume: bool = False, say: Callable[[str], None] = to_stderr):
     for note in plan.notes:
         say(f"note: {note}")
     return plan
+
+
+def default_paths(graph) -> tuple[str, str]:
+    """The profile JSON and trace paths: beside the output, or named after the graph."""
+    base = os.path.abspath(graph.output_path() or graph.name)
+    return base + ".profile.json", base + ".trace.json"
 
 
 def make_runner(graph, options, runner: str = "process", address: str | None = None):

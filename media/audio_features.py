@@ -313,6 +313,15 @@ class AudioFeatureStream:
     def start_step(self, frame_index: int) -> int:
         return frame_start_step(frame_index, self.fps)
 
+    def skip_to_time(self, t_seconds: float | Fraction) -> None:
+        """No frame before ``t_seconds`` will be asked: drop the audio and windows only earlier
+        frames need, without encoding anything (a stream that is seldom asked, such as a dub
+        whose face is off screen, stays as small as one that is asked every frame)."""
+        first = max(time_start_step(t_seconds) - self.left_steps, 0) // WINDOW_STEPS
+        for w in [w for w in self._windows if w < first]:
+            del self._windows[w]
+        self._pcm.discard_before(WINDOW_SAMPLES * first - _HALF_FFT)
+
     # -- output
 
     def features(self, frame_index: int) -> np.ndarray:

@@ -79,11 +79,12 @@ class Progress:
         eta = (total - done) / rate if total and rate > 0 else None
         return rate, eta
 
-    def update(self, done: int, total: int | None, force: bool = False) -> None:
+    def update(self, done: int, total: int | None, force: bool = False) -> tuple[float, float | None]:
+        """Measure (`measure`'s rate and ETA are returned) and draw when due."""
         rate, eta = self.measure(done, total)
         now = time.monotonic()
         if not self.enabled or (not force and now - self.last_print < self.every):
-            return
+            return rate, eta
         self.last_print = now
         if total:
             pct = 100.0 * done / total
@@ -97,6 +98,7 @@ class Progress:
         else:
             self.stream.write(text + "\n")
         self.stream.flush()
+        return rate, eta
 
     def done(self) -> None:
         if self.enabled and self.tty and self.drawn:
@@ -149,10 +151,11 @@ class Reporter:
         return [f"{stage}: {text}" for stage, text in self.warned]
 
     def tick(self) -> None:
-        self.progress.update(self.items_done(), self.total)
+        done = self.items_done()
+        rate, eta = self.progress.update(done, self.total)
         if (self.options.on_progress is not None
                 and time.monotonic() - self.last_hook >= self.options.progress_every_s):
-            self._hook(self.profile("running"))
+            self._hook(self.profile("running"), done, rate, eta)
         if (self.options.profile_path and self.options.profile_every_s
                 and time.monotonic() - self.last_write >= self.options.profile_every_s):
             self.last_write = time.monotonic()
@@ -179,11 +182,9 @@ class Reporter:
         return build_profile(self.graph, self.processes, runner=self.runner, status=status,
                              started=self.started, error=error and error.to_dict(), total=self.total, extra=extra)
 
-    def _hook(self, prof: dict, final: bool = False) -> None:
+    def _hook(self, prof: dict, done: int, rate: float, eta: float | None, final: bool = False) -> None:
         """Tell `on_progress`; its exceptions are its own (warned once), never the run's."""
         self.last_hook = time.monotonic()
-        done = self.items_done()
-        rate, eta = self.progress.measure(done, self.total)
         info = ProgressInfo(done, self.total, rate, eta, time.time() - self.started,
                             prof.get("stages", {}), final)
         try:
@@ -192,11 +193,12 @@ class Reporter:
             self.warn("lipgraph", f"the progress callback failed ({type(exc).__name__}: {exc})")
 
     def finish(self, status: str, error: RunError | None = None) -> dict:
-        self.progress.update(self.items_done(), self.total, force=True)
+        done = self.items_done()
+        rate, eta = self.progress.update(done, self.total, force=True)
         self.progress.done()
         prof = self.profile(status, error)
         if self.options.on_progress is not None:
-            self._hook(prof, final=True)
+            self._hook(prof, done, rate, eta, final=True)
         if self.options.trace_path and self._write_report(
                 lambda: merge_traces(self.trace_parts, self.options.trace_path), "trace"):
             prof["trace_path"] = self.options.trace_path

@@ -7,8 +7,9 @@ and resized to a square of `resolution` (256 for v1.5, 512 for v1.6):
   smoothing, the translation bias smoothed across frames (upstream since April 2025);
 - 68 points (`lm68`, FAN, 1.5): brow and nose means, landmark and translation smoothing, a
   Lanczos warp (the 1.5 release); without any landmarks, points estimated from the box.
-Smoothing restarts at every cutaway or gap, one smoother per face track. Adds `aligned` (the square face), `affine`
-(frame -> box) and `align` (which alignment, for the paste-back) to each face frame.
+Smoothing restarts at every cutaway or gap, one smoother per face track. Adds `aligned` (the
+square face), `affine` (frame -> box) and `align` (which alignment, for the paste-back) to
+each face frame.
 
 The mask: `mask: PATH`, else the official `latentsync/utils/mask.png` when `weights` is a
 LatentSync checkout (or its `checkpoints/` folder), else the same mask drawn by code. It is

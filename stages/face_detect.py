@@ -26,13 +26,14 @@ and frame, `face_slot` / `face_slots`), for face_join to paste back together.
 """
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
 
 from lipgraph.graph.items import Item
 from lipgraph.graph.stage import Stage
-from lipgraph.vision.face_choice import FaceChoice, parse_choice
+from lipgraph.vision.face_choice import FaceChoice, parse_choice, tracks_ids
 from lipgraph.vision.shots import ShotCuts
 
 from ._torch import (DEVICE_PARAMS, check_device_params, inference, resolve_device,
@@ -61,7 +62,7 @@ class FaceDetect(Stage):
         """Track ids (the listing's) and the speaker are tracked from the video's first frame:
         a resumed or split run's source then decodes (and this stage detects) from there."""
         try:
-            return parse_choice(params["face"])[0] in ("ids", "all", "speaker")
+            return tracks_ids(parse_choice(params["face"]))
         except ValueError:
             return False
 
@@ -92,7 +93,6 @@ class FaceDetect(Stage):
         except ValueError as exc:
             problems.append(("face", str(exc)))
         syncnet = str(params["syncnet"])
-        import os
         if syncnet not in ("auto", "off") and not os.path.isfile(syncnet):
             problems.append(("syncnet", f"expected auto, off or a SyncNet file (syncnet_v2.model); "
                                         f"{syncnet} does not exist"))
@@ -116,7 +116,7 @@ class FaceDetect(Stage):
             self.ctx.warn(str(w.message))
         choice = parse_choice(self.p["face"])
         self.choice = None                # built at the first frame (it needs the frame rate)
-        self.tracking = choice[0] in ("ids", "all", "speaker")
+        self.tracking = tracks_ids(choice)
         self.others: dict = {}        # index -> the frame's other chosen faces (face: ID+ID)
         self.loudness = self.syncnet = None     # face: speaker's audio, and SyncNet if it scores
         if choice[0] == "speaker":
@@ -133,7 +133,6 @@ class FaceDetect(Stage):
                                   "--weights or the hub caches), so the speaker is chosen by mouth "
                                   "motion (detect.syncnet=off: the same, without this warning)")
             if path not in (None, "off"):
-                import os
                 from lipgraph.models.syncnet import load_syncnet
                 from ._torch import shared_model
                 self.syncnet = shared_model(("syncnet", os.path.abspath(path), device),
@@ -193,20 +192,22 @@ class FaceDetect(Stage):
         self.choice.size = (w, h)
 
     def _choose(self, item, boxes, previous):
-        change = 0.0
+        change, when = 0.0, None
         if self.loudness is not None:
             t = item.time if item.time is not None else item.index / self.fps
-            change = self.loudness.change(t, 1.0 / self.fps)
+            when = (t, 1.0 / self.fps)
+            change = self.loudness.change(*when)
         box, tid = self.choice.choose(item.index, boxes, previous, item.index in self.cut_at,
-                                      frame=item.data["frame"], loudness_change=change)
+                                      frame=item.data["frame"], loudness_change=change, when=when)
         self.cut_at.discard(item.index)
+        others = self.choice.others if self.choice.kind == "all" else []
+        if others:
+            self.others[item.index] = others
+        for t in [tid, *(other for _, other in others)]:
+            if t is not None:
+                self.ctx.count(f"frames_face_{t}")
         if tid is not None:
             item.data["face_id"] = tid
-            self.ctx.count(f"frames_face_{tid}")
-        if self.choice.kind == "all" and self.choice.others:
-            self.others[item.index] = self.choice.others
-            for _, other in self.choice.others:
-                self.ctx.count(f"frames_face_{other}")
         return box
 
     def _counted(self, item):

@@ -135,18 +135,25 @@ class WhisperFeatures(Stage):
         item = self.pending
         if item is None:
             return
+        lanes = self._lanes()
+        asked = None
         if item.data.get("box") is not None:
+            asked = lanes.get(item.data.get("face_id"), lanes[None])   # the face's own dub
             try:
-                lanes = self._lanes()
-                streams = lanes.get(item.data.get("face_id"), lanes[None])   # the face's own dub
                 with inference():
-                    feats = {f: s.features_at_time(item.time) for f, s in streams.items()}
+                    feats = {f: s.features_at_time(item.time) for f, s in asked.items()}
             except NeedMoreAudio:
                 if self.audio_ended:
                     raise
                 return
             for f, v in feats.items():
                 item.data[FEATURE_KEYS[f]] = v
+        if len(lanes) > 1 and item.time is not None:
+            # frames only move forward: the lanes not asked drop what only earlier frames need
+            for streams in lanes.values():
+                if streams is not asked:
+                    for stream in streams.values():
+                        stream.skip_to_time(item.time)
         self.pending = None
         yield "out", item
 

@@ -77,13 +77,13 @@ def test_lipsync_with_random_weights(sample, tmp_path):
 
 
 def test_bad_input_raises_before_any_model_loads(sample, tmp_path, monkeypatch):
-    from lipgraph import launch
+    from lipgraph import api
     from lipgraph.models import random_weights
 
     def no(*a, **k):
         raise AssertionError("a model was built or a run started")
     monkeypatch.setattr(random_weights, "ensure_random_weights", no)
-    monkeypatch.setattr(launch, "make_runner", no)
+    monkeypatch.setattr(api, "make_runner", no)     # the name run_graph calls
     _, audio = sample
     not_video = tmp_path / "notes.mp4"
     not_video.write_text("not a video")

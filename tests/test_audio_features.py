@@ -349,3 +349,40 @@ def test_one_hour_stream_memory_is_flat(encoder):
         max_buffer = max(max_buffer, stream.buffered_samples)
     assert stream.windows_encoded == 120
     assert max_buffer <= WINDOW_SAMPLES + N_FFT + chunk
+
+
+@pytest.mark.parametrize("flavour", ["musetalk", "latentsync"])
+def test_a_stream_seldom_asked_stays_small_and_exact(encoder, flavour):
+    """A lane asked only now and then (a dub whose face is off screen for a minute) is told how
+    far the frames have moved: it holds about a window of samples, encodes nothing meanwhile,
+    and the frames it is then asked for equal the reference."""
+    pcm = _speechlike(91.0, 7)
+    ref = reference_features(pcm, 25, encoder, flavour)
+    peak = latentsync_mel_peak([pcm]) if flavour == "latentsync" else None
+    stream = AudioFeatureStream(encoder, flavour, 25, mel_peak=peak)
+    asked = set(range(0, 100)) | set(range(1900, len(ref)))        # off screen 4 s .. 76 s
+    chunk, pos, most = 1600, 0, 0
+
+    def push(upto):
+        nonlocal pos
+        while pos < min(upto, len(pcm)):
+            stream.push(pcm[pos:pos + chunk])
+            pos += chunk
+        if pos >= len(pcm) and not stream.closed:
+            stream.close()
+
+    for i in range(len(ref)):
+        push((i + 25) * SR // 25)              # the other lanes' frames pull the audio along
+        if i in asked:
+            while True:
+                try:
+                    got = stream.features_at_time(i / 25)
+                    break
+                except NeedMoreAudio as need:
+                    push(need.samples_needed)
+            np.testing.assert_allclose(got, ref[i], rtol=1e-5, atol=1e-5, err_msg=f"frame {i}")
+        else:
+            stream.skip_to_time(i / 25)
+        most = max(most, stream.buffered_samples)
+    assert most <= WINDOW_SAMPLES + N_FFT + 2 * SR
+    assert stream.windows_encoded == 3          # 0-30, 60-90 and 90-91 s: never the 30-60 s one

@@ -53,6 +53,12 @@ def parse_choice(text: str) -> tuple:
     return ("all" if every else "ids", ids)
 
 
+def tracks_ids(choice: tuple) -> bool:
+    """Whether the choice follows the listing's track ids (ids, all, speaker): every frame is
+    then detected and tracked from the video's first frame, as the listing does."""
+    return choice[0] in ("ids", "all", "speaker")
+
+
 class FaceChoice:
     """Feed every detected frame in order: `choose(index, boxes, previous, cut)` returns the
     chosen box (or None) and its track id (ids only, else None)."""
@@ -60,20 +66,15 @@ class FaceChoice:
     def __init__(self, choice: tuple, max_lost: int = 25, fps: float = 25.0, scorer=None):
         self.kind = choice[0]
         self.choice = choice
-        self.tracker = FaceTracker(max_lost=max_lost) if self.kind in ("ids", "all", "speaker") else None
+        self.tracker = FaceTracker(max_lost=max_lost) if tracks_ids(choice) else None
         self.others: list = []     # kind "all": the frame's other chosen (box, id), after the first
         # speaker: `scorer` scores the tracks (vision/speaker.py; mouth motion when None)
         self.speaker = ActiveSpeaker(fps, scorer) if self.kind == "speaker" else None
 
-    @property
-    def tracks(self) -> bool:
-        """Whether every frame must be detected (the tracks must be the listing's)."""
-        return self.tracker is not None
-
     size = (1, 1)      # the frame's width and height, for a point given in fractions
 
     def choose(self, index: int, boxes, previous, cut: bool = False, frame=None,
-               loudness_change: float = 0.0):
+               loudness_change: float = 0.0, when: tuple | None = None):
         boxes = np.asarray(boxes, np.float32)
         boxes = boxes.reshape(-1, boxes.shape[-1] if boxes.size else 5)
         if self.kind == "largest":
@@ -85,7 +86,7 @@ class FaceChoice:
             self.tracker.cut()
         on_frame = dict(self.tracker.update(index, boxes))
         if self.kind == "speaker":
-            tid = self.speaker.update(index, loudness_change, frame, on_frame)
+            tid = self.speaker.update(index, loudness_change, frame, on_frame, when)
             return (on_frame[tid].astype(np.float32), tid) if tid in on_frame else (None, None)
         present = [(on_frame[t].astype(np.float32), t) for t in self.choice[1] if t in on_frame]
         self.others = present[1:] if self.kind == "all" else []

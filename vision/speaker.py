@@ -57,9 +57,11 @@ class MouthMotion:
         self.last_patch: dict[int, tuple[int, np.ndarray]] = {}
         self.scores: dict[int, float] = {}
 
-    def update(self, index: int, change: float, frame: np.ndarray, boxes: dict) -> set:
-        """Feed one frame ({track id: box}); returns the tracks measured on it. `scores` then
-        holds every track still followed (one gone for a whole window is dropped)."""
+    def update(self, index: int, change: float, frame: np.ndarray, boxes: dict,
+               when: tuple | None = None) -> set:
+        """Feed one frame ({track id: box}; its time `when` is not needed here); returns the
+        tracks measured on it. `scores` then holds every track still followed (one gone for a
+        whole window is dropped)."""
         patches = {tid: p for tid, b in boxes.items() if (p := mouth_patch(frame, b)) is not None}
         self.loud.append(float(change))
         for tid, patch in patches.items():
@@ -91,8 +93,9 @@ class MouthMotion:
 
 
 class ActiveSpeaker:
-    """Feed frames in order: `update(index, change, frame, boxes)` with the loudness change of
-    that frame, the frame and {track id: box}; returns the speaking track id (or None).
+    """Feed frames in order: `update(index, change, frame, boxes, when)` with the loudness
+    change of that frame, the frame, {track id: box} and the frame's (time, duration) in the
+    source; returns the speaking track id (or None).
     `scorer` (default `MouthMotion`) scores the tracks; the hysteresis is the same for all."""
 
     def __init__(self, fps: float, scorer=None, hold_s: float = 0.5):
@@ -105,8 +108,9 @@ class ActiveSpeaker:
     def scores(self) -> dict:
         return self.scorer.scores
 
-    def update(self, index: int, change: float, frame: np.ndarray, boxes: dict) -> int | None:
-        seen = self.scorer.update(index, change, frame, boxes)
+    def update(self, index: int, change: float, frame: np.ndarray, boxes: dict,
+               when: tuple | None = None) -> int | None:
+        seen = self.scorer.update(index, change, frame, boxes, when)
         speaker = self._decide(index)
         return speaker if speaker in seen else None
 
@@ -131,8 +135,7 @@ class SpeechLoudness:
     """A media file's own audio, decoded once and only as far as the frames fed (in order)
     need: the RMS envelope in 10 ms hops (one number per hop is kept), the loudness change of
     the frame shown at a time, and the samples of a time span (`span`; only the last `keep_s`
-    seconds decoded are kept, for the SyncNet scorer). `now` is the (time, duration) of the
-    frame last fed to `change`."""
+    seconds decoded are kept, for the SyncNet scorer)."""
 
     HOP_S = 0.01
 
@@ -143,7 +146,7 @@ class SpeechLoudness:
         self.pcm = np.zeros(0, np.float32)    # samples start .. read
         self.start = self.read = self.hops = 0
         self._rms = np.zeros(4096, np.float32)
-        self.previous = self.now = None
+        self.previous = None
         self._read_to(1)                      # a file without audio fails here, at open
 
     def _read_to(self, sample: int) -> None:
@@ -175,7 +178,6 @@ class SpeechLoudness:
 
     def change(self, t: float, dt: float) -> float:
         """|level of this frame - level of the frame before| (frames fed in order)."""
-        self.now = (t, dt)
         level = self.level(t, dt)
         prev, self.previous = self.previous, level
         return 0.0 if prev is None else abs(level - prev)

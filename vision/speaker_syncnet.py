@@ -33,9 +33,10 @@ class _Track:
 
 
 class SyncNetConfidence:
-    """Scorer for `ActiveSpeaker`: `update(index, change, frame, boxes)` per frame, in order,
-    after `audio.change` (vision/speaker.py `SpeechLoudness`, kept >= KEEP_S) was told the
-    frame's time; `scores` {track id: confidence, nan until scored}."""
+    """Scorer for `ActiveSpeaker`: `update(index, change, frame, boxes, when)` per frame, in
+    order, `when` the frame's (time, duration) in the source; the source's audio is read from
+    `audio` (vision/speaker.py `SpeechLoudness`, kept >= KEEP_S); `scores` {track id:
+    confidence, nan until scored}."""
 
     def __init__(self, model, audio, window_s: float = 1.0, every: int = 5, vshift: int = 7,
                  margin: float = 1.0, floor: float = 1.0):
@@ -47,8 +48,9 @@ class SyncNetConfidence:
         self.tracks: dict[int, _Track] = {}
         self.scores: dict[int, float] = {}
 
-    def update(self, index: int, change: float, frame: np.ndarray, boxes: dict) -> set:
-        t, dt = self.audio.now
+    def update(self, index: int, change: float, frame: np.ndarray, boxes: dict,
+               when: tuple) -> set:
+        t, dt = when
         first, end = math.ceil(t * FPS - 1e-6), math.ceil((t + dt) * FPS - 1e-6)   # ticks shown
         for tid, box in boxes.items():
             track = self.tracks.setdefault(tid, _Track(self.frames))

@@ -110,9 +110,15 @@ def start_ab(queue: JobQueue, config: AppConfig, video: str | None, audio: str |
         if random_weights:      # tiny random models, LatentSync cut short: a quick look only
             sets_a = random_sets("musetalk", video, audio)
             sets_b = random_sets("surgical", video, audio) + ["unet.steps=2", "batch.window=8"]
-        return compare(["musetalk", "surgical"], video, audio, folder,
-                       weights=None if random_weights else (weights or None),
-                       sets_a=sets_a, sets_b=sets_b)
+        report = compare(["musetalk", "surgical"], video, audio, folder,
+                         weights=None if random_weights else (weights or None),
+                         sets_a=sets_a, sets_b=sets_b)
+        # what the A/B tab shows, read once here rather than on every poll
+        md = os.path.join(folder, "report.md")
+        with open(md, encoding="utf-8") as f:
+            text = f.read()
+        return {"video": report.get("side_by_side"), "report": text,
+                "files": [md, os.path.join(folder, "report.json")]}
     return queue.submit("ab", folder, work)
 
 
@@ -215,11 +221,7 @@ def ab_view(queue: JobQueue, job: Job | None) -> dict:
     """What the A/B tab shows: the side-by-side video and the report."""
     out = {"status": status_text(queue, job), "video": None, "report": "", "files": []}
     if job is not None and job.state == "done":
-        report = job.result
-        md = os.path.join(job.folder, "report.md")
-        out.update(video=report.get("side_by_side"),
-                   report=open(md, encoding="utf-8").read() if os.path.isfile(md) else "",
-                   files=[p for p in (md, os.path.join(job.folder, "report.json")) if os.path.isfile(p)])
+        out.update(job.result)
     return out
 
 
