@@ -16,12 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipgraph.models.checkpoint import StateDictMismatchError, check_state_dict, read_state_dict
+from lipgraph.models.checkpoint import StateDictMismatchError, check_state_dict, load_strict, read_state_dict
 
 PARSE_SIZE = 512
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 
 class ConvBNReLU(nn.Module):
@@ -189,48 +188,28 @@ class BiSeNetWeightsError(StateDictMismatchError):
 _BACKBONE = "cp.resnet."
 
 
-def _backbone_entries(sd: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]],
-                      path: str) -> dict[str, torch.Tensor]:
-    # Same rule as upstream: every key containing "fc" is skipped, every other key must be a
-    # backbone entry of the right shape; backbone keys it lacks are simply left alone.
-    backbone = {k[len(_BACKBONE):]: v for k, v in expected.items() if k.startswith(_BACKBONE)}
-    entries = {k: v for k, v in sd.items() if "fc" not in k}
-    check_state_dict(backbone, entries, path, "torchvision ResNet-18 backbone of BiSeNet",
-                     optional=backbone, error=BiSeNetWeightsError)
-    return {_BACKBONE + k: v for k, v in entries.items()}
-
-
 def load_bisenet(path: str | os.PathLike, resnet_path: str | os.PathLike | None = None,
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> BiSeNet:
     """Build BiSeNet(19) and load ``79999_iter.pth`` strictly; inference mode, no gradients.
 
     ``resnet_path`` (torchvision ``resnet18-5c106cde.pth``) is optional: upstream insists on
-    reading it, but the main file overwrites every backbone entry, so it only gets validated
-    and copied in first.
+    reading it, but the main file overwrites every backbone entry, so it is only validated.
     """
     with torch.device("meta"):
         model = BiSeNet(n_classes=19)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-    merged: dict[str, torch.Tensor] = {}
     if resnet_path is not None:
-        merged.update(_backbone_entries(read_state_dict(resnet_path, "ResNet-18", BiSeNetWeightsError),
-                                       expected, os.fspath(resnet_path)))
+        # Same rule as upstream: every key containing "fc" is skipped, every other key must be a
+        # backbone entry of the right shape; backbone keys it lacks are simply left alone.
+        backbone = {k[len(_BACKBONE):]: tuple(v.shape) for k, v in model.state_dict().items()
+                    if k.startswith(_BACKBONE)}
+        entries = read_state_dict(resnet_path, "ResNet-18", BiSeNetWeightsError)
+        check_state_dict(backbone, {k: v for k, v in entries.items() if "fc" not in k},
+                         os.fspath(resnet_path), "torchvision ResNet-18 backbone of BiSeNet",
+                         optional=backbone, error=BiSeNetWeightsError)
     main = read_state_dict(path, "BiSeNet", BiSeNetWeightsError)
-    # BatchNorm counters are not stored by old checkpoints and have no effect in eval mode.
-    check_state_dict(expected, main, os.fspath(path),
-                     "BiSeNet(n_classes=19) (MuseTalk face-parse-bisent/79999_iter.pth layout)",
-                     optional={k for k in expected if k.endswith(".num_batches_tracked")},
-                     error=BiSeNetWeightsError)
-    merged.update(main)
-    for key in expected:
-        if key not in merged:  # only num_batches_tracked can get here
-            merged[key] = torch.zeros((), dtype=torch.long)
-
-    model.load_state_dict(merged, strict=True, assign=True)
-    model.to(device=device, dtype=dtype)
-    model.requires_grad_(False)
-    return model.eval()
+    return load_strict(model, main, os.fspath(path),
+                       "BiSeNet(n_classes=19) (MuseTalk face-parse-bisent/79999_iter.pth layout)",
+                       BiSeNetWeightsError, device=device, dtype=dtype)
 
 
 # ---------------------------------------------------------------- inference
@@ -264,12 +243,10 @@ class FaceParser:
         # PIL's BILINEAR resize: an antialiased triangle filter applied width first, then
         # height, rounding to 8 bits after each pass. Done the same way it agrees with PIL
         # on all but about 0.1% of values (those off by one grey level).
-        if x.shape[3] != PARSE_SIZE:
-            x = F.interpolate(x, size=(x.shape[2], PARSE_SIZE), mode="bilinear",
-                              align_corners=False, antialias=True).round_().clamp_(0, 255)
-        if x.shape[2] != PARSE_SIZE:
-            x = F.interpolate(x, size=(PARSE_SIZE, PARSE_SIZE), mode="bilinear",
-                              align_corners=False, antialias=True).round_().clamp_(0, 255)
+        for size in ((x.shape[2], PARSE_SIZE), (PARSE_SIZE, PARSE_SIZE)):
+            if tuple(x.shape[2:]) != size:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False,
+                                  antialias=True).round_().clamp_(0, 255)
         return x
 
     @torch.inference_mode()

@@ -22,15 +22,9 @@ def _short(names: list[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
-def check_state_dict(
-    expected: Mapping[str, tuple[int, ...]],
-    state_dict: Mapping[str, object],
-    path: str | os.PathLike,
-    what: str = "model",
-    *,
-    optional: Container[str] = (),
-    error: type[StateDictMismatchError] = StateDictMismatchError,
-) -> None:
+def check_state_dict(expected: Mapping[str, tuple[int, ...]], state_dict: Mapping[str, object],
+                     path: str | os.PathLike, what: str = "model", *, optional: Container[str] = (),
+                     error: type[StateDictMismatchError] = StateDictMismatchError) -> None:
     """Raise `error` unless `state_dict` has exactly the `expected` keys/shapes.
 
     Keys in `optional` may be absent from `state_dict` (entries the model fills itself, such as
@@ -56,6 +50,29 @@ def check_state_dict(
         if mismatched:
             parts.append(f"  wrong shape {len(mismatched)}: {_short(mismatched, 10)}")
         raise error("\n".join(parts))
+
+
+def load_strict(model, state: Mapping[str, object], path: str | os.PathLike, what: str,
+                error: type[StateDictMismatchError] = StateDictMismatchError, *,
+                device="cpu", dtype=None):
+    """`model` (usually built on the meta device) with the tensors of `state` assigned after
+    `check_state_dict`, on `device` / `dtype`, in eval mode with gradients off.
+
+    BatchNorm `num_batches_tracked` counters may be absent (files saved by old torch versions
+    lack them, eval never reads them): they are set to zero. A tensor the file did not fill is
+    an error."""
+    import torch
+
+    expected = model.state_dict()
+    counters = {k for k in expected if k.endswith("num_batches_tracked")}
+    check_state_dict({k: tuple(v.shape) for k, v in expected.items()}, state, path, what,
+                     optional=counters, error=error)
+    zeros = {k: torch.zeros((), dtype=torch.long) for k in counters if k not in state}
+    model.load_state_dict({**state, **zeros}, strict=True, assign=True)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise error(f"{path}: tensors not filled by the checkpoint: {left[:10]}")
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

@@ -1,5 +1,5 @@
-"""Choosing a face detector (S3FD when its weights exist, else the Haar cascade) and picking
-one face per frame."""
+"""Choosing a face detector (S3FD when its weights exist, else the Haar cascade), what the
+detectors share (IoU, NMS, frame checks, resizing) and picking one face per frame."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from typing import Protocol, Sequence
 import numpy as np
 import torch
 
-from .haar_face import HaarFaceDetector
-from .s3fd import S3FDDetector, load_s3fd
 from .weight_finder import find_weights
 
 KINDS = ("auto", "s3fd", "haar")
@@ -46,6 +44,9 @@ def build_face_detector(kind: str = "auto", weights_dir: str | os.PathLike | Non
     ``dtype`` defaults to float32: the checkpoint was trained in fp32 and its raw 0..255 input
     gives large early activations, so fp16 is opt-in.
     """
+    from .haar_face import HaarFaceDetector
+    from .s3fd import S3FDDetector, load_s3fd
+
     if kind not in KINDS:
         raise ValueError(f"face detector kind must be one of {KINDS}, got {kind!r}")
     unknown = set(thresholds) - set(_options_for(S3FDDetector, thresholds)) - set(
@@ -91,6 +92,39 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Indices kept by greedy NMS, best score first; a box is dropped when its IoU with a kept
+    one exceeds ``threshold``. Areas count pixels inclusively (+1), as the reference S3FD and
+    InsightFace post-processing do, so the same overlaps are suppressed."""
+    x1, y1, x2, y2 = (np.asarray(boxes)[:, i].astype(np.float64) for i in range(4))
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    keep = []
+    while order.size:
+        i, rest = order[0], order[1:]
+        keep.append(i)
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+        inter = w * h
+        order = rest[inter / (areas[i] + areas[rest] - inter) <= threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def check_frame(frame: np.ndarray, index: int) -> None:
+    """Refuse anything but an H x W x 3 uint8 RGB array, naming the frame."""
+    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        desc = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
+        raise ValueError(f"frame {index}: expected an HxWx3 uint8 RGB array, got {desc}")
+
+
+def network_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """(h, w) a frame is resized to so that its longer side is at most ``max_side``."""
+    if max_side is None or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def face_batches(frames: Sequence[np.ndarray], boxes: Sequence, batch_size: int):
     """The (frame, box) pairs in lists of at most `batch_size`; there must be a box per frame."""
     if len(frames) != len(boxes):
@@ -105,8 +139,7 @@ def iou(a, b) -> float:
     return float(box_iou(a, np.asarray(b, dtype=np.float64)[None])[0])
 
 
-def pick_face(boxes: np.ndarray, previous: np.ndarray | None,
-              min_iou: float = 0.3) -> np.ndarray | None:
+def pick_face(boxes: np.ndarray, previous: np.ndarray | None, min_iou: float = 0.3) -> np.ndarray | None:
     """One face out of ``boxes [K, 5]``: the one continuing the track (highest IoU with
     ``previous`` when above ``min_iou``), else the largest. None when ``boxes`` is empty."""
     boxes = np.asarray(boxes)

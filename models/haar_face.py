@@ -13,6 +13,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from .face_detection import check_frame, network_size
+
 CASCADE_FILENAME = "haarcascade_frontalface_default.xml"
 CASCADE_WINDOW = 24  # training window of the cascade, px
 
@@ -83,17 +85,12 @@ class HaarFaceDetector:
         return [self._detect_one(frame, i) for i, frame in enumerate(frames)]
 
     def _detect_one(self, frame: np.ndarray, index: int) -> np.ndarray:
-        ok = isinstance(frame, np.ndarray) and frame.ndim == 3 and frame.shape[2] == 3
-        if not ok or frame.dtype != np.uint8:
-            desc = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
-            raise ValueError(f"frame {index}: expected an HxWx3 uint8 RGB array, got {desc}")
+        check_frame(frame, index)
         height, width = frame.shape[:2]
         gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-        scale = 1.0
-        if self.max_side is not None and max(height, width) > self.max_side:
-            scale = self.max_side / max(height, width)
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        net_h, net_w = network_size(height, width, self.max_side)
+        if (net_h, net_w) != (height, width):
+            gray = cv2.resize(gray, (net_w, net_h), interpolation=cv2.INTER_AREA)
         min_side = max(CASCADE_WINDOW, int(round(self.min_size_frac * min(gray.shape))))
         if min(gray.shape) < min_side:
             return np.zeros((0, 5), dtype=np.float32)
@@ -107,13 +104,8 @@ class HaarFaceDetector:
         margin = np.asarray(weights, dtype=np.float64).reshape(-1) - self.stage_threshold
         scores = 1.0 / (1.0 + np.exp(-np.clip(margin, -50.0, 50.0)))
         sx, sy = width / gray.shape[1], height / gray.shape[0]
-        x1 = rects[:, 0] * sx
-        y1 = rects[:, 1] * sy
-        x2 = (rects[:, 0] + rects[:, 2]) * sx
-        y2 = (rects[:, 1] + rects[:, 3] * (1.0 + self.chin_extend)) * sy
-        boxes = np.stack([
-            np.clip(x1, 0, width), np.clip(y1, 0, height),
-            np.clip(x2, 0, width), np.clip(y2, 0, height), scores,
-        ], axis=1)
-        boxes = boxes[np.argsort(-scores, kind="stable")]
-        return boxes.astype(np.float32)
+        x, y, w, h = rects.T
+        boxes = np.stack([np.clip(x * sx, 0, width), np.clip(y * sy, 0, height),
+                          np.clip((x + w) * sx, 0, width),
+                          np.clip((y + h * (1.0 + self.chin_extend)) * sy, 0, height), scores], axis=1)
+        return boxes[np.argsort(-scores, kind="stable")].astype(np.float32)

@@ -26,7 +26,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
-from lipgraph.models.face_detection import box_iou, face_batches
+from lipgraph.models.face_detection import box_iou, face_batches, nms
 
 DETECTOR_FILE = "det_10g.onnx"
 LANDMARK_FILE = "2d106det.onnx"
@@ -121,15 +121,10 @@ def anchor_centers(height: int, width: int, stride: int, num_anchors: int) -> np
     return np.repeat(centers, num_anchors, axis=0)
 
 
-def decode_scrfd(
-    scores: Sequence[np.ndarray],
-    distances: Sequence[np.ndarray],
-    keypoints: Optional[Sequence[np.ndarray]],
-    input_size: Tuple[int, int],
-    strides: Sequence[int] = (8, 16, 32),
-    num_anchors: int = 2,
-    threshold: float = 0.5,
-) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+def decode_scrfd(scores: Sequence[np.ndarray], distances: Sequence[np.ndarray],
+                 keypoints: Optional[Sequence[np.ndarray]], input_size: Tuple[int, int],
+                 strides: Sequence[int] = (8, 16, 32), num_anchors: int = 2,
+                 threshold: float = 0.5) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """Raw per-stride outputs -> boxes [K, 4], scores [K], keypoints [K, 5, 2] (or None) in the
     network input's pixels, for anchors scoring >= ``threshold``.
 
@@ -156,23 +151,6 @@ def decode_scrfd(
     boxes = np.concatenate(all_boxes).astype(np.float32)
     kps = np.concatenate(all_kps).astype(np.float32) if keypoints is not None else None
     return boxes, np.concatenate(all_scores).astype(np.float32), kps
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float = 0.4) -> np.ndarray:
-    """Indices kept by greedy NMS, best score first; a box is dropped when its overlap with a kept
-    one exceeds ``threshold``. Areas count pixels inclusively (+1), as InsightFace does."""
-    x1, y1, x2, y2 = (boxes[:, i].astype(np.float64) for i in range(4))
-    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = np.argsort(-scores, kind="stable")
-    keep = []
-    while order.size:
-        i, rest = order[0], order[1:]
-        keep.append(i)
-        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
-        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
-        inter = w * h
-        order = rest[inter / (areas[i] + areas[rest] - inter) <= threshold]
-    return np.asarray(keep, dtype=np.int64)
 
 
 def letterbox(frame: np.ndarray, size: Tuple[int, int]) -> Tuple[np.ndarray, float]:

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lipgraph.models.checkpoint import StateDictMismatchError, check_state_dict, read_state_dict
+from lipgraph.models.checkpoint import StateDictMismatchError, load_strict, read_state_dict
 from lipgraph.models.face_detection import face_batches
 
 NUM_LANDMARKS = 68
@@ -142,37 +142,24 @@ class FAN(nn.Module):
         return heatmaps
 
 
-def load_fan_state_dict(model: FAN, state_dict: Dict[str, torch.Tensor], path: str) -> None:
-    """Strict load: every key used, every entry filled, shapes equal.
-
-    BatchNorm ``num_batches_tracked`` may be absent (old checkpoints); it plays no part in eval.
-    """
-    expected = model.state_dict()
-    check_state_dict({k: tuple(v.shape) for k, v in expected.items()}, state_dict, path,
-                     f"FAN architecture {FAN_CONFIG}", error=FANWeightsError,
-                     optional={k for k in expected if k.endswith("num_batches_tracked")})
-    with torch.no_grad():
-        for k, v in expected.items():
-            if k in state_dict:
-                v.copy_(state_dict[k].to(v.dtype))
-
-
 def load_fan(path: str, device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
     """Load a FAN file (TorchScript ``.zip`` or state-dict ``.pth.tar``), eval mode, gradients off."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"FAN weights not found: {path}")
-    if path.endswith(".zip"):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, still loads
-                module = torch.jit.load(path, map_location="cpu")
-        except Exception as exc:  # noqa: BLE001 - report the file with the cause
-            raise FANWeightsError(f"{path}: not a loadable TorchScript archive ({exc})") from exc
-    else:
-        module = FAN.from_config(FAN_CONFIG)
-        load_fan_state_dict(module, read_state_dict(path, "FAN", FANWeightsError), path)
+    if not path.endswith(".zip"):
+        state = read_state_dict(path, "FAN", FANWeightsError)
+        with torch.device("meta"):
+            model = FAN.from_config(FAN_CONFIG)
+        return load_strict(model, state, path, f"FAN architecture {FAN_CONFIG}", FANWeightsError,
+                           device=device, dtype=dtype)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, still loads
+            module = torch.jit.load(path, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - report the file with the cause
+        raise FANWeightsError(f"{path}: not a loadable TorchScript archive ({exc})") from exc
     module = module.to(device=device, dtype=dtype).eval()
-    for p in module.parameters():
+    for p in module.parameters():  # a ScriptModule has no requires_grad_()
         p.requires_grad_(False)
     return module
 
@@ -255,14 +242,9 @@ def peaks_to_frame(peaks: np.ndarray, box: Box, heatmap_size: Tuple[int, int]) -
 class FANLandmarks:
     """68 landmarks from FAN heatmaps for one face box per frame, batched."""
 
-    def __init__(
-        self,
-        module: nn.Module,
-        device: Union[str, torch.device] = "cpu",
-        dtype: torch.dtype = torch.float32,
-        batch_size: int = 16,
-        source: Optional[str] = None,
-    ) -> None:
+    def __init__(self, module: nn.Module, device: Union[str, torch.device] = "cpu",
+                 dtype: torch.dtype = torch.float32, batch_size: int = 16,
+                 source: Optional[str] = None) -> None:
         self.module = module.to(device=device, dtype=dtype).eval()
         self.device = torch.device(device)
         self.dtype = dtype

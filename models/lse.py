@@ -88,31 +88,26 @@ def _dct_ortho(n_in: int, n_out: int) -> np.ndarray:
     return m
 
 
-def syncnet_mfcc(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, n_cepstra: int = 13,
-                 n_filters: int = 26, lifter: int = 22, preemphasis: float = 0.97,
-                 block: int = 4096) -> np.ndarray:
+def syncnet_mfcc(audio: np.ndarray, block: int = 4096) -> np.ndarray:
     """MFCC [13, T] at 100 steps per second, as `python_speech_features.mfcc(pcm16, 16000)`.
 
     `audio` is mono float in [-1, 1] (scaled to int16 values, as the reference reads a
     16-bit WAV) or int16. Frames are computed `block` at a time so memory stays small."""
     x = _pcm16(np.asarray(audio).reshape(-1))
     if len(x):
-        x = np.concatenate([x[:1], x[1:] - preemphasis * x[:-1]])
-    win = int(math.floor(0.025 * sample_rate + 0.5))
-    hop = int(math.floor(0.010 * sample_rate + 0.5))
-    n_fft = 1 << max(0, (win - 1).bit_length())
+        x = np.concatenate([x[:1], x[1:] - 0.97 * x[:-1]])
+    win, hop, n_fft = 400, 160, 512          # 25 ms and 10 ms at 16 kHz; FFT: the next power of 2
     count = 1 if len(x) <= win else 1 + int(math.ceil((len(x) - win) / hop))
     padded = np.zeros((count - 1) * hop + win)
     padded[:len(x)] = x
-    fbank = _mel_filterbank(n_filters, n_fft, sample_rate)
-    dct = _dct_ortho(n_filters, n_cepstra)
-    lift = 1.0 + (lifter / 2.0) * np.sin(np.pi * np.arange(n_cepstra) / lifter) if lifter > 0 else 1.0
+    fbank = _mel_filterbank(26, n_fft, SAMPLE_RATE)
+    dct = _dct_ortho(26, 13)
+    lift = 1.0 + 11.0 * np.sin(np.pi * np.arange(13) / 22)    # lifter 22
     eps = np.finfo(float).eps
-    out = np.empty((count, n_cepstra))
+    out = np.empty((count, 13))
     view = np.lib.stride_tricks.sliding_window_view(padded, win)[::hop]
     for s in range(0, count, block):
-        frames = view[s:s + block]
-        power = np.abs(np.fft.rfft(frames, n_fft)) ** 2 / n_fft
+        power = np.abs(np.fft.rfft(view[s:s + block], n_fft)) ** 2 / n_fft
         energy = power.sum(1)
         energy[energy == 0] = eps
         mel = power @ fbank.T
@@ -179,12 +174,9 @@ def _median_filter(x: np.ndarray, kernel: int) -> np.ndarray:
 
 def smooth_track(boxes: np.ndarray, kernel: int = BOX_SMOOTHING) -> np.ndarray:
     """[F, 3] crop centre x, centre y and half-side per frame, median-filtered over the track."""
-    boxes = np.asarray(boxes, dtype=np.float64)
-    half = np.maximum(boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]) / 2
-    cy = (boxes[:, 1] + boxes[:, 3]) / 2
-    cx = (boxes[:, 0] + boxes[:, 2]) / 2
-    return np.stack([_median_filter(cx, kernel), _median_filter(cy, kernel),
-                     _median_filter(half, kernel)], axis=1)
+    x1, y1, x2, y2 = np.asarray(boxes, dtype=np.float64).T[:4]
+    half = np.maximum(y2 - y1, x2 - x1) / 2
+    return np.stack([_median_filter(v, kernel) for v in ((x1 + x2) / 2, (y1 + y2) / 2, half)], axis=1)
 
 
 def crop_face(frame: np.ndarray, cx: float, cy: float, half: float, scale: float = CROP_SCALE,

@@ -19,7 +19,7 @@ from .sd_unet_layout import SD_UNET_LAYOUT, block_types
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
-from lipgraph.models.checkpoint import check_state_dict, read_diffusers_config, read_state_dict
+from lipgraph.models.checkpoint import load_strict, read_diffusers_config, read_state_dict
 
 # Upstream's PositionalEncoding(d_model=384, max_len=5000).
 PE_MAX_LEN = 5000
@@ -56,11 +56,8 @@ def build_musetalk_unet(config_path_or_dict: str | os.PathLike | Mapping[str, An
 
 def audio_positional_encoding(seq_len: int, d_model: int = 384, max_len: int = PE_MAX_LEN,
                               device: str | torch.device | None = None) -> torch.Tensor:
-    """Sinusoidal table [seq_len, d_model], fp32: sin on even channels, cos on odd ones.
-
-    pe[p, 2i] = sin(p / 10000^(2i/d)), pe[p, 2i+1] = cos(p / 10000^(2i/d)). Upstream adds
-    rows 0..seq_len-1 of a max_len table, so positions beyond max_len are an error.
-    """
+    """``sinusoid_table(seq_len, d_model)``. Upstream adds rows 0..seq_len-1 of a max_len
+    table, so positions beyond max_len are an error."""
     if seq_len > max_len:
         raise ValueError(f"{seq_len} audio tokens exceed the positional encoding length {max_len}")
     return sinusoid_table(seq_len, d_model).to(device)
@@ -100,34 +97,21 @@ class MuseTalkUNet(nn.Module):
         work = torch.promote_types(dtype, torch.float32)
         audio = audio.to(device=device, dtype=work) + self.positional_encoding(audio.shape[1]).to(work)
         timestep = torch.zeros(latents.shape[0], device=device)
-        return self.unet(
-            latents.to(device=device, dtype=dtype),
-            timestep,
-            encoder_hidden_states=audio.to(dtype),
-            return_dict=False,
-        )[0]
+        return self.unet(latents.to(device=device, dtype=dtype), timestep,
+                         encoder_hidden_states=audio.to(dtype), return_dict=False)[0]
 
 
-def load_musetalk_unet(
-    unet_path: str | os.PathLike,
-    config_path_or_dict: str | os.PathLike | Mapping[str, Any],
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-) -> MuseTalkUNet:
+def load_musetalk_unet(unet_path: str | os.PathLike,
+                       config_path_or_dict: str | os.PathLike | Mapping[str, Any],
+                       device: str | torch.device = "cpu",
+                       dtype: torch.dtype | None = None) -> MuseTalkUNet:
     """Load `unet.pth` (a plain state dict) strictly into the UNet built from `musetalk.json`.
 
     The model is built on `meta` and the memory-mapped checkpoint tensors are assigned, so the
     3.4 GB file is not held twice. `dtype` None means fp16 on CUDA, fp32 elsewhere.
     """
-    dtype = default_dtype(device) if dtype is None else dtype
     unet = build_musetalk_unet(config_path_or_dict, device="meta")
     state = read_state_dict(unet_path, "MuseTalk UNet")
-    expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
-    check_state_dict(expected, state, unet_path, "MuseTalk UNet")
-    unet.load_state_dict(state, strict=True, assign=True)
-    left = [n for n, t in list(unet.named_parameters()) + list(unet.named_buffers()) if t.is_meta]
-    if left:
-        raise ValueError(f"{unet_path}: tensors not filled by the checkpoint: {left[:10]}")
-    unet.to(device=device, dtype=dtype)
-    unet.eval().requires_grad_(False)
+    dtype = default_dtype(device) if dtype is None else dtype
+    unet = load_strict(unet, state, unet_path, "MuseTalk UNet", device=device, dtype=dtype)
     return MuseTalkUNet(unet).eval()

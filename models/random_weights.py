@@ -14,16 +14,15 @@ import shutil
 
 import torch
 
+from lipgraph.models.sd_unet_layout import SD_UNET_LAYOUT
+
 AUDIO_DIM = 32          # whisper d_model of the tiny models = the UNet's cross-attention dim
 
-TINY_UNET = {
-    "act_fn": "silu", "attention_head_dim": 2, "block_out_channels": [32, 64],
-    "center_input_sample": False, "cross_attention_dim": AUDIO_DIM,
-    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "downsample_padding": 1,
-    "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 8, "layers_per_block": 1,
-    "mid_block_scale_factor": 1, "norm_eps": 1e-5, "norm_num_groups": 8, "out_channels": 4,
-    "sample_size": 32, "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
-}
+# MuseTalk's UNet layout with smaller widths.
+TINY_UNET = dict(SD_UNET_LAYOUT, in_channels=8, attention_head_dim=2, block_out_channels=[32, 64],
+                 cross_attention_dim=AUDIO_DIM, layers_per_block=1, norm_num_groups=8, sample_size=32,
+                 down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+                 up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"])
 TINY_VAE = dict(block_out_channels=[8, 16, 16, 16], down_block_types=["DownEncoderBlock2D"] * 4,
                 up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=1, norm_num_groups=8,
                 latent_channels=4, sample_size=256)
@@ -36,21 +35,25 @@ def _randomize(module: torch.nn.Module, seed: int, scale: float = 0.05) -> None:
             p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
-def _musetalk_unet(root: str, config: dict, seed: int | None = None) -> tuple[str, str]:
+def _paths(root: str, parser: str = "") -> dict:
+    """The files of a MuseTalk-style `models/` folder, named as a graph's stages take them."""
+    return {"root": root, "unet": os.path.join(root, "musetalkV15", "unet.pth"),
+            "unet_config": os.path.join(root, "musetalkV15", "musetalk.json"),
+            "vae": os.path.join(root, "sd-vae"), "whisper": os.path.join(root, "whisper"), "parser": parser}
+
+
+def _musetalk_unet(root: str, config: dict, seed: int | None = None) -> None:
     """`musetalkV15/unet.pth` (a plain state dict) and `musetalk.json` for `config`; with
     `seed`, the weights are perturbed further (diffusers zero-initialises some layers)."""
     from diffusers import UNet2DConditionModel
-    mt = os.path.join(root, "musetalkV15")
-    os.makedirs(mt, exist_ok=True)
-    cfg_path = os.path.join(mt, "musetalk.json")
-    with open(cfg_path, "w") as f:
+    paths = _paths(root)
+    os.makedirs(os.path.dirname(paths["unet"]), exist_ok=True)
+    with open(paths["unet_config"], "w") as f:
         json.dump({"_class_name": "UNet2DConditionModel", **config}, f)
     unet = UNet2DConditionModel(**config)
     if seed is not None:
         _randomize(unet, seed)
-    unet_path = os.path.join(mt, "unet.pth")
-    torch.save(unet.state_dict(), unet_path)
-    return unet_path, cfg_path
+    torch.save(unet.state_dict(), paths["unet"])
 
 
 def tiny_weights(root: str, bisenet: bool = False) -> dict:
@@ -58,36 +61,24 @@ def tiny_weights(root: str, bisenet: bool = False) -> dict:
     from diffusers import AutoencoderKL
     from transformers import WhisperConfig, WhisperModel
     torch.manual_seed(0)
-    unet_path, cfg_path = _musetalk_unet(root, TINY_UNET, seed=1)
-
-    vae_dir = os.path.join(root, "sd-vae")
-    AutoencoderKL(**TINY_VAE).save_pretrained(vae_dir)
-
-    whisper_dir = os.path.join(root, "whisper")
+    paths = _paths(root)
+    _musetalk_unet(root, TINY_UNET, seed=1)
+    AutoencoderKL(**TINY_VAE).save_pretrained(paths["vae"])
     wcfg = WhisperConfig(d_model=AUDIO_DIM, encoder_layers=1, encoder_attention_heads=2,
                          encoder_ffn_dim=64, decoder_layers=1, decoder_attention_heads=2,
                          decoder_ffn_dim=64, vocab_size=100, max_target_positions=32,
                          pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=3)
     whisper = WhisperModel(wcfg)
     _randomize(whisper.encoder, 2)
-    whisper.save_pretrained(whisper_dir)
-
-    paths = {"root": root, "unet": unet_path, "unet_config": cfg_path, "vae": vae_dir,
-             "whisper": whisper_dir, "parser": ""}
+    whisper.save_pretrained(paths["whisper"])
     if bisenet:
         from lipgraph.models.bisenet import BiSeNet
-        parse_dir = os.path.join(root, "face-parse-bisent")
-        os.makedirs(parse_dir, exist_ok=True)
+        paths["parser"] = os.path.join(root, "face-parse-bisent", "79999_iter.pth")
+        os.makedirs(os.path.dirname(paths["parser"]), exist_ok=True)
         net = BiSeNet(19)
         _randomize(net, 3)
-        paths["parser"] = os.path.join(parse_dir, "79999_iter.pth")
         torch.save(net.state_dict(), paths["parser"])
     return paths
-
-
-WHISPER_TINY_DIMS = {"n_mels": 80, "n_audio_ctx": 1500, "n_audio_state": 384, "n_audio_head": 6,
-                     "n_audio_layer": 4, "n_vocab": 51865, "n_text_ctx": 448, "n_text_state": 384,
-                     "n_text_head": 6, "n_text_layer": 4}
 
 
 def full_size_weights(root: str) -> dict:
@@ -98,15 +89,13 @@ def full_size_weights(root: str) -> dict:
 
     from lipgraph.models.musetalk_unet import MUSETALK_V15_UNET_CONFIG
     from lipgraph.models.vae import SD_VAE_FT_MSE_CONFIG
-    from lipgraph.models.whisper import config_from_openai_dims
+    from lipgraph.models.whisper import WHISPER_TINY_DIMS, config_from_openai_dims
     torch.manual_seed(0)
-    unet_path, cfg_path = _musetalk_unet(root, MUSETALK_V15_UNET_CONFIG)
-    vae_dir = os.path.join(root, "sd-vae")
-    AutoencoderKL(**SD_VAE_FT_MSE_CONFIG).save_pretrained(vae_dir)
-    whisper_dir = os.path.join(root, "whisper")
-    WhisperModel(config_from_openai_dims(WHISPER_TINY_DIMS)).save_pretrained(whisper_dir)
-    return {"root": root, "unet": unet_path, "unet_config": cfg_path, "vae": vae_dir,
-            "whisper": whisper_dir, "parser": ""}
+    paths = _paths(root)
+    _musetalk_unet(root, MUSETALK_V15_UNET_CONFIG)
+    AutoencoderKL(**SD_VAE_FT_MSE_CONFIG).save_pretrained(paths["vae"])
+    WhisperModel(config_from_openai_dims(WHISPER_TINY_DIMS)).save_pretrained(paths["whisper"])
+    return paths
 
 
 TINY_UNET3D = {"block_out_channels": [32, 64, 64, 64], "norm_num_groups": 8,
@@ -132,44 +121,31 @@ def randomise_unet3d(model: torch.nn.Module, seed: int = 0) -> None:
 def tiny_latentsync(root: str, folder_name: str = "latentsync") -> dict:
     """A tiny random LatentSync UNet3D as `latentsync_unet.pt` ({"state_dict": ...}) plus
     the config it was built from (the published one with smaller widths)."""
+    return _latentsync(os.path.join(root, folder_name), TINY_UNET3D)
+
+
+def _latentsync(folder: str, smaller: dict | None = None) -> dict:
+    """A random UNet3D of the published config (LatentSync 1.5's, 1.27 B parameters) with the
+    `smaller` overrides; with overrides the config is written beside it."""
     from lipgraph.models.latentsync.config import LATENTSYNC_STAGE2_CONFIG
     from lipgraph.models.latentsync_unet3d import UNet3DConditionModel
-    cfg = dict(LATENTSYNC_STAGE2_CONFIG, **TINY_UNET3D)
+    cfg = dict(LATENTSYNC_STAGE2_CONFIG, **(smaller or {}))
     torch.manual_seed(0)
     model = UNet3DConditionModel.from_config(cfg)
     randomise_unet3d(model, 4)
-    folder = os.path.join(root, folder_name)
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, "latentsync_unet.pt")
-    torch.save({"state_dict": model.state_dict()}, path)
-    cfg_path = os.path.join(folder, "unet_config.json")
-    with open(cfg_path, "w") as f:
-        json.dump(cfg, f)
-    return {"unet3d": path, "unet3d_config": cfg_path}
+    paths = {"unet3d": os.path.join(folder, "latentsync_unet.pt"), "unet3d_config": ""}
+    torch.save({"state_dict": model.state_dict()}, paths["unet3d"])
+    if smaller:
+        paths["unet3d_config"] = os.path.join(folder, "unet_config.json")
+        with open(paths["unet3d_config"], "w") as f:
+            json.dump(cfg, f)
+    return paths
 
 
 SIZES = ("tiny", "full")
 LATENTSYNC_FOLDER = "latentsync-1.5"
 _DONE = ".complete"
-
-
-def full_latentsync(root: str, folder_name: str = LATENTSYNC_FOLDER) -> dict:
-    """LatentSync 1.5's UNet3D at its published size (1.27 B parameters) with random weights."""
-    from lipgraph.models.latentsync.config import LATENTSYNC_STAGE2_CONFIG
-    from lipgraph.models.latentsync_unet3d import UNet3DConditionModel
-    torch.manual_seed(0)
-    model = UNet3DConditionModel.from_config(dict(LATENTSYNC_STAGE2_CONFIG))
-    randomise_unet3d(model, 4)
-    folder = os.path.join(root, folder_name)
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, "latentsync_unet.pt")
-    torch.save({"state_dict": model.state_dict()}, path)
-    return {"unet3d": path, "unet3d_config": ""}
-
-
-def default_root() -> str:
-    from lipgraph.cache import cache_folder
-    return cache_folder("random-weights")
 
 
 def _ensure(folder: str, build) -> None:
@@ -193,27 +169,21 @@ def ensure_random_weights(size: str, latentsync: bool, root: str | None = None) 
     """A MuseTalk-style `models/` folder of random models of `size`, built on first use and
     kept (under ~/.cache/lipgraph or $LIPGRAPH_CACHE). Returns the paths a graph needs, named
     as `tiny_weights` names them."""
+    from lipgraph.cache import cache_folder
     if size not in SIZES:
         raise ValueError(f"random weights: size must be one of {', '.join(SIZES)}, got {size!r}")
-    base = os.path.join(root or default_root(), size)
+    base = os.path.join(root or cache_folder("random-weights"), size)
     main = os.path.join(base, "models")
-    if size == "tiny":
-        _ensure(main, lambda d: tiny_weights(d, bisenet=True))
-    else:
-        _ensure(main, full_size_weights)
-    paths = {"root": main, "unet": os.path.join(main, "musetalkV15", "unet.pth"),
-             "unet_config": os.path.join(main, "musetalkV15", "musetalk.json"),
-             "vae": os.path.join(main, "sd-vae"), "whisper": os.path.join(main, "whisper"),
-             "parser": os.path.join(main, "face-parse-bisent", "79999_iter.pth"),
-             "unet3d": "", "unet3d_config": ""}
+    tiny = size == "tiny"
+    _ensure(main, (lambda d: tiny_weights(d, bisenet=True)) if tiny else full_size_weights)
+    paths = dict(_paths(main, os.path.join(main, "face-parse-bisent", "79999_iter.pth")),
+                 unet3d="", unet3d_config="")
     if latentsync:
         folder = os.path.join(base, LATENTSYNC_FOLDER)
-        if size == "tiny":
-            _ensure(folder, lambda d: tiny_latentsync(d, folder_name="."))
-            paths["unet3d_config"] = os.path.join(folder, "unet_config.json")
-        else:
-            _ensure(folder, lambda d: full_latentsync(d, folder_name="."))
+        _ensure(folder, lambda d: _latentsync(d, TINY_UNET3D if tiny else None))
         paths["unet3d"] = os.path.join(folder, "latentsync_unet.pt")
+        if tiny:
+            paths["unet3d_config"] = os.path.join(folder, "unet_config.json")
     return paths
 
 

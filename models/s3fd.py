@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lipgraph.models.checkpoint import StateDictMismatchError, check_state_dict, read_state_dict
+from lipgraph.models.checkpoint import StateDictMismatchError, load_strict, read_state_dict
+from lipgraph.models.face_detection import check_frame, network_size, nms
 
 WEIGHTS_FILENAME = "s3fd-619a316812.pth"
 
@@ -35,6 +36,10 @@ STRIDES = (4, 8, 16, 32, 64, 128)
 ANCHOR_SCALE = 4  # anchor side = 4 * stride: 16, 32, ..., 512 px
 VARIANCES = (0.1, 0.2)
 MIN_INPUT_SIDE = 32  # five 2x poolings must leave at least one cell
+# Prediction heads, finest first: (feature they read, its channels, logit channels); the first
+# has 3 background logits (max-ed into one) and the face logit.
+HEADS = (("conv3_3_norm", 256, 4), ("conv4_3_norm", 512, 2), ("conv5_3_norm", 512, 2), ("fc7", 1024, 2),
+         ("conv6_2", 512, 2), ("conv7_2", 256, 2))
 
 
 class S3FDWeightsError(StateDictMismatchError):
@@ -93,18 +98,9 @@ class S3FD(nn.Module):
         self.conv4_3_norm = L2Norm(512, 8.0)
         self.conv5_3_norm = L2Norm(512, 5.0)
 
-        self.conv3_3_norm_mbox_conf = _conv(256, 4)  # 3 background + 1 face (max-out)
-        self.conv3_3_norm_mbox_loc = _conv(256, 4)
-        self.conv4_3_norm_mbox_conf = _conv(512, 2)
-        self.conv4_3_norm_mbox_loc = _conv(512, 4)
-        self.conv5_3_norm_mbox_conf = _conv(512, 2)
-        self.conv5_3_norm_mbox_loc = _conv(512, 4)
-        self.fc7_mbox_conf = _conv(1024, 2)
-        self.fc7_mbox_loc = _conv(1024, 4)
-        self.conv6_2_mbox_conf = _conv(512, 2)
-        self.conv6_2_mbox_loc = _conv(512, 4)
-        self.conv7_2_mbox_conf = _conv(256, 2)
-        self.conv7_2_mbox_loc = _conv(256, 4)
+        for name, channels, logits in HEADS:
+            setattr(self, f"{name}_mbox_conf", _conv(channels, logits))
+            setattr(self, f"{name}_mbox_loc", _conv(channels, 4))
 
     @classmethod
     def from_config(cls, config: dict | None = None) -> "S3FD":
@@ -129,31 +125,12 @@ class S3FD(nn.Module):
         f6_2 = self._block(f7, (self.conv6_1, self.conv6_2))
         f7_2 = self._block(f6_2, (self.conv7_1, self.conv7_2))
 
-        f3 = self.conv3_3_norm(f3)
-        f4 = self.conv4_3_norm(f4)
-        f5 = self.conv5_3_norm(f5)
-
-        conf1 = self.conv3_3_norm_mbox_conf(f3)
-        background = conf1[:, 0:3].amax(dim=1, keepdim=True)
-        conf1 = torch.cat([background, conf1[:, 3:4]], dim=1)
-        return [
-            (conf1, self.conv3_3_norm_mbox_loc(f3)),
-            (self.conv4_3_norm_mbox_conf(f4), self.conv4_3_norm_mbox_loc(f4)),
-            (self.conv5_3_norm_mbox_conf(f5), self.conv5_3_norm_mbox_loc(f5)),
-            (self.fc7_mbox_conf(f7), self.fc7_mbox_loc(f7)),
-            (self.conv6_2_mbox_conf(f6_2), self.conv6_2_mbox_loc(f6_2)),
-            (self.conv7_2_mbox_conf(f7_2), self.conv7_2_mbox_loc(f7_2)),
-        ]
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def _check_values(state: dict, path: str) -> None:
-    # Keys and shapes are checked by check_state_dict; the values must also be floating point.
-    bad = [f"{k} ({v.dtype})" for k, v in state.items() if not v.is_floating_point()]
-    if bad:
-        raise S3FDWeightsError(f"{path}: entries that are not floating-point tensors: {', '.join(bad[:12])}")
+        feats = (self.conv3_3_norm(f3), self.conv4_3_norm(f4), self.conv5_3_norm(f5), f7, f6_2, f7_2)
+        outs = [(getattr(self, f"{name}_mbox_conf")(f), getattr(self, f"{name}_mbox_loc")(f))
+                for (name, _, _), f in zip(HEADS, feats)]
+        conf1, loc1 = outs[0]
+        outs[0] = (torch.cat([conf1[:, 0:3].amax(dim=1, keepdim=True), conf1[:, 3:4]], dim=1), loc1)
+        return outs
 
 
 def load_s3fd(path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -161,18 +138,13 @@ def load_s3fd(path: str | os.PathLike, device: str | torch.device = "cpu",
     """Load ``s3fd-619a316812.pth`` strictly; returns the model in eval mode, gradients off."""
     path = os.fspath(path)
     state = read_state_dict(path, "S3FD face detector", S3FDWeightsError)
+    bad = [f"{k} ({v.dtype})" for k, v in state.items() if not v.is_floating_point()]
+    if bad:
+        raise S3FDWeightsError(f"{path}: entries that are not floating-point tensors: {', '.join(bad[:12])}")
     with torch.device("meta"):
         model = S3FD()
-    check_state_dict({k: tuple(v.shape) for k, v in model.state_dict().items()}, state, path,
-                     f"S3FD face detector ({WEIGHTS_FILENAME} layout)", error=S3FDWeightsError)
-    _check_values(state, path)
-    model.load_state_dict(state, strict=True, assign=True)
-    model.to(device=device, dtype=dtype)
-    model.eval().requires_grad_(False)
-    return model
-
-
-# ----------------------------------------------------------------------------- decoding
+    return load_strict(model, state, path, f"S3FD face detector ({WEIGHTS_FILENAME} layout)",
+                       S3FDWeightsError, device=device, dtype=dtype)
 
 
 def decode_s3fd(outputs: Sequence[tuple[torch.Tensor, torch.Tensor]],
@@ -198,46 +170,6 @@ def decode_s3fd(outputs: Sequence[tuple[torch.Tensor, torch.Tensor]],
             per_image[i].append(boxes[b == i])
     empty = outputs[0][0].new_zeros((0, 5), dtype=torch.float32)
     return [torch.cat(parts) if parts else empty for parts in per_image]
-
-
-def nms(boxes: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression on ``[K, 5]`` boxes; returns kept indices, best first.
-
-    Areas count pixels inclusively (+1), as the reference S3FD post-processing does, so the
-    same overlaps are suppressed."""
-    if len(boxes) == 0:
-        return np.zeros((0,), dtype=np.int64)
-    x1, y1, x2, y2, scores = (boxes[:, i].astype(np.float64) for i in range(5))
-    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = np.argsort(-scores, kind="stable")
-    keep = []
-    while order.size:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        iw = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
-        ih = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
-        inter = iw * ih
-        iou = inter / (areas[i] + areas[rest] - inter)
-        order = rest[iou <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
-
-
-# ----------------------------------------------------------------------------- detector
-
-
-def _check_frame(frame: np.ndarray, index: int) -> None:
-    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-        desc = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
-        raise ValueError(f"frame {index}: expected an HxWx3 uint8 RGB array, got {desc}")
-
-
-def network_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
-    """(h, w) the frame is resized to so that its longer side is at most ``max_side``."""
-    if max_side is None or max(height, width) <= max_side:
-        return height, width
-    scale = max_side / max(height, width)
-    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 class S3FDDetector:
@@ -269,7 +201,7 @@ class S3FDDetector:
         """Faces per frame: float32 ``[K, 5]`` (x1, y1, x2, y2, score) in the frame's own
         pixels, best score first; ``[0, 5]`` when none."""
         for i, frame in enumerate(frames):
-            _check_frame(frame, i)
+            check_frame(frame, i)
         results: list[np.ndarray | None] = [None] * len(frames)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, frame in enumerate(frames):
@@ -306,7 +238,7 @@ class S3FDDetector:
         results = []
         for cand in candidates:
             cand = cand.cpu().numpy()
-            cand = cand[nms(cand, self.nms_threshold)]
+            cand = cand[nms(cand, cand[:, 4], self.nms_threshold)]
             cand[:, [0, 2]] = np.clip(cand[:, [0, 2]] * sx, 0, width)
             cand[:, [1, 3]] = np.clip(cand[:, [1, 3]] * sy, 0, height)
             valid = (cand[:, 2] > cand[:, 0]) & (cand[:, 3] > cand[:, 1])

@@ -43,8 +43,7 @@ def _trunk(table: list, conv: type, norm: type, pool: type) -> nn.Sequential:
 
 
 def _head(embedding_dim: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(),
-                         nn.Linear(512, embedding_dim))
+    return nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, embedding_dim))
 
 
 class SyncNet(nn.Module):
@@ -79,26 +78,12 @@ class SyncNet(nn.Module):
         return self.embed_lips(frames), self.embed_audio(mfcc)
 
 
-# ----------------------------------------------------------------------------- loading
-
-
 def load_syncnet(path: str | os.PathLike, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> SyncNet:
-    """Load `syncnet_v2.model` (a plain state dict) strictly; eval mode, gradients off.
-
-    Every key must be present with its shape, except BatchNorm `num_batches_tracked` counters,
-    which files saved by old torch versions lack and which play no part in eval."""
-    from .checkpoint import check_state_dict, read_state_dict
+    """Load `syncnet_v2.model` (a plain state dict) strictly; eval mode, gradients off."""
+    from .checkpoint import load_strict, read_state_dict
     path = os.fspath(path)
     state = read_state_dict(path, f"SyncNet ({WEIGHTS_FILENAME})")
     with torch.device("meta"):
         model = SyncNet()
-    expected = model.state_dict()
-    for key in expected:
-        if key.endswith(".num_batches_tracked") and key not in state:
-            state[key] = torch.zeros((), dtype=torch.long)
-    check_state_dict({k: tuple(v.shape) for k, v in expected.items()}, state, path,
-                     what=f"SyncNet ({WEIGHTS_FILENAME} layout)")
-    model.load_state_dict(state, strict=True, assign=True)
-    model.to(device=device, dtype=dtype)
-    return model.eval().requires_grad_(False)
+    return load_strict(model, state, path, f"SyncNet ({WEIGHTS_FILENAME} layout)", device=device, dtype=dtype)

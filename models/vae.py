@@ -16,7 +16,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from lipgraph.models.musetalk_unet import default_dtype
-from lipgraph.models.checkpoint import check_state_dict, read_diffusers_config, read_state_dict
+from lipgraph.models.checkpoint import load_strict, read_diffusers_config, read_state_dict
 
 SCALING_FACTOR = 0.18215
 SHIFT_FACTOR = 0.0
@@ -40,16 +40,11 @@ WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.
 _LEGACY_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 
-def vae_config(config: str | os.PathLike | Mapping[str, Any]) -> dict:
-    """AutoencoderKL arguments from a config.json path or dict (diffusers '_' keys dropped)."""
-    return read_diffusers_config(config, "VAE config (config.json)")
-
-
 def build_vae(config: str | os.PathLike | Mapping[str, Any] = SD_VAE_FT_MSE_CONFIG,
               device: str | torch.device = "meta") -> AutoencoderKL:
     """Construct an AutoencoderKL from its config; on `meta` nothing is allocated."""
     with torch.device(device):
-        return AutoencoderKL(**vae_config(config))
+        return AutoencoderKL(**read_diffusers_config(config, "VAE config (config.json)"))
 
 
 def _rename_legacy_attention(vae: AutoencoderKL, state: Mapping[str, Any]) -> dict:
@@ -73,9 +68,7 @@ def _locate(path: Path, config: Any) -> tuple[Path, Any]:
         folder = path
         weights = next((path / n for n in WEIGHT_NAMES if (path / n).is_file()), None)
         if weights is None:
-            raise FileNotFoundError(
-                f"no VAE weights in {path}: expected {' or '.join(WEIGHT_NAMES)}"
-            )
+            raise FileNotFoundError(f"no VAE weights in {path}: expected {' or '.join(WEIGHT_NAMES)}")
     elif path.is_file():
         folder, weights = path.parent, path
     else:
@@ -150,12 +143,8 @@ class SDVAE:
         return images.cpu().numpy() if to_numpy else images
 
 
-def load_vae(
-    path: str | os.PathLike,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-    config: str | os.PathLike | Mapping[str, Any] | None = None,
-) -> SDVAE:
+def load_vae(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+             config: str | os.PathLike | Mapping[str, Any] | None = None) -> SDVAE:
     """Load an sd-vae folder (config.json + diffusion_pytorch_model.safetensors or .bin) strictly.
 
     `path` may also be the weights file itself; `config` defaults to config.json beside it.
@@ -165,9 +154,4 @@ def load_vae(
     weights, config = _locate(Path(path), config)
     vae = build_vae(config, device="meta")
     state = _rename_legacy_attention(vae, read_state_dict(weights, "VAE"))
-    expected = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
-    check_state_dict(expected, state, weights, "VAE (AutoencoderKL)")
-    vae.load_state_dict(state, strict=True, assign=True)
-    vae.to(device=device, dtype=dtype)
-    vae.eval().requires_grad_(False)
-    return SDVAE(vae)
+    return SDVAE(load_strict(vae, state, weights, "VAE (AutoencoderKL)", device=device, dtype=dtype))

@@ -44,53 +44,28 @@ class WeightSearch:
         if place is None:
             return False
         hits = sorted(place.parent.glob(place.name)) if "*" in place.name else [place]
-        for path in hits:
-            if path.is_file() and self._size_ok(wf, path, check_size):
-                self.found = path
-                return True
-        return False
-
-    def _size_ok(self, wf: WeightFile, path: Path, check_size: bool) -> bool:
-        expected = wf.expected_size(path)
-        if not check_size or expected is None:
+        for path in filter(Path.is_file, hits):
+            expected, actual = wf.expected_size(path), path.stat().st_size
+            if check_size and expected is not None and actual != expected:
+                self.problems.append(
+                    f"{path} is {actual} bytes, expected {expected} (incomplete download or another file?)")
+                continue
+            self.found = path
             return True
-        actual = path.stat().st_size
-        if actual == expected:
-            return True
-        self.problems.append(
-            f"{path} is {actual} bytes, expected {expected} (incomplete download or another file?)"
-        )
         return False
 
 
 def _hub_cache_lookup(repo: str, filename: str, cache_dir: str | os.PathLike | None) -> Path | None:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # hub cache support is optional
-        return None
+    from huggingface_hub import try_to_load_from_cache
     hit = try_to_load_from_cache(repo, filename, cache_dir=cache_dir)
     # Besides a path it may return None or a "known not to exist" sentinel object.
     return Path(hit) if isinstance(hit, str) else None
 
 
-def _default_torch_hub_dir() -> str | None:
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch.hub.get_dir()
-
-
-def find_weight(
-    wf: WeightFile,
-    weights_dir: str | os.PathLike | None,
-    *,
-    check_size: bool = True,
-    search_caches: bool = True,
-    hf_cache_dir: str | os.PathLike | None = None,
-    torch_hub_dir: str | os.PathLike | None = None,
-    registry: Mapping[str, WeightFile] | None = None,
-) -> WeightSearch:
+def find_weight(wf: WeightFile, weights_dir: str | os.PathLike | None, *, check_size: bool = True,
+                search_caches: bool = True, hf_cache_dir: str | os.PathLike | None = None,
+                torch_hub_dir: str | os.PathLike | None = None,
+                registry: Mapping[str, WeightFile] | None = None) -> WeightSearch:
     """Look for one file; returns where it was found (or not) and every place tried.
 
     With `check_size`, a file whose published size is known must have exactly that size.
@@ -106,7 +81,9 @@ def find_weight(
             # A shared name (upstream's layout) is this variant's unless its size is another
             # variant's published size: a 1.6 file is never taken for 1.5, a fine-tune of
             # unpublished size is taken for the version asked for.
-            if path.is_file() and path.stat().st_size not in _other_variant_sizes(wf, rel, registry):
+            others = {o.size for o in (WEIGHT_FILES if registry is None else registry).values()
+                      if o.name != wf.name and rel in o.shared_paths and o.size is not None}
+            if path.is_file() and path.stat().st_size not in others:
                 search.found = path
                 return search
     if not search_caches:
@@ -118,29 +95,20 @@ def find_weight(
                 return search
     places = [Path(os.path.expanduser(loc)) for loc in wf.extra_locations]
     if wf.torch_hub_names:
-        hub = torch_hub_dir if torch_hub_dir is not None else _default_torch_hub_dir()
-        if hub is not None:
-            places[:0] = [Path(hub) / "checkpoints" / name for name in wf.torch_hub_names]
+        import torch
+        hub = torch_hub_dir if torch_hub_dir is not None else torch.hub.get_dir()
+        places[:0] = [Path(hub) / "checkpoints" / name for name in wf.torch_hub_names]
     for place in places:
         if search.take(wf, place, check_size):
             break
     return search
 
 
-def _other_variant_sizes(wf: WeightFile, rel: str,
-                         registry: Mapping[str, WeightFile] | None = None) -> set[int]:
-    return {other.size for other in (WEIGHT_FILES if registry is None else registry).values()
-            if other.name != wf.name and rel in other.shared_paths and other.size is not None}
-
-
-def shared_variant(path: str | os.PathLike,
-                   registry: Mapping[str, WeightFile] | None = None) -> str | None:
+def shared_variant(path: str | os.PathLike, registry: Mapping[str, WeightFile] | None = None) -> str | None:
     """Which registry file a file at a shared name is, judged by its published size."""
     size = os.path.getsize(path)
-    for wf in (WEIGHT_FILES if registry is None else registry).values():
-        if wf.shared_paths and wf.size == size:
-            return wf.name
-    return None
+    return next((wf.name for wf in (WEIGHT_FILES if registry is None else registry).values()
+                 if wf.shared_paths and wf.size == size), None)
 
 
 def format_size(size: int | None) -> str:
@@ -171,13 +139,9 @@ def _missing_message(searches: Mapping[str, WeightSearch], weights_dir: str | os
     return "\n".join(lines)
 
 
-def find_weights(
-    weights_dir: str | os.PathLike | None,
-    names: Iterable[str],
-    *,
-    registry: Mapping[str, WeightFile] | None = None,
-    **options,
-) -> tuple[dict[str, Path], MissingWeightsError | None]:
+def find_weights(weights_dir: str | os.PathLike | None, names: Iterable[str], *,
+                 registry: Mapping[str, WeightFile] | None = None,
+                 **options) -> tuple[dict[str, Path], MissingWeightsError | None]:
     """Paths of the `names` files that were found, and one error describing all the others
     (None when nothing is missing). `options` go to `find_weight`."""
     registry = WEIGHT_FILES if registry is None else registry
@@ -196,11 +160,8 @@ def find_weights(
 
 def resolve_weights(weights_dir: str | os.PathLike | None, needed: Iterable[str],
                     **options) -> dict[str, Path]:
-    """Paths of the `needed` files (registry names), or one `MissingWeightsError` for all missing.
-
-    Looks in `weights_dir`, then the Hugging Face hub cache and the torch hub cache (see
-    `find_weight` for `check_size`, `search_caches` and the cache folders).
-    """
+    """Paths of the `needed` files (registry names), or one `MissingWeightsError` for all missing
+    (`options` go to `find_weight`)."""
     found, missing = find_weights(weights_dir, needed, **options)
     if missing is not None:
         raise missing

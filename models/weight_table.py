@@ -57,11 +57,7 @@ class WeightFile:
 
     def expected_size(self, path: str | os.PathLike) -> int | None:
         """Published size of the file at `path` (matched by file name), if known."""
-        base = os.path.basename(os.fspath(path))
-        for fname, size in self.sizes:
-            if fname == base:
-                return size
-        return None
+        return dict(self.sizes).get(os.path.basename(os.fspath(path)))
 
     @property
     def size(self) -> int | None:
@@ -195,12 +191,7 @@ WEIGHT_FILES: dict[str, WeightFile] = {
 
 def files_in_set(set_name: str, registry: Mapping[str, WeightFile] | None = None) -> list[str]:
     """Names of the files a download set fetches: required and optional files of its models."""
-    registry = WEIGHT_FILES if registry is None else registry
     if set_name not in DOWNLOAD_SETS:
         raise ValueError(f"unknown set {set_name!r}; expected one of {', '.join(DOWNLOAD_SETS)}")
-    models = set(DOWNLOAD_SETS[set_name])
-    return [
-        wf.name
-        for wf in registry.values()
-        if models & (set(wf.required_for) | set(wf.optional_for))
-    ]
+    return [wf.name for wf in (WEIGHT_FILES if registry is None else registry).values()
+            if set_name in wf.download_sets()]

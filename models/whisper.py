@@ -37,6 +37,10 @@ WINDOW_FRAMES = WINDOW_SAMPLES // HOP_LENGTH  # 3000 mel frames
 WINDOW_STEPS = WINDOW_FRAMES // 2  # 1500 encoder steps (conv2 has stride 2)
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# OpenAI's ModelDimensions of tiny.pt; every OpenAI checkpoint's "dims" has these keys.
+WHISPER_TINY_DIMS = {"n_mels": 80, "n_audio_ctx": 1500, "n_audio_state": 384, "n_audio_head": 6,
+                     "n_audio_layer": 4, "n_vocab": 51865, "n_text_ctx": 448, "n_text_state": 384,
+                     "n_text_head": 6, "n_text_layer": 4}
 
 
 class WhisperCheckpointError(ValueError):
@@ -51,15 +55,9 @@ def _mel_filters(convention: str) -> torch.Tensor:
     if convention == "transformers":
         from transformers.audio_utils import mel_filter_bank
 
-        bank = mel_filter_bank(
-            num_frequency_bins=1 + N_FFT // 2,
-            num_mel_filters=N_MELS,
-            min_frequency=0.0,
-            max_frequency=SAMPLE_RATE / 2,
-            sampling_rate=SAMPLE_RATE,
-            norm="slaney",
-            mel_scale="slaney",
-        )
+        bank = mel_filter_bank(num_frequency_bins=1 + N_FFT // 2, num_mel_filters=N_MELS, min_frequency=0.0,
+                               max_frequency=SAMPLE_RATE / 2, sampling_rate=SAMPLE_RATE, norm="slaney",
+                               mel_scale="slaney")
         return torch.from_numpy(bank.T.astype(np.float32)).contiguous()
     if convention == "openai":
         import librosa
@@ -123,26 +121,15 @@ def log_mel(pcm_16k: np.ndarray) -> np.ndarray:
 class WhisperAudioEncoder(nn.Module):
     """transformers ``WhisperEncoder`` plus the hidden-state stacks the lip-sync models use."""
 
+    num_layers = property(lambda self: len(self.encoder.layers))
+    d_model = property(lambda self: self.encoder.config.d_model)
+    device = property(lambda self: self.encoder.conv1.weight.device)
+    dtype = property(lambda self: self.encoder.conv1.weight.dtype)
+
     def __init__(self, config: WhisperConfig):
         super().__init__()
         self.config = config
         self.encoder = WhisperEncoder(config)
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.encoder.layers)
-
-    @property
-    def d_model(self) -> int:
-        return self.encoder.config.d_model
-
-    @property
-    def device(self) -> torch.device:
-        return self.encoder.conv1.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.encoder.conv1.weight.dtype
 
     @torch.no_grad()
     def hidden_states(self, mel: torch.Tensor, final_layer_norm: bool = True) -> torch.Tensor:
@@ -168,9 +155,8 @@ class WhisperAudioEncoder(nn.Module):
             hook.remove()
         states = list(out.hidden_states)
         if len(states) != self.num_layers + 1:
-            raise RuntimeError(
-                f"encoder reported {len(states)} hidden states, expected {self.num_layers + 1}"
-            )
+            raise RuntimeError(f"encoder reported {len(states)} hidden states, "
+                               f"expected {self.num_layers + 1}")
         if not final_layer_norm:
             states[-1] = captured[0]
         return torch.stack(states, dim=2)
@@ -181,8 +167,8 @@ class WhisperAudioEncoder(nn.Module):
 
 # ----------------------------------------------------------------------------- key names
 
-# OpenAI encoder names (after "encoder.") -> transformers WhisperEncoder names.
-_OPENAI_BLOCK_PARTS = {
+# OpenAI encoder block parts -> transformers WhisperEncoder names.
+_BLOCK_PARTS = {
     "attn.query": "self_attn.q_proj",
     "attn.key": "self_attn.k_proj",
     "attn.value": "self_attn.v_proj",
@@ -192,47 +178,33 @@ _OPENAI_BLOCK_PARTS = {
     "mlp.2": "fc2",
     "mlp_ln": "final_layer_norm",
 }
-_OPENAI_TOP_PARTS = {"conv1": "conv1", "conv2": "conv2", "ln_post": "layer_norm"}
-
-# The two namings: positional table, per-block keys, top-level keys.
-_NAMING = {
-    "openai": ("encoder.positional_embedding",
-               re.compile(r"^encoder\.blocks\.(\d+)\.(.+)\.(weight|bias)$"), "encoder.blocks.{}.{}.{}",
-               re.compile(r"^encoder\.([a-z_0-9]+)\.(weight|bias)$"), "encoder.{}.{}"),
-    "hf": ("embed_positions.weight",
-           re.compile(r"^layers\.(\d+)\.(.+)\.(weight|bias)$"), "layers.{}.{}.{}",
-           re.compile(r"^([a-z_0-9]+)\.(weight|bias)$"), "{}.{}"),
+_TOP_PARTS = {"conv1": "conv1", "conv2": "conv2", "ln_post": "layer_norm"}
+# Full key names, "{}" standing for the block index.
+_OPENAI_TO_HF = {
+    "encoder.positional_embedding": "embed_positions.weight",
+    **{f"encoder.blocks.{{}}.{o}.{p}": f"layers.{{}}.{h}.{p}"
+       for o, h in _BLOCK_PARTS.items() for p in ("weight", "bias")},
+    **{f"encoder.{o}.{p}": f"{h}.{p}" for o, h in _TOP_PARTS.items() for p in ("weight", "bias")},
 }
-_PARTS = {
-    ("openai", "hf"): (_OPENAI_BLOCK_PARTS, _OPENAI_TOP_PARTS),
-    ("hf", "openai"): ({v: k for k, v in _OPENAI_BLOCK_PARTS.items()},
-                       {v: k for k, v in _OPENAI_TOP_PARTS.items()}),
-}
+_HF_TO_OPENAI = {v: k for k, v in _OPENAI_TO_HF.items()}
 
 
-def _rename(key: str, src: str, dst: str) -> str | None:
-    pos, block_re, _, top_re, _ = _NAMING[src]
-    to_pos, _, block_fmt, _, top_fmt = _NAMING[dst]
-    block_parts, top_parts = _PARTS[(src, dst)]
-    if key == pos:
-        return to_pos
-    m = block_re.match(key)
-    if m and m.group(2) in block_parts:
-        return block_fmt.format(m.group(1), block_parts[m.group(2)], m.group(3))
-    m = top_re.match(key)
-    if m and m.group(1) in top_parts:
-        return top_fmt.format(top_parts[m.group(1)], m.group(2))
-    return None
+def _rename(key: str, table: Mapping[str, str]) -> str | None:
+    block = re.search(r"\.(\d+)\.", key)      # the first ".N." of a key is its block index
+    if block is None:
+        return table.get(key)
+    name = table.get(f"{key[:block.start()]}.{{}}.{key[block.end():]}")
+    return name and name.format(block[1])
 
 
 def openai_key_to_hf(key: str) -> str | None:
     """``encoder.blocks.0.attn.query.weight`` -> ``layers.0.self_attn.q_proj.weight``; None if unknown."""
-    return _rename(key, "openai", "hf")
+    return _rename(key, _OPENAI_TO_HF)
 
 
 def hf_key_to_openai(key: str) -> str | None:
     """Inverse of :func:`openai_key_to_hf`."""
-    return _rename(key, "hf", "openai")
+    return _rename(key, _HF_TO_OPENAI)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -241,46 +213,34 @@ def hf_key_to_openai(key: str) -> str | None:
 def config_from_openai_dims(dims: Mapping[str, int]) -> WhisperConfig:
     """transformers config for an OpenAI ``ModelDimensions`` dict (MLP width is 4x, GELU)."""
     # transformers' default special-token ids (decoder only) must lie inside the vocabulary.
-    tokens = {
-        "pad_token_id": 50256, "bos_token_id": 50256, "eos_token_id": 50256, "decoder_start_token_id": 50257,
-    }
+    tokens = {"pad_token_id": 50256, "bos_token_id": 50256, "eos_token_id": 50256,
+              "decoder_start_token_id": 50257}
     tokens = {k: min(v, dims["n_vocab"] - 1) for k, v in tokens.items()}
     return WhisperConfig(
-        **tokens,
-        num_mel_bins=dims["n_mels"],
-        max_source_positions=dims["n_audio_ctx"],
-        d_model=dims["n_audio_state"],
-        encoder_attention_heads=dims["n_audio_head"],
-        encoder_layers=dims["n_audio_layer"],
-        encoder_ffn_dim=4 * dims["n_audio_state"],
-        vocab_size=dims["n_vocab"],
-        max_target_positions=dims["n_text_ctx"],
-        decoder_attention_heads=dims["n_text_head"],
-        decoder_layers=dims["n_text_layer"],
-        decoder_ffn_dim=4 * dims["n_text_state"],
-        activation_function="gelu",
-    )
+        **tokens, num_mel_bins=dims["n_mels"], max_source_positions=dims["n_audio_ctx"],
+        d_model=dims["n_audio_state"], encoder_attention_heads=dims["n_audio_head"],
+        encoder_layers=dims["n_audio_layer"], encoder_ffn_dim=4 * dims["n_audio_state"],
+        vocab_size=dims["n_vocab"], max_target_positions=dims["n_text_ctx"],
+        decoder_attention_heads=dims["n_text_head"], decoder_layers=dims["n_text_layer"],
+        decoder_ffn_dim=4 * dims["n_text_state"], activation_function="gelu")
 
 
-def _read_hf_folder(
-    path: str, weights: str | None = None
-) -> tuple[WhisperConfig, dict[str, torch.Tensor], str]:
+def _read_hf_folder(path: str, weights: str | None = None
+                    ) -> tuple[WhisperConfig, dict[str, torch.Tensor], str]:
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
         raise WhisperCheckpointError(f"{path}: whisper folder has no config.json")
     with open(config_path, encoding="utf-8") as f:
         raw = json.load(f)
     if raw.get("model_type", "whisper") != "whisper":
-        raise WhisperCheckpointError(
-            f"{config_path}: model_type is {raw.get('model_type')!r}, expected 'whisper'"
-        )
+        raise WhisperCheckpointError(f"{config_path}: model_type is {raw.get('model_type')!r}, "
+                                     "expected 'whisper'")
     config = WhisperConfig.from_dict(raw)
 
     for name in (weights,) if weights else HF_WEIGHT_FILES:
         weights_path = os.path.join(path, name)
-        if not os.path.isfile(weights_path):
-            continue
-        return config, read_state_dict(weights_path, "whisper", WhisperCheckpointError), weights_path
+        if os.path.isfile(weights_path):
+            return config, read_state_dict(weights_path, "whisper", WhisperCheckpointError), weights_path
     raise WhisperCheckpointError(f"{path}: no weights file, expected one of {', '.join(HF_WEIGHT_FILES)}")
 
 
@@ -293,53 +253,41 @@ def _hf_encoder_part(state: Mapping[str, torch.Tensor], source: str) -> tuple[di
             if not prefix:
                 return dict(state), prefix
             return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, prefix
-    raise WhisperCheckpointError(
-        f"{source}: no whisper encoder found (no '[model.]encoder.conv1.weight' key)"
-    )
+    raise WhisperCheckpointError(f"{source}: no whisper encoder found "
+                                 "(no '[model.]encoder.conv1.weight' key)")
 
 
 def _read_openai_file(path: str) -> tuple[WhisperConfig, dict[str, torch.Tensor]]:
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
         keys = sorted(ckpt)[:10] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise WhisperCheckpointError(
-            f"{path}: expected an OpenAI whisper checkpoint "
-            f"{{'dims': ..., 'model_state_dict': ...}}, got {keys}"
-        )
-    needed = ("n_mels", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer",
-              "n_vocab", "n_text_ctx", "n_text_state", "n_text_head", "n_text_layer")
-    missing_dims = [k for k in needed if k not in ckpt["dims"]]
+        raise WhisperCheckpointError(f"{path}: expected an OpenAI whisper checkpoint "
+                                     f"{{'dims': ..., 'model_state_dict': ...}}, got {keys}")
+    missing_dims = [k for k in WHISPER_TINY_DIMS if k not in ckpt["dims"]]
     if missing_dims:
         raise WhisperCheckpointError(f"{path}: 'dims' lacks {missing_dims}")
     config = config_from_openai_dims(ckpt["dims"])
 
     state = ckpt["model_state_dict"]
     if not isinstance(state, dict):
-        raise WhisperCheckpointError(
-            f"{path}: 'model_state_dict' is a {type(state).__name__}, expected a dict"
-        )
+        raise WhisperCheckpointError(f"{path}: 'model_state_dict' is a {type(state).__name__}, "
+                                     "expected a dict")
     # Decoder entries are not used; unknown encoder names stay as they are and fail the load.
     mapped = {openai_key_to_hf(k) or k: v for k, v in state.items() if k.startswith("encoder.")}
     return config, mapped
 
 
-def _check_and_load(
-    module: nn.Module, state: Mapping[str, torch.Tensor], source: str, file_key: Callable[[str], str]
-) -> None:
+def _check_and_load(module: nn.Module, state: Mapping[str, torch.Tensor], source: str,
+                    file_key: Callable[[str], str]) -> None:
     """Strict load; errors name keys as the file spells them (``file_key`` maps them back)."""
     expected = module.state_dict()
-    check_state_dict(
-        {file_key(k): tuple(v.shape) for k, v in expected.items()},
-        {file_key(k): v for k, v in state.items()},
-        source,
-        "whisper encoder",
-    )
+    check_state_dict({file_key(k): tuple(v.shape) for k, v in expected.items()},
+                     {file_key(k): v for k, v in state.items()}, source, "whisper encoder")
     module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
 
 
-def load_whisper_encoder(
-    path: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-) -> WhisperAudioEncoder:
+def load_whisper_encoder(path: str, device: str | torch.device = "cpu",
+                         dtype: torch.dtype = torch.float32) -> WhisperAudioEncoder:
     """Load a whisper encoder from an HF folder or an OpenAI ``*.pt`` checkpoint (e.g. ``tiny.pt``).
 
     ``path`` may also name the weights file inside an HF folder.
@@ -364,7 +312,4 @@ def load_whisper_encoder(
 
     model = WhisperAudioEncoder(config)
     _check_and_load(model.encoder, encoder_state, source, file_key)
-    model.to(device=device, dtype=dtype)
-    model.eval()
-    model.requires_grad_(False)
-    return model
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)

@@ -19,8 +19,8 @@ from lipgraph.models.insightface import (  # noqa: E402
     SCRFDDetector,
     decode_scrfd,
     latentsync_face_choice,
-    nms,
 )
+from lipgraph.models.face_detection import nms  # noqa: E402
 from lipgraph.models.weight_finder import find_weights  # noqa: E402
 from lipgraph.vision import latentsync_align as la  # noqa: E402
 

@@ -17,8 +17,8 @@ from lipgraph.models.landmarks import (
     crop_geometry,
     heatmap_peaks,
     load_fan,
-    load_fan_state_dict,
 )
+from lipgraph.models.checkpoint import load_strict
 from lipgraph.models.weight_finder import find_weights
 
 # torch.jit is deprecated but is how face_alignment 1.3 / 1.4 ship FAN
@@ -220,20 +220,21 @@ def test_state_dict_loader_is_strict():
     src = _small_fan()
     sd = src.state_dict()
     dst = _small_fan()
-    load_fan_state_dict(dst, {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}, "ok.pth.tar")
+    no_counters = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+    load_strict(dst, no_counters, "ok.pth.tar", "FAN", FANWeightsError)
     for k, v in src.state_dict().items():
         if not k.endswith("num_batches_tracked"):
             assert torch.equal(dst.state_dict()[k], v)
 
     missing = {k: v for k, v in sd.items() if k != "l1.bias"}
     with pytest.raises(FANWeightsError, match=r"(?s)m.pth.tar.*missing 1: l1.bias"):
-        load_fan_state_dict(_small_fan(), missing, "m.pth.tar")
+        load_strict(_small_fan(), missing, "m.pth.tar", "FAN", FANWeightsError)
     extra = dict(sd, **{"extra.weight": torch.zeros(1)})
     with pytest.raises(FANWeightsError, match="unexpected 1: extra.weight"):
-        load_fan_state_dict(_small_fan(), extra, "u.pth.tar")
+        load_strict(_small_fan(), extra, "u.pth.tar", "FAN", FANWeightsError)
     wrong = dict(sd, **{"conv1.weight": torch.zeros(64, 3, 3, 3)})
     with pytest.raises(FANWeightsError, match="conv1.weight"):
-        load_fan_state_dict(_small_fan(), wrong, "s.pth.tar")
+        load_strict(_small_fan(), wrong, "s.pth.tar", "FAN", FANWeightsError)
 
 
 def test_pth_tar_file_loads_into_fan(tmp_path, monkeypatch):

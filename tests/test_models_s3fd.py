@@ -13,8 +13,8 @@ from lipgraph.models.s3fd import (
     WEIGHTS_FILENAME,
     decode_s3fd,
     load_s3fd,
-    nms,
 )
+from lipgraph.models.face_detection import nms
 from lipgraph.models.weight_finder import find_weights
 from tests.spec_keys import check_rejects_bad_files, read_keys_tsv, state_dict_keys
 
@@ -221,11 +221,11 @@ def test_nms_keeps_best_of_overlapping_boxes():
         [100, 100, 140, 140, 0.7],
         [30, 30, 70, 70, 0.8],   # IoU with box 1: 529 / 2833 = 0.187 (pixel-inclusive areas)
     ], dtype=np.float32)
-    keep = nms(boxes, 0.3)
+    keep = nms(boxes, boxes[:, 4], 0.3)
     assert keep.tolist() == [1, 3, 2]
-    assert nms(boxes, 0.18).tolist() == [1, 2]
-    assert nms(boxes, 0.19).tolist() == [1, 3, 2]
-    assert nms(np.zeros((0, 5), np.float32), 0.3).shape == (0,)
+    assert nms(boxes, boxes[:, 4], 0.18).tolist() == [1, 2]
+    assert nms(boxes, boxes[:, 4], 0.19).tolist() == [1, 3, 2]
+    assert nms(np.zeros((0, 5), np.float32), np.zeros(0), 0.3).shape == (0,)
 
 
 # ----------------------------------------------------------------------------- detector

@@ -38,19 +38,9 @@ class UNet3DConfig:
     center_input_sample: bool = False
     flip_sin_to_cos: bool = True
     freq_shift: int = 0
-    down_block_types: tuple[str, ...] = (
-        "CrossAttnDownBlock3D",
-        "CrossAttnDownBlock3D",
-        "CrossAttnDownBlock3D",
-        "DownBlock3D",
-    )
+    down_block_types: tuple[str, ...] = tuple(block_types("3D")["down_block_types"])
     mid_block_type: str = "UNetMidBlock3DCrossAttn"
-    up_block_types: tuple[str, ...] = (
-        "UpBlock3D",
-        "CrossAttnUpBlock3D",
-        "CrossAttnUpBlock3D",
-        "CrossAttnUpBlock3D",
-    )
+    up_block_types: tuple[str, ...] = tuple(block_types("3D")["up_block_types"])
     only_cross_attention: bool | tuple[bool, ...] = False
     block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
     layers_per_block: int = 2
@@ -82,66 +72,48 @@ class UNet3DConfig:
         """Build from a config mapping; keys starting with ``_`` are ignored, unknown keys refused."""
         if isinstance(cfg, UNet3DConfig):
             return cfg
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
-        unknown = sorted(set(values) - known)
+        values = _tuples({k: v for k, v in dict(cfg).items() if not k.startswith("_")})
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"UNet3D config: unknown keys {unknown}")
-        for key, value in values.items():
-            if isinstance(value, list):
-                values[key] = tuple(value)
         mm = values.get("motion_module_kwargs", {})
         if not isinstance(mm, MotionModuleConfig):
-            mm = dict(mm)
-            mm_known = {f.name for f in fields(MotionModuleConfig)}
-            bad = sorted(set(mm) - mm_known)
+            bad = sorted(set(mm) - {f.name for f in fields(MotionModuleConfig)})
             if bad:
                 raise ValueError(f"UNet3D config: unknown motion_module_kwargs keys {bad}")
-            if "attention_block_types" in mm:
-                mm["attention_block_types"] = tuple(mm["attention_block_types"])
-            mm = MotionModuleConfig(**mm)
-        values["motion_module_kwargs"] = mm
-        config = cls(**values)
+            mm = MotionModuleConfig(**_tuples(mm))
+        config = cls(**dict(values, motion_module_kwargs=mm))
         config.validate()
         return config
 
     def validate(self) -> None:
         """Refuse options this implementation does not provide (none of them are used by LatentSync)."""
-
-        def refuse(what: str) -> None:
-            raise ValueError(f"UNet3D config: {what} is not supported")
-
-        n = len(self.block_out_channels)
-        if len(self.down_block_types) != n or len(self.up_block_types) != n:
-            refuse("block type lists whose length differs from block_out_channels")
-        for name in self.down_block_types:
-            if name not in DOWN_BLOCKS:
-                refuse(f"down block type {name!r}")
-        for name in self.up_block_types:
-            if name not in UP_BLOCKS:
-                refuse(f"up block type {name!r}")
-        if self.mid_block_type != "UNetMidBlock3DCrossAttn":
-            refuse(f"mid_block_type {self.mid_block_type!r}")
-        if self.act_fn not in ("silu", "swish"):
-            refuse(f"act_fn {self.act_fn!r}")
-        if self.resnet_time_scale_shift != "default":
-            refuse(f"resnet_time_scale_shift {self.resnet_time_scale_shift!r}")
-        if self.dual_cross_attention:
-            refuse("dual_cross_attention")
-        if self.use_linear_projection:
-            refuse("use_linear_projection")
-        if self.class_embed_type is not None or self.num_class_embeds is not None:
-            refuse("class embeddings")
-        if isinstance(self.attention_head_dim, tuple) and len(self.attention_head_dim) != n:
-            refuse("attention_head_dim list whose length differs from block_out_channels")
-        if self.use_motion_module:
-            mm = self.motion_module_kwargs
-            if self.motion_module_type != "Vanilla":
-                refuse(f"motion_module_type {self.motion_module_type!r}")
-            if any(t != "Temporal_Self" for t in mm.attention_block_types):
-                refuse(f"motion-module attention types {list(mm.attention_block_types)}")
-            if mm.cross_frame_attention_mode is not None:
-                refuse("cross_frame_attention_mode")
+        n, mm, motion = len(self.block_out_channels), self.motion_module_kwargs, self.use_motion_module
+        down = next((t for t in self.down_block_types if t not in DOWN_BLOCKS), None)
+        up = next((t for t in self.up_block_types if t not in UP_BLOCKS), None)
+        checks = (
+            ("block type lists whose length differs from block_out_channels",
+             len(self.down_block_types) != n or len(self.up_block_types) != n),
+            (f"down block type {down!r}", down is not None),
+            (f"up block type {up!r}", up is not None),
+            (f"mid_block_type {self.mid_block_type!r}", self.mid_block_type != "UNetMidBlock3DCrossAttn"),
+            (f"act_fn {self.act_fn!r}", self.act_fn not in ("silu", "swish")),
+            (f"resnet_time_scale_shift {self.resnet_time_scale_shift!r}",
+             self.resnet_time_scale_shift != "default"),
+            ("dual_cross_attention", self.dual_cross_attention),
+            ("use_linear_projection", self.use_linear_projection),
+            ("class embeddings", self.class_embed_type is not None or self.num_class_embeds is not None),
+            ("attention_head_dim list whose length differs from block_out_channels",
+             isinstance(self.attention_head_dim, tuple) and len(self.attention_head_dim) != n),
+            (f"motion_module_type {self.motion_module_type!r}",
+             motion and self.motion_module_type != "Vanilla"),
+            (f"motion-module attention types {list(mm.attention_block_types)}",
+             motion and any(t != "Temporal_Self" for t in mm.attention_block_types)),
+            ("cross_frame_attention_mode", motion and mm.cross_frame_attention_mode is not None),
+        )
+        refused = next((what for what, bad in checks if bad), None)
+        if refused:
+            raise ValueError(f"UNet3D config: {refused} is not supported")
 
     def heads(self) -> tuple[int, ...]:
         """Number of spatial attention heads per down block."""
@@ -155,6 +127,10 @@ class UNet3DConfig:
         if self.use_motion_module and mm.temporal_position_encoding:
             return mm.temporal_position_encoding_max_len
         return None
+
+
+def _tuples(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
 def read_unet_config(config: Mapping[str, Any] | str | os.PathLike) -> UNet3DConfig:

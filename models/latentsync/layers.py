@@ -5,11 +5,11 @@ Attribute names mirror the checkpoint keys of ``latentsync_unet.pt``.
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.attention import FeedForward  # GEGLU; `net.1` is a dropout, as upstream
 from torch import nn
 
 from ..positional import sinusoid_table
@@ -18,31 +18,6 @@ from .config import MotionModuleConfig
 # The fused CUDA attention kernels put the batch in a grid dimension capped at 65535;
 # temporal attention has one row per pixel per clip, so large batches are split.
 _SDPA_MAX_BATCH = 32768
-
-
-# --------------------------------------------------------------------------- embeddings
-
-def timestep_sinusoid(timesteps: torch.Tensor, dim: int, flip_sin_to_cos: bool, freq_shift: float) -> torch.Tensor:
-    """DDPM timestep features ``[N, dim]`` in float32 (diffusers' ``Timesteps`` convention)."""
-    half = dim // 2
-    exponent = -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=timesteps.device)
-    freqs = torch.exp(exponent / (half - freq_shift))
-    args = timesteps[:, None].float() * freqs[None, :]
-    sin, cos = torch.sin(args), torch.cos(args)
-    emb = torch.cat([cos, sin] if flip_sin_to_cos else [sin, cos], dim=-1)
-    if dim % 2:
-        emb = F.pad(emb, (0, 1))
-    return emb
-
-
-class TimestepEmbedding(nn.Module):
-    def __init__(self, in_dim: int, dim: int):
-        super().__init__()
-        self.linear_1 = nn.Linear(in_dim, dim)
-        self.linear_2 = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(F.silu(self.linear_1(x)))
 
 
 class PositionalEncoding(nn.Module):
@@ -150,26 +125,6 @@ class Attention(nn.Module):
         out = _sdpa(q, k, v)
         n, _, length, _ = out.shape
         return self.to_out[0](out.transpose(1, 2).reshape(n, length, -1))
-
-
-class GEGLU(nn.Module):
-    def __init__(self, dim: int, inner: int):
-        super().__init__()
-        self.proj = nn.Linear(dim, inner * 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden, gate = self.proj(x).chunk(2, dim=-1)
-        return hidden * F.gelu(gate)
-
-
-class FeedForward(nn.Module):
-    def __init__(self, dim: int, mult: int = 4):
-        super().__init__()
-        # Index 1 held a dropout upstream; kept so the checkpoint's `net.2` lines up.
-        self.net = nn.ModuleList([GEGLU(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net[2](self.net[0](x))
 
 
 class BasicTransformerBlock(nn.Module):

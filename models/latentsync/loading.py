@@ -39,7 +39,6 @@ def load_latentsync_unet(path: str | os.PathLike, config: Mapping[str, Any] | st
         model = UNet3DConditionModel(cfg)
     expected = model.state_dict()
 
-    # The sinusoid buffers are recomputed when absent; present ones must hold the sinusoid.
     check_state_dict({k: tuple(v.shape) for k, v in expected.items()}, state, path,
                      "LatentSync UNet3D config", error=UNetCheckpointError,
                      optional={k for k in expected if k.endswith(_PE_SUFFIX)})

@@ -24,19 +24,11 @@ from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.embeddings import TimestepEmbedding, get_timestep_embedding
 from torch import nn
 
 from .config import DOWN_BLOCKS, UP_BLOCKS, MotionModuleConfig, UNet3DConfig
-from .layers import (
-    ClipGroupNorm,
-    Downsample,
-    MotionModule,
-    ResnetBlock3D,
-    TimestepEmbedding,
-    Transformer3DModel,
-    Upsample,
-    timestep_sinusoid,
-)
+from .layers import ClipGroupNorm, Downsample, MotionModule, ResnetBlock3D, Transformer3DModel, Upsample
 
 
 @dataclass(frozen=True)
@@ -244,9 +236,7 @@ class UNet3DConditionModel(nn.Module):
         """Build from the ``model:`` section dict of a LatentSync UNet config."""
         return cls(UNet3DConfig.from_dict(config))
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.conv_in.weight.dtype
+    dtype = property(lambda self: self.conv_in.weight.dtype)
 
     # ------------------------------------------------------------------ inputs
 
@@ -273,7 +263,7 @@ class UNet3DConditionModel(nn.Module):
         if t.dim() != 1 or t.shape[0] not in (1, b):
             raise ValueError(f"timestep must be a scalar or hold 1 or B={b} values, got shape {list(t.shape)}")
         c0 = self.config.block_out_channels[0]
-        t_feat = timestep_sinusoid(t.expand(b), c0, self.config.flip_sin_to_cos, self.config.freq_shift)
+        t_feat = get_timestep_embedding(t.expand(b), c0, self.config.flip_sin_to_cos, self.config.freq_shift)
         temb = self.time_embedding(t_feat.to(dtype))
 
         audio = encoder_hidden_states
