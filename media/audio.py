@@ -17,13 +17,14 @@ each silenced packet.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import av
 import numpy as np
 
-from .decode import MediaError, StreamReader, decode_or_damaged, open_input
+from .decode import MediaError, StreamReader, decode_or_damaged, open_input, stream_duration
 
 DamageCallback = Callable[[float | None, float], None]
 
@@ -37,41 +38,31 @@ class AudioInfo:
     sample_rate: int
     channels: int
     codec: str
-    start_time_s: float = 0.0
 
 
-def _audio_stream_of(container: av.container.InputContainer, path: str) -> av.audio.stream.AudioStream:
-    if not container.streams.audio:
-        raise MediaError(f"{path} has no audio stream (expected an audio file or a video with sound)")
-    return container.streams.audio[0]
-
-
-def _stream_duration(container: av.container.InputContainer, stream: av.audio.stream.AudioStream) -> float | None:
-    if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
-    if container.duration:
-        return container.duration / av.time_base
-    return None
+@contextmanager
+def _audio_input(path: str):
+    """(container, its first audio stream) of `path`, closed after the block."""
+    container = open_input(path, "audio")
+    try:
+        if not container.streams.audio:
+            raise MediaError(f"{path} has no audio stream (expected an audio file or a video with sound)")
+        yield container, container.streams.audio[0]
+    finally:
+        container.close()
 
 
 def probe_audio(path: str | os.PathLike) -> AudioInfo:
     """Describe the first audio stream of `path` (an audio file or a video)."""
     path = os.fspath(path)
-    container = open_input(path, "audio")
-    try:
-        stream = _audio_stream_of(container, path)
-        duration = _stream_duration(container, stream)
-        start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+    with _audio_input(path) as (container, stream):
         return AudioInfo(
             path=path,
-            duration_s=duration if duration is not None else 0.0,
+            duration_s=stream_duration(container, stream) or 0.0,
             sample_rate=int(stream.codec_context.sample_rate or stream.rate or 0),
             channels=int(stream.codec_context.channels or 0),
             codec=stream.codec_context.name,
-            start_time_s=start,
         )
-    finally:
-        container.close()
 
 
 def _packet_samples(packet: av.Packet, stream, rate: int, like: av.AudioFrame | None) -> int:
@@ -136,22 +127,18 @@ def iter_audio_blocks(
 ) -> Iterator[np.ndarray]:
     """Yield float32 blocks [channels, n] of the whole audio track, resampled.
 
-    `channels` is 1 (downmixed as `downmix` says) or 2 (swresample's stereo
-    mix). Codec end padding (e.g. the tail of the last AAC frame) is cut
-    back to the container's duration when the overshoot is less than one
-    decoded frame; a larger mismatch means the duration is a guess, and
-    nothing is cut. A packet that cannot be decoded gives silence of its
-    duration (see the module's docstring).
+    `channels` is 1 (downmixed as `downmix` says) or 2 (swresample's stereo mix). Codec end padding
+    (e.g. the tail of the last AAC frame) is cut back to the container's duration when the overshoot
+    is less than one decoded frame; a larger mismatch means the duration is a guess, and nothing is
+    cut. A packet that cannot be decoded gives silence of its duration (see the module's docstring).
     """
     if channels not in (1, 2):
         raise ValueError(f"channels must be 1 or 2, got {channels}")
     if downmix not in ("mean", "ffmpeg"):
         raise ValueError(f"downmix must be 'mean' or 'ffmpeg', got {downmix!r}")
     path = os.fspath(path)
-    container = open_input(path, "audio")
-    try:
-        stream = _audio_stream_of(container, path)
-        duration = _stream_duration(container, stream)
+    with _audio_input(path) as (container, stream):
+        duration = stream_duration(container, stream)
         limit = round(duration * sample_rate) if duration else None
         if channels == 2:
             layout = "stereo"
@@ -192,8 +179,24 @@ def iter_audio_blocks(
             tail = tail[:, : max(0, limit - emitted)]
         if tail.shape[1]:
             yield tail
-    finally:
-        container.close()
+
+
+class Samples:
+    """Exactly `n` samples [channels, n] at a time from a stream of blocks (fewer at the end);
+    `lead` samples of silence come first."""
+
+    def __init__(self, blocks: Iterator[np.ndarray], channels: int, lead: int = 0):
+        self.blocks = blocks
+        self.held = [np.zeros((channels, lead), np.float32)]
+        self.count = lead       # samples held
+
+    def take(self, n: int) -> np.ndarray:
+        while self.count < n and (block := next(self.blocks, None)) is not None:
+            self.held.append(block)
+            self.count += block.shape[1]
+        joined = np.concatenate(self.held, axis=1) if len(self.held) > 1 else self.held[0]
+        self.held, self.count = [joined[:, n:]], max(self.count - n, 0)
+        return joined[:, :n]
 
 
 class AudioReader(StreamReader):
@@ -222,19 +225,9 @@ class AudioReader(StreamReader):
         return chunk
 
     def _generate(self) -> Iterator[np.ndarray]:
-        pending: list[np.ndarray] = []
-        have = 0
-        for block in self._blocks:
-            pending.append(block[0])
-            have += block.shape[1]
-            if have >= self.chunk_samples:
-                joined = np.concatenate(pending)
-                cut = have - have % self.chunk_samples
-                for start in range(0, cut, self.chunk_samples):
-                    yield joined[start : start + self.chunk_samples].copy()
-                pending, have = [joined[cut:]], have - cut
-        if have:
-            yield np.concatenate(pending)
+        samples = Samples(self._blocks, 1)
+        while (chunk := samples.take(self.chunk_samples)).shape[1]:
+            yield chunk[0].copy()
 
     def _release(self) -> None:
         self._blocks.close()
@@ -243,7 +236,4 @@ class AudioReader(StreamReader):
 def read_audio(path: str | os.PathLike, sr: int = 16000, downmix: str = "mean") -> np.ndarray:
     """The whole audio track as float32 mono at `sr` Hz."""
     with AudioReader(path, sample_rate=sr, chunk_seconds=60.0, downmix=downmix) as reader:
-        chunks = list(reader)
-    if not chunks:
-        return np.zeros(0, dtype=np.float32)
-    return np.concatenate(chunks)
+        return np.concatenate([np.zeros(0, np.float32), *reader])

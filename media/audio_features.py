@@ -64,17 +64,11 @@ _HALF_FFT = N_FFT // 2
 
 
 class NeedMoreAudio(Exception):
-    """More audio must be pushed (or the stream closed) before these features exist.
-
-    ``samples_needed``: total samples the stream must have received to go on.
-    """
+    """More audio must be pushed (or the stream closed): ``samples_needed`` in all."""
 
     def __init__(self, samples_needed: int):
         super().__init__(f"need {samples_needed} samples of audio (or close())")
         self.samples_needed = samples_needed
-
-
-# ----------------------------------------------------------------------------- index rules
 
 
 def fps_fraction(fps: float | int | Fraction | str) -> Fraction:
@@ -133,10 +127,6 @@ def musetalk_pad_unit(fps: float | Fraction) -> int:
     return -((-STEPS_PER_SECOND * rate.denominator) // rate.numerator)
 
 
-def _left_steps(model: str, fps: Fraction) -> int:
-    return 2 * musetalk_pad_unit(fps) if model == "musetalk" else LATENTSYNC_LEFT_STEPS
-
-
 def _check_model(model: str) -> None:
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}: expected one of {MODELS}")
@@ -147,9 +137,6 @@ def _as_pcm(pcm: np.ndarray) -> np.ndarray:
     if arr.ndim != 1:
         raise ValueError(f"expected mono 16 kHz audio [samples], got shape {arr.shape}")
     return arr.astype(np.float32, copy=False)
-
-
-# ----------------------------------------------------------------------------- sample buffer
 
 
 class _PcmBuffer:
@@ -231,9 +218,6 @@ def latentsync_mel_peak(pcm_chunks) -> float:
     return peak
 
 
-# ----------------------------------------------------------------------------- streaming
-
-
 class AudioFeatureStream:
     """Audio tokens for video frames in increasing order, computed lazily from pushed audio.
 
@@ -262,14 +246,13 @@ class AudioFeatureStream:
         self.model = model
         self.fps = fps_fraction(fps)
         self.mel_peak = None if mel_peak is None else float(mel_peak)
-        self.left_steps = _left_steps(model, self.fps)
+        self.left_steps = (2 * musetalk_pad_unit(self.fps) if model == "musetalk"
+                           else LATENTSYNC_LEFT_STEPS)
         self.windows_encoded = 0
         self._pcm = _PcmBuffer()
         self._closed = False
         self._windows: dict[int, np.ndarray] = {}
         self._last_start: int | None = None
-
-    # -- input
 
     def push(self, pcm: np.ndarray) -> None:
         """Append 16 kHz mono samples (float, any chunk size)."""
@@ -280,8 +263,6 @@ class AudioFeatureStream:
     def close(self) -> None:
         """Mark the end of the audio; the frame and step counts become known."""
         self._closed = True
-
-    # -- state
 
     @property
     def closed(self) -> bool:
@@ -310,9 +291,6 @@ class AudioFeatureStream:
         """floor(seconds * fps) once closed, else None."""
         return frame_count(self._pcm.end, self.fps) if self._closed else None
 
-    def start_step(self, frame_index: int) -> int:
-        return frame_start_step(frame_index, self.fps)
-
     def skip_to_time(self, t_seconds: float | Fraction) -> None:
         """No frame before ``t_seconds`` will be asked: drop the audio and windows only earlier
         frames need, without encoding anything (a stream that is seldom asked, such as a dub
@@ -322,13 +300,11 @@ class AudioFeatureStream:
             del self._windows[w]
         self._pcm.discard_before(WINDOW_SAMPLES * first - _HALF_FFT)
 
-    # -- output
-
     def features(self, frame_index: int) -> np.ndarray:
         """Tokens [10 * (L+1), d] (float32; [50, 384] for whisper-tiny) for video frame i."""
         if isinstance(frame_index, bool) or int(frame_index) != frame_index or frame_index < 0:
             raise ValueError(f"frame index must be a non-negative integer, got {frame_index!r}")
-        return self._features_from(self.start_step(int(frame_index)))
+        return self._features_from(frame_start_step(int(frame_index), self.fps))
 
     def features_at_time(self, t_seconds: float | Fraction) -> np.ndarray:
         """Tokens for a frame shown at ``t_seconds`` (start step floor(t * 50))."""
@@ -381,8 +357,6 @@ class AudioFeatureStream:
             if ok:
                 out[row] = self._windows[int(s) // WINDOW_STEPS][int(s) % WINDOW_STEPS]
         return out.reshape(-1, d)
-
-    # -- windows
 
     def _samples_for_window(self, w: int) -> int:
         end = WINDOW_SAMPLES * (w + 1)

@@ -22,6 +22,15 @@ class MediaFileNotFoundError(MediaError, FileNotFoundError):
     """A media file does not exist."""
 
 
+def stream_duration(container: av.container.InputContainer, stream) -> float | None:
+    """Seconds `stream` lasts, from its own header or else the container's; None if unknown."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / av.time_base
+    return None
+
+
 def open_input(path: str | os.PathLike, what: str = "media") -> av.container.InputContainer:
     """Open `path` for reading, turning FFmpeg failures into `MediaError`."""
     path = os.fspath(path)
@@ -94,12 +103,6 @@ class StreamReader:
 
     _items: Iterator | None = None
     _closed = False
-
-    def _generate(self) -> Iterator:
-        raise NotImplementedError
-
-    def _release(self) -> None:
-        raise NotImplementedError
 
     def __iter__(self):
         return self

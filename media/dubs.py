@@ -72,18 +72,14 @@ def mixed_soundtrack(paths: list[str], folder: str | None = None) -> str:
     """The mix of the dubs, made once (see the module's docstring); its path."""
     from lipgraph.cache import cache_folder
     from lipgraph.media.identity import file_identity
+    from lipgraph.media.partial import written_aside
     folder = folder or cache_folder("dub-mixes")
     key = json.dumps([file_identity(p)["sha256"] for p in paths])
     path = os.path.join(folder, hashlib.sha256(key.encode()).hexdigest()[:24] + ".wav")
     if not os.path.isfile(path):
         os.makedirs(folder, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.part"
-        try:
+        with written_aside(path) as tmp:
             write_mix(paths, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
     os.utime(path)                      # most recently used: kept longest
     _prune(folder)
     return path
@@ -119,16 +115,14 @@ def write_mix(paths: list[str], out: str) -> None:
             frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm.T).reshape(1, -1),
                                                format="s16", layout=layout)
             frame.sample_rate = rate
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
 
 
 def _summed(paths: list[str], rate: int, channels: int, block: int = 1 << 15):
     """Blocks [channels, n] of the sum of the dubs (a shorter dub adds silence after its end)."""
-    from lipgraph.media.audio import iter_audio_blocks
-    readers = [_Samples(iter_audio_blocks(p, rate, channels=channels), channels) for p in paths]
+    from lipgraph.media.audio import Samples, iter_audio_blocks
+    readers = [Samples(iter_audio_blocks(p, rate, channels=channels), channels) for p in paths]
     while True:
         parts = [r.take(block) for r in readers]
         n = max(p.shape[1] for p in parts)
@@ -138,19 +132,3 @@ def _summed(paths: list[str], rate: int, channels: int, block: int = 1 << 15):
         for p in parts:
             total[:, :p.shape[1]] += p
         yield total
-
-
-class _Samples:
-    """Exactly `n` samples at a time from a stream of blocks (fewer at the end)."""
-
-    def __init__(self, blocks, channels: int):
-        self.blocks, self.held = blocks, np.zeros((channels, 0), np.float32)
-
-    def take(self, n: int) -> np.ndarray:
-        while self.held.shape[1] < n:
-            nxt = next(self.blocks, None)
-            if nxt is None:
-                break
-            self.held = np.concatenate([self.held, nxt], axis=1)
-        out, self.held = self.held[:, :n], self.held[:, n:]
-        return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import os
-import time
+from contextlib import closing
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterator
@@ -20,6 +20,7 @@ from typing import Iterator
 import av
 
 from .decode import MediaError, open_input, packets
+from .identity import settled_stamp
 from .probe import decoded_frames, rate_of, video_stream_of
 
 
@@ -63,20 +64,17 @@ class DecodedFrame:
     undecodable: bool = False
 
 
-_TABLES: dict = {}          # (path, size, mtime_ns, inode, stream) -> FrameTable
+_TABLES: dict = {}          # table_key -> FrameTable
 _TABLES_KEPT = 8
 
 
 def table_key(path: str, stream_index: int):
-    """The file version's key, or None for a file changed in the last 2 s (a same-size
-    rewrite within the clock's resolution would look unchanged; git's racy rule)."""
+    """The file version's key, or None for a file changed in the last 2 s (`settled_stamp`)."""
     try:
-        st = os.stat(path)
+        stamp = settled_stamp(path)
     except OSError:
         return None
-    if time.time() - st.st_mtime < 2.0:
-        return None
-    return os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino, stream_index
+    return None if stamp is None else (*stamp, stream_index)
 
 
 class FrameSource:
@@ -113,35 +111,30 @@ class FrameSource:
         version and process: planning, probing and every reader share it)."""
         if self._table is None:
             key = table_key(self.path, self.stream.index)
-            if key is not None and key in _TABLES:
-                self._table = _TABLES[key]
-                self.first_pts = self._table.pts[0] if self._table.pts else None
-                return self._table
-            entries: list[tuple[int, bool]] = []
-            count, pts_known = 0, True
-            for packet in packets(self.container, self.stream):
-                if packet.size == 0 or packet.is_discard:
-                    continue
-                count += 1
-                if packet.pts is None:
-                    pts_known = False
-                elif pts_known:
-                    entries.append((packet.pts, packet.is_keyframe))
-            self._open()  # demuxing moved the read position; start afresh
-            if pts_known:
-                entries.sort()
-                pts = [p for p, _ in entries]
-                keys = [i for i, (_, k) in enumerate(entries) if k]
-                self._table = FrameTable(count, pts, keys)
-                if pts:
-                    self.first_pts = pts[0]
-            else:
-                self._table = FrameTable(count, None, [])
-            if key is not None:
+            self._table = _TABLES.get(key) or self._demux_table()
+            if key is not None and key not in _TABLES:
                 while len(_TABLES) >= _TABLES_KEPT:
                     _TABLES.pop(next(iter(_TABLES)))
                 _TABLES[key] = self._table
+            self.first_pts = self._table.pts[0] if self._table.pts else None
         return self._table
+
+    def _demux_table(self) -> FrameTable:
+        entries: list[tuple[int, bool]] = []
+        count, pts_known = 0, True
+        for packet in packets(self.container, self.stream):
+            if packet.size == 0 or packet.is_discard:
+                continue
+            count += 1
+            if packet.pts is None:
+                pts_known = False
+            elif pts_known:
+                entries.append((packet.pts, packet.is_keyframe))
+        self._open()  # demuxing moved the read position; start afresh
+        if not pts_known:
+            return FrameTable(count, None, [])
+        entries.sort()
+        return FrameTable(count, [p for p, _ in entries], [i for i, (_, k) in enumerate(entries) if k])
 
     def time_of(self, index: int, pts: int | None) -> float:
         if pts is None or self.first_pts is None:
@@ -239,8 +232,5 @@ class FrameSource:
 def keyframe_indices(path: str | os.PathLike) -> list[int]:
     """Indices of the keyframes of the first video stream (demuxed, not decoded); empty
     when the container gives no timestamps."""
-    src = FrameSource(os.fspath(path), None)
-    try:
+    with closing(FrameSource(os.fspath(path), None)) as src:
         return list(src.table().keyframes)
-    finally:
-        src.close()

@@ -9,16 +9,23 @@ import os
 import time
 
 _BLOCK = 8 << 20
-# a file modified this recently may still change within its timestamp's granularity:
-# hash it again rather than trust the remembered value (git's "racily clean" rule)
 _SETTLED_S = 2.0
 _known: dict[tuple, dict] = {}
 
 
-def file_identity(path: str) -> dict:
+def settled_stamp(path: str) -> tuple | None:
+    """This version of a file (path, size, times, inode), or None for one modified in the last
+    2 s: it may still change unseen within its timestamp's granularity (git's "racily clean")."""
     path = os.path.abspath(path)
     st = os.stat(path)
-    stamp = (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if time.time() - st.st_mtime <= _SETTLED_S:
+        return None
+    return path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+def file_identity(path: str) -> dict:
+    path = os.path.abspath(path)
+    stamp = settled_stamp(path)
     if stamp in _known:
         return dict(_known[stamp])
     h = hashlib.sha256()
@@ -28,7 +35,7 @@ def file_identity(path: str) -> dict:
             h.update(block)
             size += len(block)
     ident = {"path": path, "size": size, "sha256": h.hexdigest()}
-    if time.time() - st.st_mtime > _SETTLED_S:
+    if stamp is not None:
         _known[stamp] = ident
     return dict(ident)
 

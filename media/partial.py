@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 
 from lipgraph.graph.shm import pid_alive
 
@@ -21,6 +22,21 @@ def partial_path(path: str | os.PathLike) -> str:
     """A fresh temporary name beside `path` for this process."""
     folder, name = os.path.split(os.path.abspath(os.fspath(path)))
     return os.path.join(folder, f".{name}.{os.getpid()}x{os.urandom(4).hex()}.partial")
+
+
+@contextmanager
+def written_aside(path: str | os.PathLike, on_temp=None):
+    """A temporary name beside `path` to write to: renamed onto `path` when the block ends
+    without error, removed when it fails. `on_temp(tmp)` is told it before it is created."""
+    tmp = partial_path(path)
+    if on_temp is not None:
+        on_temp(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def stale_partials(path: str | os.PathLike) -> list[str]:

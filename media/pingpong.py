@@ -28,6 +28,16 @@ class PingPongFrame:
     undecodable: bool = False  # the source frame could not be decoded: `image` is a stand-in
 
 
+def frame_times(src: FrameSource, table: FrameTable) -> list[Fraction]:
+    """Exact times of the source frames from the first (from pts; index / rate where the
+    container gives no timestamps), then the end of the last frame (its time + 1 / rate)."""
+    rate = src.rate
+    if table.pts is None or len(table.pts) != table.count:
+        return [Fraction(i) / rate for i in range(table.count + 1)]
+    p0, tb = table.pts[0], src.time_base
+    return [(p - p0) * tb for p in table.pts] + [(table.pts[-1] - p0) * tb + 1 / rate]
+
+
 def pingpong_indices(n_src: int, n_out: int) -> Iterator[int]:
     """Source frame for each output frame when the video must run n_out frames.
 
@@ -72,23 +82,11 @@ class PingPongReader(StreamReader):
         self.n_src = table.count
         if self.n_src == 0:
             raise MediaError(f"{self.path}: the video stream holds no frames")
-        self._durations = self._frame_durations(table)
+        self._times = frame_times(self._src, table)
         self.max_chunk_held = 0  # largest number of frames held at once (for checks)
 
-    def _frame_durations(self, table: FrameTable) -> list[Fraction]:
-        last = 1 / self._src.rate
-        if table.pts is None or len(table.pts) != table.count:
-            return [last] * table.count
-        tb = self._src.time_base
-        steps = [(b - a) * tb for a, b in zip(table.pts, table.pts[1:])]
-        return steps + [last]
-
-    def _source_time(self, index: int, pts: int | None) -> float:
-        return self._src.time_of(index, pts)
-
     def _picture(self, d: DecodedFrame) -> tuple[int, np.ndarray, float, bool]:
-        image = upright_rgb(d.frame)
-        return d.index, image, self._source_time(d.index, d.pts), d.undecodable
+        return d.index, upright_rgb(d.frame), self._src.time_of(d.index, d.pts), d.undecodable
 
     def _forward(self, stop: int, first: int = 0) -> Iterator[tuple[int, np.ndarray, float, bool]]:
         """Source frames first, first+1 ..., at most `stop` of them: (index, image, source
@@ -133,8 +131,8 @@ class PingPongReader(StreamReader):
     def _generate(self) -> Iterator[PingPongFrame]:
         # output times before `start` are summed from the frame durations, nothing decoded
         out_index = self.start
-        out_time = sum((self._durations[k] for k in pingpong_indices(self.n_src, self.start)),
-                       Fraction(0))
+        t = self._times
+        out_time = sum((t[k + 1] - t[k] for k in pingpong_indices(self.n_src, self.start)), Fraction(0))
         passes, offset = divmod(self.start, self.n_src)
         while out_index < self.n_out:
             left = self.n_out - out_index
@@ -143,7 +141,7 @@ class PingPongReader(StreamReader):
             offset = 0
             for src_index, image, src_time, undecodable in source:
                 yield PingPongFrame(out_index, src_index, float(out_time), src_time, image, undecodable)
-                out_time += self._durations[src_index]
+                out_time += t[src_index + 1] - t[src_index]
                 out_index += 1
             passes += 1
 

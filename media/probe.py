@@ -17,7 +17,7 @@ from typing import Iterator
 import av
 import numpy as np
 
-from .decode import MediaError, decode_or_damaged, open_input
+from .decode import MediaError, decode_or_damaged, open_input, stream_duration
 
 
 @dataclass(frozen=True)
@@ -81,12 +81,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     try:
         stream = video_stream_of(container, path)
         tb = Fraction(stream.time_base) if stream.time_base else Fraction(1, av.time_base)
-        if stream.duration:
-            duration = float(stream.duration * tb)
-        elif container.duration:
-            duration = container.duration / av.time_base
-        else:
-            duration = 0.0
+        duration = stream_duration(container, stream) or 0.0
         rate = rate_of(stream)
         if rate is None:
             if stream.frames and duration > 0:

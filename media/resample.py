@@ -4,14 +4,15 @@ the reader that plays the resampled sequence (looped like `PingPongReader`)."""
 from __future__ import annotations
 
 import os
+from contextlib import closing
 from fractions import Fraction
 from typing import Iterator
 
 import numpy as np
 
 from .decode import MediaError
-from .frame_source import FrameSource, FrameTable
-from .pingpong import PingPongFrame, PingPongReader
+from .frame_source import FrameSource
+from .pingpong import PingPongFrame, PingPongReader, frame_times
 
 
 def fps_slot(t: Fraction | int, fps: Fraction | int) -> int:
@@ -56,29 +57,15 @@ def covering_count(end: Fraction | int, fps: Fraction | int) -> int:
     return max(1, fps_slot(end, fps))
 
 
-def _source_times(src: FrameSource, table: FrameTable) -> tuple[Iterator[Fraction], Fraction]:
-    """Exact times of the source frames, one at a time (from pts; index / rate where the
-    container gives no timestamps), and the end of the last frame (its time plus 1 / average
-    rate, as PingPongReader times it)."""
-    rate = src.rate
-    if table.pts is None or len(table.pts) != table.count:
-        return (Fraction(i) / rate for i in range(table.count)), table.count / rate
-    p0, tb = table.pts[0], src.time_base
-    return ((p - p0) * tb for p in table.pts), (table.pts[-1] - p0) * tb + 1 / rate
-
-
 def resampled_frames(path: str | os.PathLike, fps: Fraction | int) -> np.ndarray:
     """`resample_picks` of a file for the output frames covering its whole duration (one
     demux pass, nothing decoded)."""
-    src = FrameSource(os.fspath(path), None)
-    try:
+    with closing(FrameSource(os.fspath(path), None)) as src:
         table = src.table()
         if table.count == 0:
             raise MediaError(f"{path}: the video stream holds no frames")
-        times, end = _source_times(src, table)
-        return resample_picks(times, fps, covering_count(end, fps))
-    finally:
-        src.close()
+        times = frame_times(src, table)
+    return resample_picks(times[:-1], fps, covering_count(times[-1], fps))
 
 
 class ResampledReader(PingPongReader):
@@ -103,11 +90,7 @@ class ResampledReader(PingPongReader):
     ):
         super().__init__(path, n_out, chunk=chunk, threads=threads, start=start)
         self.fps = Fraction(fps)
-        times, end = _source_times(self._src, self._src.table())
-        self.picks = resample_picks(times, self.fps, covering_count(end, self.fps))
-
-    def _frame_durations(self, table: FrameTable) -> list[Fraction]:
-        return []               # output times are k / fps: no per-frame durations to keep
+        self.picks = resample_picks(self._times[:-1], self.fps, covering_count(self._times[-1], self.fps))
 
     def _generate(self) -> Iterator[PingPongFrame]:
         n = len(self.picks)

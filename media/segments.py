@@ -23,7 +23,6 @@ import json
 import os
 import queue
 import shutil
-import tempfile
 import threading
 import time
 from fractions import Fraction
@@ -31,8 +30,8 @@ from fractions import Fraction
 import av
 
 from .audio import probe_audio
-from .partial import partial_path
-from .writer import _FORMATS, AudioTrack, VideoWriter
+from .partial import written_aside
+from .writer import AudioTrack, VideoWriter, container_format, open_output
 
 MANIFEST = "manifest.json"
 VERSION = 1
@@ -69,10 +68,9 @@ class Manifest:
         for part in parts:
             for seg in part.segments:
                 seg = dict(seg)
-                seg["file"] = os.path.relpath(os.path.join(part.folder, seg["file"]), parts[0].folder)
-                if seg.get("sidecar"):
-                    seg["sidecar"] = os.path.relpath(os.path.join(part.folder, seg["sidecar"]),
-                                                     parts[0].folder)
+                for key in ("file", "sidecar"):
+                    if seg.get(key):
+                        seg[key] = os.path.relpath(os.path.join(part.folder, seg[key]), parts[0].folder)
                 if segs and seg["first"] != segs[-1]["last"] + 1:
                     raise ValueError(f"parts do not follow each other: frame {seg['first']} after "
                                      f"{segs[-1]['last']}")
@@ -106,16 +104,10 @@ class Manifest:
         self.save()
 
     def save(self) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=self.folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.data, f, indent=1)
-            os.replace(tmp, os.path.join(self.folder, MANIFEST))
-        except BaseException:
-            # a full disk: the previous manifest stays in force, and no half-written copy
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        # written aside: on a full disk the previous manifest stays in force
+        with (written_aside(os.path.join(self.folder, MANIFEST)) as tmp,
+              open(tmp, "w", encoding="utf-8") as f):
+            json.dump(self.data, f, indent=1)
 
     def check_files(self) -> list[str]:
         """Problems with the recorded segments (missing or truncated files)."""
@@ -139,19 +131,16 @@ class Manifest:
                     os.unlink(path)
 
 
-class _Encoding:
-    """One segment being written: by the caller's thread, or by a thread of its own that
-    takes frames from a short queue."""
+class _Threaded:
+    """A segment's writer fed from a short queue by a thread of its own; it is written,
+    closed and aborted as the writer is."""
 
-    def __init__(self, writer: VideoWriter, threaded: bool):
+    def __init__(self, writer: VideoWriter):
         self.writer = writer
         self.error: BaseException | None = None
-        self.queue: queue.Queue | None = None
-        self.thread = None
-        if threaded:
-            self.queue = queue.Queue(maxsize=4)
-            self.thread = threading.Thread(target=self._run, name="segment-encoder", daemon=True)
-            self.thread.start()
+        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.thread = threading.Thread(target=self._run, name="segment-encoder", daemon=True)
+        self.thread.start()
 
     def _run(self) -> None:
         try:
@@ -165,9 +154,6 @@ class _Encoding:
                 pass
 
     def write(self, image, t: float) -> None:
-        if self.queue is None:
-            self.writer.write(image, t)
-            return
         while True:
             self._raise()
             try:
@@ -176,19 +162,15 @@ class _Encoding:
             except queue.Full:
                 continue
 
-    def finish(self) -> None:
-        if self.queue is None:
-            self.writer.close()
-            return
+    def close(self) -> None:
         self.queue.put(None)
         self.thread.join()
         self._raise()
 
     def abort(self) -> None:
-        if self.queue is not None:
-            if self.thread.is_alive():
-                self.queue.put(None)
-                self.thread.join()
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
         self.writer.abort()
 
     def _raise(self) -> None:
@@ -209,9 +191,9 @@ class SegmentWriter:
         self.encoder = encoder
         self.on_temp = on_temp or (lambda path: None)
         self.current: dict | None = None
-        self.encoding: _Encoding | None = None
+        self.encoding: VideoWriter | _Threaded | None = None
         self.sidecar = None
-        self.pending: list[tuple[dict, _Encoding]] = []    # closed segments still encoding
+        self.pending: list[tuple[dict, VideoWriter | _Threaded]] = []    # closed segments still encoding
 
     def write(self, index: int, image, time: float, sidecar_line: str | None = None) -> None:
         k = index // self.n
@@ -227,7 +209,7 @@ class SegmentWriter:
             writer = VideoWriter(os.path.join(self.m.folder, self.current["file"]),
                                  self.width, self.height, self.fps, **self.encoder)
             self.on_temp(writer.temp_path)
-            self.encoding = _Encoding(writer, threaded=self.encoders > 1)
+            self.encoding = _Threaded(writer) if self.encoders > 1 else writer
             if sidecar_line is not None:
                 self.current["sidecar"] = f"{name}.jsonl"
                 self.sidecar = open(os.path.join(self.m.folder, f".{name}.jsonl.partial"), "w")
@@ -249,9 +231,9 @@ class SegmentWriter:
         if self.encoders == 1:
             self._record(*self.pending.pop(0))
 
-    def _record(self, seg: dict, encoding: _Encoding) -> None:
+    def _record(self, seg: dict, encoding) -> None:
         """Wait for a segment's encoder and add the segment to the manifest (in order)."""
-        encoding.finish()
+        encoding.close()
         seg["bytes"] = os.path.getsize(os.path.join(self.m.folder, seg["file"]))
         seg["frames"] = seg["last"] - seg["first"] + 1
         del seg["k"]
@@ -294,77 +276,59 @@ def join_segments(manifest: Manifest, output: str, audio_path: str | None = None
     if not segs:
         raise ValueError(f"{manifest.folder}: no segments to join")
     output = os.path.abspath(output)
-    folder, name = os.path.split(output)
-    ext = os.path.splitext(name)[1].lower()
-    if ext not in _FORMATS:
-        raise ValueError(f"{output}: unsupported extension {ext!r}, expected one of {sorted(_FORMATS)}")
-    tmp = partial_path(output)
-    if on_temp is not None:
-        on_temp(tmp)
-    out = av.open(tmp, mode="w", format=_FORMATS[ext])
-    out.metadata.update(metadata or {})
-    try:
-        first = av.open(os.path.join(manifest.folder, segs[0]["file"]))
-        template = first.streams.video[0]
-        stream = out.add_stream_from_template(template)
-        seg_tb = Fraction(template.time_base)
-        first.close()
-        audio = None
-        if audio_path:
-            audio = AudioTrack(out, audio_path, probe_audio(audio_path))
-        for seg in segs:
-            shift = round(Fraction(seg["start_time"]).limit_denominator(10**9) / seg_tb)
-            with av.open(os.path.join(manifest.folder, seg["file"])) as src:
-                vs = src.streams.video[0]
-                if Fraction(vs.time_base) != seg_tb:
-                    raise ValueError(f"{seg['file']}: time base {vs.time_base} differs from {seg_tb}")
-                for packet in src.demux(vs):
-                    if packet.size == 0:
-                        continue
-                    packet.pts = None if packet.pts is None else packet.pts + shift
-                    packet.dts = None if packet.dts is None else packet.dts + shift
-                    packet.stream = stream
-                    packet.time_base = seg_tb
-                    out.mux(packet)
-            if audio is not None:
-                audio.encode_until(seg["end_time"])
-            if seg is segs[0] and os.environ.get(JOIN_PAUSE_ENV):
-                time.sleep(float(os.environ[JOIN_PAUSE_ENV]))
-            if progress is not None:
-                progress()
-        if audio is not None:
-            audio.finish(segs[-1]["end_time"])
-            audio.close()
-        out.close()
-        out = None
-        if sidecar:
-            _join_sidecars(manifest, sidecar, on_temp)
-        os.replace(tmp, output)
-    except BaseException:
-        if out is not None:
+    fmt = container_format(output)
+    with written_aside(output, on_temp) as tmp:
+        out = open_output(tmp, fmt, metadata)
+        try:
+            _copy_segments(manifest, out, audio_path, progress)
+            out.close()
+        except BaseException:
             try:
                 out.close()
             except Exception:
                 pass
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+            raise
+        if sidecar:
+            _join_sidecars(manifest, sidecar, on_temp)
+
+
+def _copy_segments(manifest: Manifest, out, audio_path: str | None, progress) -> None:
+    segs = manifest.segments
+    with av.open(os.path.join(manifest.folder, segs[0]["file"])) as first:
+        template = first.streams.video[0]
+        stream = out.add_stream_from_template(template)
+        seg_tb = Fraction(template.time_base)
+    audio = AudioTrack(out, audio_path, probe_audio(audio_path)) if audio_path else None
+    for seg in segs:
+        shift = round(Fraction(seg["start_time"]).limit_denominator(10**9) / seg_tb)
+        with av.open(os.path.join(manifest.folder, seg["file"])) as src:
+            vs = src.streams.video[0]
+            if Fraction(vs.time_base) != seg_tb:
+                raise ValueError(f"{seg['file']}: time base {vs.time_base} differs from {seg_tb}")
+            for packet in src.demux(vs):
+                if packet.size == 0:
+                    continue
+                packet.pts = None if packet.pts is None else packet.pts + shift
+                packet.dts = None if packet.dts is None else packet.dts + shift
+                packet.stream = stream
+                packet.time_base = seg_tb
+                out.mux(packet)
+        if audio is not None:
+            audio.encode_until(seg["end_time"])
+        if seg is segs[0] and os.environ.get(JOIN_PAUSE_ENV):
+            time.sleep(float(os.environ[JOIN_PAUSE_ENV]))
+        if progress is not None:
+            progress()
+    if audio is not None:
+        audio.finish(segs[-1]["end_time"])
+        audio.close()
 
 
 def _join_sidecars(manifest: Manifest, path: str, on_temp=None) -> None:
-    tmp = partial_path(path)
-    if on_temp is not None:
-        on_temp(tmp)
-    try:
-        with open(tmp, "w", encoding="utf-8") as out:
-            for seg in manifest.segments:
-                with open(os.path.join(manifest.folder, seg["sidecar"]), encoding="utf-8") as f:
-                    shutil.copyfileobj(f, out)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with written_aside(path, on_temp) as tmp, open(tmp, "w", encoding="utf-8") as out:
+        for seg in manifest.segments:
+            with open(os.path.join(manifest.folder, seg["sidecar"]), encoding="utf-8") as f:
+                shutil.copyfileobj(f, out)
 
 
 def remove_work_dir(folder: str) -> None:

@@ -1,20 +1,18 @@
 """H.264 (+ AAC) video writing with PyAV, committed atomically.
 
-Frames go to a hidden temporary file beside the target (`.NAME.<pid>xXXXX.partial`)
-that is renamed onto the target only when `close()` succeeds, so a crash or
-an abort never leaves a truncated video at the final path.
+Frames go to a hidden temporary file beside the target (`.NAME.<pid>xXXXX.partial`) that is renamed
+onto the target only when `close()` succeeds, so a crash or an abort never leaves a truncated video
+at the final path.
 
-Odd sizes: libx264 cannot encode 4:2:0 / 4:2:2 pictures of odd width or
-height, so such frames are padded by repeating their last column / row; the
-output is then 1 px wider / taller than the frames given (`out_width`,
-`out_height`). No pixel is dropped.
+Odd sizes: libx264 cannot encode 4:2:0 / 4:2:2 pictures of odd width or height, so such frames are
+padded by repeating their last column / row; the output is then 1 px wider / taller than the frames
+given (`out_width`, `out_height`). No pixel is dropped.
 
-A writer that is garbage-collected without `close()` is aborted: its
-temporary file is removed and nothing appears at the target.
+A writer that is garbage-collected without `close()` is aborted: its temporary file is removed and
+nothing appears at the target.
 
-A full disk (or quota, or file size limit) while writing is reported by
-`output_errors` as a `DiskFullError` naming the output the user asked for,
-not the temporary file the error came from.
+A full disk (or quota, or file size limit) while writing is reported by `output_errors` as a
+`DiskFullError` naming the output the user asked for, not the temporary file the error came from.
 """
 
 from __future__ import annotations
@@ -29,7 +27,7 @@ from typing import Iterator
 import av
 import numpy as np
 
-from .audio import iter_audio_blocks, probe_audio
+from .audio import Samples, iter_audio_blocks, probe_audio
 from .partial import partial_path
 
 # Output container by file extension.
@@ -61,8 +59,8 @@ _NO_SPACE = {
 
 @contextmanager
 def output_errors(output: str | os.PathLike):
-    """Turn a lack of space met while writing `output` (its temporary files, segments or
-    anything beside it) into a `DiskFullError` that names `output` and says why."""
+    """Turn a lack of space met while writing `output` (its temporary files, segments or anything
+    beside it) into a `DiskFullError` that names `output` and says why."""
     try:
         yield
     except DiskFullError:
@@ -76,6 +74,21 @@ def output_errors(output: str | os.PathLike):
         # from None: the FFmpeg traceback under this adds nothing for a full disk
         raise DiskFullError(f"cannot write {path}: {why} [{os.strerror(exc.errno)}]{where}",
                             exc.errno, path) from None
+
+
+def container_format(path: str) -> str:
+    """The output container for `path`'s extension; ValueError naming `path` for others."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in _FORMATS:
+        raise ValueError(f"{path}: unsupported extension {ext!r}, expected one of {sorted(_FORMATS)}")
+    return _FORMATS[ext]
+
+
+def open_output(path: str, fmt: str, metadata: dict | None):
+    """An output container at `path` with `metadata` in its tags."""
+    container = av.open(path, mode="w", format=fmt)
+    container.metadata.update(metadata or {})
+    return container
 
 
 def _as_rate(fps: float | Fraction) -> Fraction:
@@ -99,13 +112,11 @@ def _chroma_subsampled(pix_fmt: str) -> tuple[bool, bool]:
 class VideoWriter:
     """Encode RGB frames to an H.264 file, optionally muxing an AAC audio track.
 
-    `write(image, time)` takes frames in order; `time` (seconds) sets the
-    presentation time so variable frame rates survive, else frame k lands at
-    k / fps. With `audio_path`, the audio (any format `media.audio` reads) is
-    re-encoded as AAC starting `audio_offset` seconds into that file (a
-    negative offset leads with silence), and cut or padded with silence to
-    the video's duration, or to `duration_s` when given. `metadata` goes into the
-    container's tags (e.g. a comment).
+    `write(image, time)` takes frames in order; `time` (seconds) sets the presentation time so
+    variable frame rates survive, else frame k lands at k / fps. With `audio_path`, the audio (any
+    format `media.audio` reads) is re-encoded as AAC starting `audio_offset` seconds into that file
+    (a negative offset leads with silence), and cut or padded with silence to the video's duration,
+    or to `duration_s` when given. `metadata` goes into the container's tags (e.g. a comment).
     """
 
     def __init__(
@@ -126,10 +137,8 @@ class VideoWriter:
         self.path = os.path.abspath(os.fspath(path))
         if width <= 0 or height <= 0:
             raise ValueError(f"{self.path}: frame size must be positive, got {width}x{height}")
-        folder, name = os.path.split(self.path)
-        ext = os.path.splitext(name)[1].lower()
-        if ext not in _FORMATS:
-            raise ValueError(f"{self.path}: unsupported extension {ext!r}, expected one of {sorted(_FORMATS)}")
+        fmt = container_format(self.path)
+        folder = os.path.dirname(self.path)
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"output folder does not exist: {folder}")
         self.width, self.height = int(width), int(height)
@@ -148,8 +157,7 @@ class VideoWriter:
         self._audio: AudioTrack | None = None
 
         audio_info = probe_audio(audio_path) if audio_path is not None else None
-        self._container = av.open(self.temp_path, mode="w", format=_FORMATS[ext])
-        self._container.metadata.update(metadata or {})
+        self._container = open_output(self.temp_path, fmt, metadata)
         try:
             options = {"crf": str(crf), "preset": preset} if codec in ("libx264", "libx265") else {}
             video = self._container.add_stream(codec, rate=self.rate, options=options)
@@ -202,8 +210,7 @@ class VideoWriter:
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
         frame.pts = pts
         frame.time_base = self.time_base
-        for packet in self._video.encode(frame):
-            self._container.mux(packet)
+        self._container.mux(self._video.encode(frame))
         self._last_pts = pts
         self.frames_written += 1
         if self._audio is not None:
@@ -220,23 +227,19 @@ class VideoWriter:
         try:
             if self.frames_written == 0:
                 raise ValueError(f"{self.path}: no frames were written")
-            for packet in self._video.encode(None):
-                self._container.mux(packet)
+            self._container.mux(self._video.encode(None))
             if self._audio is not None:
                 self._audio.finish(self.duration_limit if self.duration_limit is not None
                                    else self.duration)
             self._container.close()
             self._container = None
-            self._close_audio_source()
+            if self._audio is not None:
+                self._audio.close()
             os.replace(self.temp_path, self.path)
             self._done = True
         except BaseException:
             self.abort()
             raise
-
-    def _close_audio_source(self) -> None:
-        if self._audio is not None:
-            self._audio.close()
 
     def abort(self) -> None:
         """Drop everything written; nothing is left at `path` or `temp_path`."""
@@ -244,7 +247,8 @@ class VideoWriter:
             return
         self._done = True
         try:
-            self._close_audio_source()
+            if self._audio is not None:
+                self._audio.close()
         finally:
             container, self._container = self._container, None
             try:
@@ -275,9 +279,9 @@ class VideoWriter:
 
 
 class AudioTrack:
-    """An AAC track encoded from an audio file into an open output container, as the video
-    advances: cut or padded with silence to the video's end. `offset` > 0 skips that much of
-    the source, < 0 leads with silence."""
+    """An AAC track encoded from an audio file into an open output container, as the video advances:
+    cut or padded with silence to the video's end. `offset` > 0 skips that much of the source, < 0
+    leads with silence."""
 
     def __init__(self, container, audio_path: str, info, offset: float = 0.0):
         rate = info.sample_rate if info.sample_rate in _AAC_RATES else 48000
@@ -289,52 +293,33 @@ class AudioTrack:
         self.channels = channels
         self.written = 0  # samples encoded so far
         self._blocks: Iterator[np.ndarray] | None = iter_audio_blocks(audio_path, rate, channels)
-        self._pending: list[np.ndarray] = []
-        self._skip = max(0, round(offset * rate))
-        if offset < 0:
-            self._pending.append(np.zeros((channels, round(-offset * rate)), np.float32))
-        self._exhausted = False
+        self._source = Samples(self._blocks, channels, lead=max(0, round(-offset * rate)))
+        self._skip = max(0, round(offset * rate))       # source samples still to drop
 
     def _next(self, want: int) -> np.ndarray:
-        """Up to `want` samples [channels, n] of source audio, silence once it ends."""
-        while not self._pending and not self._exhausted:
-            block = next(self._blocks, None)
-            if block is None:
-                self._exhausted = True
-                break
-            if self._skip:
-                cut = min(self._skip, block.shape[1])
-                self._skip -= cut
-                block = block[:, cut:]
-            if block.shape[1]:
-                self._pending.append(block)
-        if not self._pending:
-            return np.zeros((self.channels, want), np.float32)
-        block = self._pending[0]
-        if block.shape[1] <= want:
-            return self._pending.pop(0)
-        self._pending[0] = block[:, want:]
-        return block[:, :want]
+        """`want` samples [channels, want] of source audio, silence once it ends."""
+        while self._skip and (cut := self._source.take(min(self._skip, 1 << 16)).shape[1]):
+            self._skip -= cut
+        samples = self._source.take(want)
+        return np.pad(samples, ((0, 0), (0, want - samples.shape[1])))
 
     def encode_until(self, seconds: float) -> None:
         target = round(seconds * self.rate)
+        layout = "mono" if self.channels == 1 else "stereo"
         while self.written < target:
             samples = self._next(min(_AUDIO_BLOCK, target - self.written))
-            layout = "mono" if self.channels == 1 else "stereo"
             frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout=layout)
             frame.sample_rate = self.rate
             frame.pts = self.written
             # the encoder's clock (1/rate): the stream's time base may be rewritten by the
             # muxer when the header is written (Matroska uses 1/1000)
             frame.time_base = Fraction(1, self.rate)
-            for packet in self.stream.encode(frame):
-                self.container.mux(packet)
+            self.container.mux(self.stream.encode(frame))
             self.written += samples.shape[1]
 
     def finish(self, seconds: float) -> None:
         self.encode_until(seconds)
-        for packet in self.stream.encode(None):
-            self.container.mux(packet)
+        self.container.mux(self.stream.encode(None))
 
     def close(self) -> None:
         if self._blocks is not None:

@@ -25,10 +25,8 @@ CONTINUE_IOU = 0.3
 
 
 def parse_choice(text: str) -> tuple:
-    """("largest",), ("point", x, y), ("ids", (id, ...)) or ("all", (id, ...)) for
-    `ID+ID...` (every one present, not the first); ValueError naming the forms. A
-    point is two numbers written with a decimal point: fractions of the frame's width and
-    height when both are at most 1 (0.25,0.5), else pixels (640.0,360.0)."""
+    """("largest",), ("speaker",), ("point", x, y), ("ids", (id, ...)) or ("all", (id, ...))
+    (the forms in the module's docstring); ValueError naming the forms."""
     text = str(text).strip()
     if text in ("largest", "speaker"):
         return (text,)

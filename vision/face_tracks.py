@@ -125,12 +125,11 @@ class FaceTracker:
             overlap = box_iou(pred, boxes[:, :4])
             side = _side(pred)
             for d, box in enumerate(boxes):
-                near = np.linalg.norm(_centre(box) - _centre(pred)) <= self.max_jump * side
+                dist = np.linalg.norm(_centre(box) - _centre(pred))
                 similar = 1 / 1.5 <= _side(box) / side <= 1.5
-                if overlap[d] >= self.min_iou or (near and similar):
+                if overlap[d] >= self.min_iou or (dist <= self.max_jump * side and similar):
                     # overlap first, then distance, so the tightest pairs win
-                    score = overlap[d] - np.linalg.norm(_centre(box) - _centre(pred)) / (side * 100)
-                    candidates.append((score, t.id, d, t))
+                    candidates.append((overlap[d] - dist / (side * 100), t.id, d, t))
         pairs, used_t, used_d = [], set(), set()
         for _, tid, d, t in sorted(candidates, key=lambda c: (-c[0], c[1], c[2])):
             if tid not in used_t and d not in used_d:

@@ -145,6 +145,15 @@ class AlignmentSmoother:
         return bias.copy()
 
 
+def _affine(points: np.ndarray, resolution: int, smoother: Optional[AlignmentSmoother],
+            ddof: int = 0) -> np.ndarray:
+    matrix, bias = similarity_transform(points, template_points(resolution), ddof=ddof)
+    if smoother is not None:
+        bias = smoother.bias(bias)
+    matrix[:, 2] += bias
+    return matrix
+
+
 def estimate_affine(
     landmarks: np.ndarray, resolution: int = 256, smoother: Optional[AlignmentSmoother] = None
 ) -> np.ndarray:
@@ -155,11 +164,7 @@ def estimate_affine(
     points = np.asarray(landmarks, dtype=np.float64)
     if smoother is not None:
         points = smoother.landmarks(points)
-    matrix, bias = similarity_transform(three_points(points), template_points(resolution))
-    if smoother is not None:
-        bias = smoother.bias(bias)
-    matrix[:, 2] += bias
-    return matrix
+    return _affine(three_points(points), resolution, smoother)
 
 
 def estimate_affine_106(
@@ -171,11 +176,7 @@ def estimate_affine_106(
     Upstream also warps with this matrix cast to float16 (about 0.25 px steps in the
     translation); that rounding is not reproduced.
     """
-    matrix, bias = similarity_transform(three_points_106(landmarks106), template_points(resolution), ddof=1)
-    if smoother is not None:
-        bias = smoother.bias(bias)
-    matrix[:, 2] += bias
-    return matrix
+    return _affine(three_points_106(landmarks106), resolution, smoother, ddof=1)
 
 
 def _check_frame(frame: np.ndarray) -> None:
@@ -193,14 +194,9 @@ def align_face(frame: np.ndarray, affine: np.ndarray, resolution: int = 256,
     """
     _check_frame(frame)
     box_w, box_h = face_box_size(resolution)
-    box = cv2.warpAffine(
-        np.ascontiguousarray(frame),
-        np.asarray(affine, dtype=np.float64),
-        (box_w, box_h),
-        flags=interpolation,
-        borderMode=cv2.BORDER_CONSTANT,
-        borderValue=(FILL_VALUE, FILL_VALUE, FILL_VALUE),
-    )
+    box = cv2.warpAffine(np.ascontiguousarray(frame), np.asarray(affine, dtype=np.float64),
+                         (box_w, box_h), flags=interpolation, borderMode=cv2.BORDER_CONSTANT,
+                         borderValue=(FILL_VALUE,) * 3)
     return cv2.resize(box, (resolution, resolution), interpolation=cv2.INTER_LANCZOS4)
 
 
@@ -268,8 +264,7 @@ def mouth_region(affine: np.ndarray, keep: np.ndarray, width: int, height: int,
     """Frame pixels (bool H x W) the restored face may change beyond a resampling of the
     original: where the mask `keep` ([res, res], 1 = keep the original) is below 1, warped
     back into the frame like `restore_face` does, grown by `margin` pixels."""
-    res = keep.shape[0]
-    box_w, box_h = face_box_size(res)
+    box_w, box_h = face_box_size(keep.shape[0])
     inverse = cv2.invertAffineTransform(np.asarray(affine, dtype=np.float64))
     redraw = cv2.resize((np.asarray(keep, np.float32) < 1).astype(np.float32), (box_w, box_h),
                         interpolation=cv2.INTER_LINEAR)

@@ -124,15 +124,15 @@ def _to_unit_range(face: ArrayOrTensor) -> ArrayOrTensor:
 def _broadcast_mask(mask: ArrayOrTensor, face: ArrayOrTensor) -> ArrayOrTensor:
     """Shape the [H, W] (or [1, H, W]) mask to multiply a face laid out as the face is."""
     if isinstance(face, torch.Tensor):
-        m = torch.as_tensor(mask, dtype=face.dtype, device=face.device)
-        if m.ndim == 3:
-            m = m[0]
+        # the cached mask is read-only: a copy, which torch may write to
+        m = torch.as_tensor(np.array(mask) if isinstance(mask, np.ndarray) else mask,
+                            dtype=face.dtype, device=face.device)
+        m = m[0] if m.ndim == 3 else m
         if face.shape[-2:] != m.shape:
             raise ValueError(f"mask {tuple(m.shape)} does not match face [..., C, H, W] {tuple(face.shape)}")
         return m  # broadcasts over [..., C, H, W]
     m = np.asarray(mask, dtype=np.float32)
-    if m.ndim == 3:
-        m = m[0]
+    m = m[0] if m.ndim == 3 else m
     if face.shape[:2] != m.shape:
         raise ValueError(f"mask {m.shape} does not match face [H, W, C] {face.shape}")
     return m[:, :, None]
@@ -159,27 +159,26 @@ def keep_surroundings(generated: ArrayOrTensor, original: ArrayOrTensor, mask: A
     return generated * (1 - m) + original * m
 
 
+def _nearest(size_in: int, size_out: int) -> np.ndarray:
+    # float32 scale, as torch computes it, so indices agree at every size
+    scale = np.float32(size_in / size_out)
+    return np.minimum(np.floor(np.arange(size_out, dtype=np.float32) * scale).astype(np.int64), size_in - 1)
+
+
 def latent_mask(mask: ArrayOrTensor, latent_size: Union[int, Sequence[int]]) -> ArrayOrTensor:
     """The UNet's mask channel: the mask resized (nearest) to latent size -> [1, h, w].
 
     Index choice matches torch ``interpolate(mode="nearest")`` (source index floor(i * in / out)),
     which upstream uses. Returns the input's type (numpy float32 or torch tensor).
     """
-    if isinstance(latent_size, int):
-        h, w = latent_size, latent_size
-    else:
-        h, w = (int(v) for v in latent_size)
+    h, w = (latent_size,) * 2 if isinstance(latent_size, int) else (int(v) for v in latent_size)
     is_tensor = isinstance(mask, torch.Tensor)
     m = mask.detach().cpu().numpy() if is_tensor else np.asarray(mask)
     if m.ndim == 3:
         m = m[0]
     if m.ndim != 2:
         raise ValueError(f"mask must be [H, W] or [1, H, W], got shape {m.shape}")
-    src_h, src_w = m.shape
-    # float32 scale, as torch computes it, so indices agree at every size
-    rows = np.minimum(np.floor(np.arange(h, dtype=np.float32) * np.float32(src_h / h)).astype(np.int64), src_h - 1)
-    cols = np.minimum(np.floor(np.arange(w, dtype=np.float32) * np.float32(src_w / w)).astype(np.int64), src_w - 1)
-    out = m[np.ix_(rows, cols)][None].astype(np.float32)
+    out = m[np.ix_(_nearest(m.shape[0], h), _nearest(m.shape[1], w))][None].astype(np.float32)
     if is_tensor:
         return torch.from_numpy(out).to(device=mask.device, dtype=mask.dtype)
     return out

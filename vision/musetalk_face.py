@@ -34,23 +34,11 @@ PARSE_SIZE = 512  # the region rules below are in pixels of the 512 x 512 parsin
 FACE_SIZE = 256
 
 
-def _jaw_kernel() -> np.ndarray:
-    """33 x 33 structuring element: an upward-pointing cone (rows 10..20) over a 21-wide bar.
-
-    OpenCV's dilate reflects the element, so skin grows 16 px up, 10 px sideways and only
-    6 px down, narrowing to a point (a cone under the jaw line).
-    """
-    size, cone, centre = 33, 21, 16
-    kernel = np.zeros((size, size), np.uint8)
-    for row in range(cone // 2, cone):
-        half = row - cone // 2
-        kernel[row, centre - half:centre + half + 1] = 1
-    half = cone // 2
-    kernel[cone:, centre - half:centre + half + 1] = 1
-    return kernel
-
-
-_JAW_KERNEL = _jaw_kernel()
+# 33 x 33 structuring element: an upward-pointing cone (rows 10..20) over a 21-wide bar.
+# OpenCV's dilate reflects the element, so skin grows 16 px up, 10 px sideways and only
+# 6 px down, narrowing to a point (a cone under the jaw line).
+_rows, _cols = np.mgrid[:33, :33]
+_JAW_KERNEL = ((_rows >= 10) & (np.abs(_cols - 16) <= np.minimum(_rows - 10, 10))).astype(np.uint8)
 # A flat ellipse: erodes the cheek sides horizontally (17 px per pass) and barely vertically.
 _CHEEK_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (35, 3))
 
@@ -79,10 +67,8 @@ def parsing_region(parsing: np.ndarray, mode: str = "jaw", left_cheek_width: int
     if parsing.shape != (PARSE_SIZE, PARSE_SIZE):
         parsing = cv2.resize(parsing.astype(np.uint8), (PARSE_SIZE, PARSE_SIZE),
                              interpolation=cv2.INTER_NEAREST)
-    if mode == "raw":
-        region = np.isin(parsing, RAW_CLASSES)
-    elif mode == "neck":
-        region = np.isin(parsing, NECK_CLASSES)
+    if mode != "jaw":
+        region = np.isin(parsing, RAW_CLASSES if mode == "raw" else NECK_CLASSES)
     else:
         skin = (parsing == SKIN).astype(np.uint8) * 255
         dilated = cv2.dilate(skin, _JAW_KERNEL, iterations=1)
@@ -138,16 +124,15 @@ def landmark_box(landmarks: np.ndarray, det_box: Sequence[float]) -> tuple[tuple
     pts = np.asarray(landmarks, dtype=np.float64)
     if pts.shape != (68, 2):
         raise ValueError(f"expected 68 landmarks of shape (68, 2), got {pts.shape}")
-    if not np.all(np.isfinite(pts)):
-        return tuple(float(v) for v in np.asarray(det_box, np.float64)[:4]), False
-    pts = pts.astype(np.int64)          # upstream: landmarks.astype(np.int32), i.e. truncation
-    nose_y = int(pts[NOSE_POINT, 1])
-    x1, x2 = int(pts[:, 0].min()), int(pts[:, 0].max())
-    y2 = int(pts[:, 1].max())
-    y1 = nose_y - (y2 - nose_y)
-    if y2 - y1 <= 0 or x2 - x1 <= 0 or x1 < 0:
-        return tuple(float(v) for v in np.asarray(det_box, np.float64)[:4]), False
-    return (float(x1), float(y1), float(x2), float(y2)), True
+    if np.all(np.isfinite(pts)):
+        pts = pts.astype(np.int64)          # upstream: landmarks.astype(np.int32), i.e. truncation
+        nose_y = int(pts[NOSE_POINT, 1])
+        x1, x2 = int(pts[:, 0].min()), int(pts[:, 0].max())
+        y2 = int(pts[:, 1].max())
+        y1 = nose_y - (y2 - nose_y)
+        if y2 - y1 > 0 and x2 - x1 > 0 and x1 >= 0:
+            return (float(x1), float(y1), float(x2), float(y2)), True
+    return tuple(float(v) for v in np.asarray(det_box, np.float64)[:4]), False
 
 
 def _check_box(box: Sequence[int], frame_shape: Sequence[int]) -> Box:
@@ -201,12 +186,8 @@ def blur_kernel_size(crop_width: int, blur_ratio: float = 0.05) -> int:
 
 
 def _fallback_region(box: Box, crop_box: Box, upper_boundary_ratio: float) -> np.ndarray:
-    """Lower-face half-ellipse used when no parsing is available.
-
-    Centred on the box's centre column at the cut line (``upper_boundary_ratio`` of the crop
-    height, which is the box's vertical centre by default); half-width 45% of the box width,
-    reaching down to the box bottom (about the chin plus the v1.5 extra margin).
-    """
+    """Ellipse standing in for the parsing region (see ``blend_mask``): the cut line is the
+    box's vertical centre by default, and the box bottom the chin plus the v1.5 margin."""
     xs, ys, xe, ye = crop_box
     region = np.zeros((ye - ys, xe - xs), np.uint8)
     x1, y1, x2, y2 = box
@@ -254,6 +235,13 @@ def blend_mask(parsing: np.ndarray | None, box: Sequence[int], crop_box: Sequenc
     return _snap(keep / 255.0)
 
 
+def _check_mask(mask: np.ndarray, crop_box: Box, who: str, what: str = "the") -> None:
+    xs, ys, xe, ye = crop_box
+    if mask.shape != (ye - ys, xe - xs):
+        raise ValueError(f"{who}: mask shape {mask.shape} does not match {what} crop box "
+                         f"{tuple(crop_box)} ({ye - ys} x {xe - xs})")
+
+
 def _snap(mask: np.ndarray) -> np.ndarray:
     # Values an 8-bit mask (upstream's) would store as 0 or 255 become exactly 0 or 1.
     mask = np.clip(mask, 0.0, 1.0).astype(np.float32, copy=False)
@@ -272,9 +260,7 @@ def reuse_mask(mask: np.ndarray, old_box: Sequence[int], old_crop_box: Sequence[
     """
     oxs, oys, oxe, oye = (int(v) for v in old_crop_box)
     nxs, nys, nxe, nye = (int(v) for v in new_crop_box)
-    if mask.shape != (oye - oys, oxe - oxs):
-        raise ValueError(f"reuse_mask: mask shape {mask.shape} does not match old crop box "
-                         f"{tuple(old_crop_box)} ({oye - oys} x {oxe - oxs})")
+    _check_mask(mask, (oxs, oys, oxe, oye), "reuse_mask", "old")
     ox1, oy1, ox2, oy2 = (int(v) for v in old_box)
     nx1, ny1, nx2, ny2 = (int(v) for v in new_box)
     if ox2 <= ox1 or oy2 <= oy1 or nx2 <= nx1 or ny2 <= ny1 or nxe <= nxs or nye <= nys:
@@ -304,9 +290,7 @@ def paste_face(frame: np.ndarray, face_256: np.ndarray, box: Sequence[int],
     """
     x1, y1, x2, y2 = _check_box(box, frame.shape)
     xs, ys, xe, ye = (int(v) for v in crop_box)
-    if mask.shape != (ye - ys, xe - xs):
-        raise ValueError(f"paste_face: mask shape {mask.shape} does not match crop box "
-                         f"{tuple(crop_box)} ({ye - ys} x {xe - xs})")
+    _check_mask(mask, (xs, ys, xe, ye), "paste_face")
     if face_256.ndim != 3 or face_256.shape[2] != frame.shape[2] or face_256.dtype != frame.dtype:
         raise ValueError(f"paste_face: face must be {frame.dtype} HxWx{frame.shape[2]}, "
                          f"got {face_256.dtype} {face_256.shape}")

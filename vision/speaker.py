@@ -35,16 +35,6 @@ def mouth_patch(frame: np.ndarray, box) -> np.ndarray | None:
     return cv2.resize(grey, PATCH, interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
-def loudness_changes(pcm: np.ndarray, sr: int, fps: float, frames: int) -> np.ndarray:
-    """|change of the RMS envelope| per video frame (frame i covers [i/fps, (i+1)/fps))."""
-    edges = np.round(np.arange(frames + 1) * sr / fps).astype(np.int64)
-    rms = np.zeros(frames, np.float32)
-    for i in range(frames):
-        seg = pcm[edges[i]:edges[i + 1]]
-        rms[i] = float(np.sqrt(np.mean(seg.astype(np.float64) ** 2))) if len(seg) else 0.0
-    return np.abs(np.diff(rms, prepend=rms[:1]))
-
-
 class MouthMotion:
     """Scorer: the correlation of each track's mouth-patch motion with the loudness change
     over the trailing window (nan until a track has a full window of history)."""
