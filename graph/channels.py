@@ -25,17 +25,15 @@ class Inbox:
         self.aborted = False
         self._rr = 0
 
-    def channel(self, port: str, capacity: int, edge: str = "") -> "Channel":
-        ch = Channel(self, port, capacity, edge)
-        self.channels[port] = ch
+    def channel(self, port: str, capacity: int) -> "Channel":
+        ch = self.channels[port] = Channel(self, capacity)
         return ch
 
-    def get(self, ports: Iterable[str], timeout: float | None = None) -> tuple[str, Any] | None:
-        """Next message from any of `ports` (round-robin among ready ones); None on timeout."""
+    def get(self, ports: Iterable[str]) -> tuple[str, Any]:
+        """Next message from any of `ports` (round-robin among ready ones)."""
         ports = list(ports)
         if not ports:
             raise ValueError(f"{self.name}: waiting on no input port")
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self.lock:
             while True:
                 if self.aborted:
@@ -49,13 +47,7 @@ class Inbox:
                         msg = ch.buf.popleft()
                         ch.writable.notify()
                         return port, msg
-                if deadline is None:
-                    self.readable.wait()
-                else:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return None
-                    self.readable.wait(left)
+                self.readable.wait()
 
     def abort(self) -> None:
         with self.lock:
@@ -68,13 +60,11 @@ class Inbox:
 class Channel:
     """One edge's bounded FIFO inside a process."""
 
-    def __init__(self, inbox: Inbox, port: str, capacity: int, edge: str = ""):
+    def __init__(self, inbox: Inbox, capacity: int):
         if capacity < 1:
             raise ValueError("channel capacity must be >= 1")
         self.inbox = inbox
-        self.port = port
         self.capacity = capacity
-        self.edge = edge
         self.buf: collections.deque = collections.deque()
         self.writable = threading.Condition(inbox.lock)
 

@@ -33,6 +33,14 @@ class Problems(list):
             parts.append(f"field '{field}'")
         self.append(": ".join(parts) + ": " + msg)
 
+    def count(self, value: Any, default: int, line: int | None, stage: str | None, field: str,
+              how: str = "") -> int:
+        """`value` if it is an integer >= 1 (a queue size, workers), else `default` and a problem."""
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        self.add(line, stage, field, f"{how}must be an integer >= 1, got {value!r}")
+        return default
+
     def raise_any(self) -> None:
         if self:
             raise GraphError(list(self))

@@ -71,11 +71,6 @@ def type_name(default: Any) -> str:
             list: "a list", tuple: "a list", dict: "a mapping"}.get(type(default), "a value")
 
 
-def is_count(value: Any) -> bool:
-    """An integer >= 1 (queue sizes, workers)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 def apply_overrides(stages: dict[str, StageSpec], overrides: Iterable[Override],
                     problems: Problems) -> None:
     """Set each (stage, param, value) on the parsed stages, in order: a later one wins."""
@@ -88,10 +83,7 @@ def apply_overrides(stages: dict[str, StageSpec], overrides: Iterable[Override],
             default = spec.cls.params.get(param)
             value = str(value) if isinstance(default, str) else parse_value(value)
         if param == "workers":
-            if not is_count(value):
-                problems.add(None, sname, "workers", f"--set: must be an integer >= 1, got {value!r}")
-            else:
-                spec.workers = value
+            spec.workers = problems.count(value, spec.workers, None, sname, "workers", "--set: ")
             continue
         if param not in spec.cls.params:
             problems.add(None, sname, f"params.{param}", "--set: " + unknown_param(spec.cls, spec.type, param))

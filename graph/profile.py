@@ -5,11 +5,13 @@ table, and paired with a Chrome Trace Event file (open it in https://ui.perfetto
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections import Counter
 
-from lipgraph.media.partial import partial_path
+from lipgraph.media.partial import written_aside
 
 from .stats import LatencyHistogram
 
@@ -48,19 +50,13 @@ def build_profile(graph, processes: dict, *, runner: str, status: str, started: 
         workers = max(1, spec.workers)
         items_in, items_out = int(_sum(snaps, "items_in")), int(_sum(snaps, "items_out"))
         busy, wait, blocked = _sum(snaps, "busy_s"), _sum(snaps, "wait_s"), _sum(snaps, "blocked_s")
-        sizes: dict[int, int] = {}
-        counters: dict[str, int] = {}
-        reasons: dict[str, dict[str, int]] = {}
+        sizes, counters, reasons = Counter(), Counter(), {}
         lat = LatencyHistogram()
         for s in snaps:
-            for k, v in (s.get("batch_sizes") or {}).items():
-                sizes[int(k)] = sizes.get(int(k), 0) + v
-            for k, v in (s.get("counters") or {}).items():
-                counters[k] = counters.get(k, 0) + v
+            sizes.update({int(k): v for k, v in (s.get("batch_sizes") or {}).items()})
+            counters.update(s.get("counters") or {})
             for k, r in (s.get("reasons") or {}).items():
-                dst = reasons.setdefault(k, {})
-                for why, v in r.items():
-                    dst[why] = dst.get(why, 0) + v
+                reasons.setdefault(k, Counter()).update(r)
             if s.get("latency"):
                 lat.merge(LatencyHistogram.from_dict(s["latency"]))
         n_batches = sum(sizes.values())
@@ -76,7 +72,7 @@ def build_profile(graph, processes: dict, *, runner: str, status: str, started: 
             "throughput_ips": round(processed / stream_wall, 3) if stream_wall > 0 else None,
             "capacity_ips": round(processed / busy, 3) if busy > 0 else None,
             "utilization": round(busy / (stream_wall * workers), 4) if stream_wall > 0 else None,
-            "counters": counters, "reasons": reasons,
+            "counters": dict(counters), "reasons": {k: dict(r) for k, r in reasons.items()},
             "last_index": max((s["last_index"] for s in snaps if s.get("last_index") is not None),
                               default=None),
         }
@@ -120,53 +116,35 @@ def build_profile(graph, processes: dict, *, runner: str, status: str, started: 
     return profile
 
 
-def write_json_atomic(path: str, data: dict) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    # named after this process, so a run killed while writing leaves nothing the next one
-    # does not remove (runners sweep the profile's and trace's leftovers at start)
-    tmp = partial_path(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+@contextlib.contextmanager
+def _replacing(path: str):
+    """A text file written aside and renamed onto `path` once complete; the temporary name is
+    the writer's, so the next run sweeps what a killed one left (`media.partial`)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with written_aside(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        yield f
+
+
+def write_json_atomic(path: str, data) -> None:
+    with _replacing(path) as f:
+        json.dump(data, f, indent=1)
 
 
 def merge_traces(parts: list[str], out_path: str) -> int:
     """Concatenate per-process JSON-lines trace parts into one Chrome Trace file."""
     n = 0
-    folder = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = partial_path(out_path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write('{"displayTimeUnit":"ms","traceEvents":[\n')
-            first = True
-            for part in parts:
-                if not os.path.exists(part):
-                    continue
-                with open(part, encoding="utf-8") as src:
-                    for line in src:
-                        line = line.strip()
-                        if not line:
-                            continue
-                        try:
-                            json.loads(line)   # a killed process may leave a torn last line
-                        except ValueError:
-                            continue
-                        f.write(("" if first else ",\n") + line)
-                        first = False
-                        n += 1
-            f.write("\n]}\n")
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with _replacing(out_path) as f:
+        f.write('{"displayTimeUnit":"ms","traceEvents":[\n')
+        for part in filter(os.path.exists, parts):
+            with open(part, encoding="utf-8") as src:
+                for line in filter(None, map(str.strip, src)):
+                    try:
+                        json.loads(line)   # a killed process may leave a torn last line
+                    except ValueError:
+                        continue
+                    f.write((",\n" if n else "") + line)
+                    n += 1
+        f.write("\n]}\n")
     return n
 
 

@@ -5,15 +5,10 @@ fresh shared-memory file, so only metadata and the file's name travel through th
 `loads` maps each file, unlinks it at once and returns arrays viewing the mapping: no copy on
 the receiving side, and the memory is returned when the last array using it is freed.
 
-Every segment is named ``lipgraph-<run>-<pid>-<n>``: the runner removes whatever a failed or
-killed run left behind with `sweep(run_id)`, and `sweep_stale()` removes segments of runs
-whose main process no longer exists.
-
-The runner's multiprocessing queues hold POSIX named semaphores
-(``/dev/shm/sem.mp-*``) that only multiprocessing's resource tracker unlinks, so a SIGKILL of
-the whole process group (runner and tracker) leaves them. Made inside `named_semaphores()`,
-they are named ``sem.mp-lipgraph-<runner pid>-*`` and `sweep_stale()` unlinks those of runners
-that are gone too.
+Segments are named ``lipgraph-<run>-<pid>-<n>``: `sweep(run_id)` removes what a failed run
+left, `sweep_stale()` what runs whose main process is gone left, including the named
+semaphores of their queues (``sem.mp-lipgraph-<runner pid>-*``, made inside
+`named_semaphores()`), which only multiprocessing's resource tracker, killed too, would unlink.
 """
 from __future__ import annotations
 
@@ -37,26 +32,11 @@ _SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
-class _Arena:
-    """Names segments for one process of one run."""
-
-    def __init__(self):
-        self.run_id = None
-        self.pid = None
-        self.counter = itertools.count()
-
-    def name(self, run_id: str) -> str:
-        pid = os.getpid()
-        if pid != self.pid or run_id != self.run_id:
-            self.pid, self.run_id, self.counter = pid, run_id, itertools.count()
-        return f"{PREFIX}{run_id}-{pid}-{next(self.counter)}"
-
-
-_arena = _Arena()
+_serial = itertools.count()     # with the writer's pid in every name, unique across processes
 
 
 def _export(arr: np.ndarray, run_id: str) -> tuple:
-    name = _arena.name(run_id)
+    name = f"{PREFIX}{run_id}-{os.getpid()}-{next(_serial)}"
     path = os.path.join(_SHM_DIR, name)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -108,27 +88,22 @@ class _Pickler(pickle.Pickler):
 
     def persistent_id(self, obj):
         if type(obj) is np.ndarray:
-            if obj.nbytes >= INLINE_BYTES and not obj.dtype.hasobject:
-                ref = _export(obj, self.run_id)
-                self.segments.append(ref[0])
-                return ("nd",) + ref
-            return None
+            big = obj.nbytes >= INLINE_BYTES and not obj.dtype.hasobject
+            return ("nd",) + self._export(obj) if big else None
         torch = _torch_of(obj)
-        if torch is not None and isinstance(obj, torch.Tensor):
-            t = obj.detach()
-            if t.device.type != "cpu":
-                t = t.cpu()
-            t = t.contiguous()
-            nbytes = t.numel() * t.element_size()
-            if nbytes < INLINE_BYTES:
-                return ("tsmall", t.dtype, t.numpy().copy() if t.dtype != torch.bfloat16
-                        else t.view(torch.int16).numpy().copy())
-            tdtype = t.dtype
-            arr = t.view(torch.int16).numpy() if tdtype == torch.bfloat16 else t.numpy()
-            ref = _export(arr, self.run_id)
-            self.segments.append(ref[0])
-            return ("t", tdtype) + ref
-        return None
+        if torch is None or not isinstance(obj, torch.Tensor):
+            return None
+        t = obj.detach().cpu().contiguous()
+        # numpy has no bfloat16: its bits travel as int16
+        arr = t.view(torch.int16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
+        if arr.nbytes < INLINE_BYTES:
+            return ("tsmall", t.dtype, arr.copy())
+        return ("t", t.dtype) + self._export(arr)
+
+    def _export(self, arr: np.ndarray) -> tuple:
+        ref = _export(arr, self.run_id)
+        self.segments.append(ref[0])
+        return ref
 
 
 class _Unpickler(pickle.Unpickler):
@@ -137,15 +112,10 @@ class _Unpickler(pickle.Unpickler):
         if kind == "nd":
             return _attach(*pid[1:])
         import torch
-        if kind == "tsmall":
-            arr = pid[2]
-            t = torch.from_numpy(arr)
-            return t.view(torch.bfloat16) if pid[1] == torch.bfloat16 else t
-        if kind == "t":
-            arr = _attach(*pid[2:])
-            t = torch.from_numpy(arr)
-            return t.view(torch.bfloat16) if pid[1] == torch.bfloat16 else t
-        raise pickle.UnpicklingError(f"unknown persistent id {kind!r}")
+        if kind not in ("t", "tsmall"):
+            raise pickle.UnpicklingError(f"unknown persistent id {kind!r}")
+        t = torch.from_numpy(pid[2] if kind == "tsmall" else _attach(*pid[2:]))
+        return t.view(torch.bfloat16) if pid[1] == torch.bfloat16 else t
 
 
 def dumps(obj, run_id: str) -> bytes:
@@ -156,10 +126,7 @@ def dumps(obj, run_id: str) -> bytes:
         p.dump(obj)
     except BaseException:
         for name in p.segments:  # do not leave half a message behind
-            try:
-                os.unlink(os.path.join(_SHM_DIR, name))
-            except FileNotFoundError:
-                pass
+            _unlink(name)
         raise
     return buf.getvalue()
 
@@ -168,13 +135,16 @@ def loads(data: bytes):
     return _Unpickler(io.BytesIO(data)).load()
 
 
-def segments(run_id: str | None = None) -> list[str]:
-    """Names of live segments (of one run, or of every lipgraph run)."""
-    prefix = PREFIX + (f"{run_id}-" if run_id else "")
+def _listed(prefix: str) -> list[str]:
     try:
         return sorted(n for n in os.listdir(_SHM_DIR) if n.startswith(prefix))
     except FileNotFoundError:
         return []
+
+
+def segments(run_id: str | None = None) -> list[str]:
+    """Names of live segments (of one run, or of every lipgraph run)."""
+    return _listed(PREFIX + (f"{run_id}-" if run_id else ""))
 
 
 def _unlink(name: str) -> bool:
@@ -197,16 +167,9 @@ def sweep_stale() -> int:
     """Remove segments of runs whose main process (the pid in the run id) is gone, and the
     named semaphores of such runs."""
     n = 0
-    for name in segments():
-        m = _RUN_RE.match(name)
-        if not m:
-            continue
-        pid = int(m.group(1))
-        if not pid_alive(pid):
-            n += _unlink(name)
-    for name in semaphores():
-        pid = int(_SEM_RE.match(name).group(1))
-        if not pid_alive(pid):
+    for name in segments() + semaphores():
+        m = _RUN_RE.match(name) or _SEM_RE.match(name)
+        if m and not pid_alive(int(m.group(1))):
             n += _unlink(name)
     return n
 
@@ -239,13 +202,10 @@ def named_semaphores():
 
 def semaphores(pid: int | None = None) -> list[str]:
     """File names (in /dev/shm) of the named semaphores of lipgraph runs (of one runner)."""
-    if not _SEM_SWEEP:
+    if not _SEM_SWEEP:        # then _SHM_DIR is /dev/shm
         return []
     prefix = "sem." + SEM_PREFIX + (f"{pid}-" if pid is not None else "")
-    try:
-        return sorted(n for n in os.listdir("/dev/shm") if n.startswith(prefix) and _SEM_RE.match(n))
-    except FileNotFoundError:
-        return []
+    return [n for n in _listed(prefix) if _SEM_RE.match(n)]
 
 
 def pid_alive(pid: int) -> bool:

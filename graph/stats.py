@@ -6,11 +6,13 @@ Every stage thread owns a `StageStats`; every process samples its queue depths i
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import threading
 import time
+from typing import Any
 
 
 class LatencyHistogram:
@@ -94,31 +96,32 @@ class DepthSeries:
                 "mean": (self.sum / self.n) if self.n else 0.0}
 
 
+@dataclasses.dataclass
 class StageStats:
     """Counters and times of one stage (one replica); updated by its thread only."""
 
-    def __init__(self, stage: str, stage_type: str, group: str, replica: int = 0):
-        self.stage = stage
-        self.type = stage_type
-        self.group = group
-        self.replica = replica
-        self.items_in = 0
-        self.items_out = 0
-        self.msgs_in = 0
-        self.msgs_out = 0
-        self.batch_sizes: dict[int, int] = {}   # size of Batch messages taken in
-        self.busy_s = 0.0
-        self.wait_s = 0.0
-        self.blocked_s = 0.0
-        self.setup_s = 0.0
-        self.first_t: float | None = None
-        self.last_t: float | None = None
-        self.last_index: int | None = None
-        self.counters: dict[str, int] = {}
-        self.reasons: dict[str, dict[str, int]] = {}
-        self.latency = LatencyHistogram()
-        self.is_sink = False
-        self.lock = threading.Lock()   # snapshots are taken from another thread
+    stage: str
+    type: str
+    group: str
+    replica: int = 0
+    items_in: int = 0
+    items_out: int = 0
+    msgs_in: int = 0
+    msgs_out: int = 0
+    batch_sizes: dict = dataclasses.field(default_factory=dict)   # size of Batch messages taken in
+    busy_s: float = 0.0
+    wait_s: float = 0.0
+    blocked_s: float = 0.0
+    setup_s: float = 0.0
+    first_t: float | None = None
+    last_t: float | None = None
+    last_index: int | None = None
+    counters: dict = dataclasses.field(default_factory=dict)
+    reasons: dict = dataclasses.field(default_factory=dict)
+    latency: LatencyHistogram = dataclasses.field(default_factory=LatencyHistogram)
+    is_sink: bool = False
+    # snapshots are taken from another thread
+    lock: Any = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
 
     def took(self, n_items: int, batch: int | None, index: int | None) -> None:
         now = time.monotonic()
@@ -148,18 +151,11 @@ class StageStats:
 
     def snapshot(self) -> dict:
         with self.lock:
-            return {
-                "stage": self.stage, "type": self.type, "group": self.group,
-                "replica": self.replica, "items_in": self.items_in, "items_out": self.items_out,
-                "msgs_in": self.msgs_in, "msgs_out": self.msgs_out,
-                "batch_sizes": {str(k): v for k, v in self.batch_sizes.items()},
-                "busy_s": self.busy_s, "wait_s": self.wait_s, "blocked_s": self.blocked_s,
-                "setup_s": self.setup_s, "first_t": self.first_t, "last_t": self.last_t,
-                "last_index": self.last_index, "counters": dict(self.counters),
-                "reasons": {k: dict(v) for k, v in self.reasons.items()},
-                "latency": self.latency.to_dict() if self.is_sink else None,
-                "is_sink": self.is_sink,
-            }
+            snap = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "lock"}
+            snap.update(batch_sizes={str(k): v for k, v in self.batch_sizes.items()},
+                        counters=dict(self.counters), reasons={k: dict(v) for k, v in self.reasons.items()},
+                        latency=self.latency.to_dict() if self.is_sink else None)
+        return snap
 
 
 def peak_rss_bytes() -> int:

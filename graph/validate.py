@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable
 from .fields import check_fields
 from .loader import graph_name, line_getter
 from .model import DEFAULT_QUEUE_SIZE, EdgeSpec, GraphError, GraphSpec, GroupSpec, Problems, StageSpec, toposort
-from .overrides import Override, apply_overrides, is_count
+from .overrides import Override, apply_overrides
 from .shortcuts import check_shortcuts, shortcut_overrides
 from .validate_edges import Port, check_wiring, read_edges
 from .validate_stages import bind_stages, read_stages
@@ -57,11 +57,8 @@ def _read_top(raw: dict, problems: Problems) -> int:
     for key in raw:
         if key not in _TOP_KEYS:
             problems.add(lines(key), None, key, f"unknown top-level key (known: {', '.join(sorted(_TOP_KEYS))})")
-    default_q = raw.get("queue_size", DEFAULT_QUEUE_SIZE)
-    if not is_count(default_q):
-        problems.add(lines("queue_size"), None, "queue_size", f"must be an integer >= 1, got {default_q!r}")
-        default_q = DEFAULT_QUEUE_SIZE
-    return default_q
+    return problems.count(raw.get("queue_size", DEFAULT_QUEUE_SIZE), DEFAULT_QUEUE_SIZE,
+                          lines("queue_size"), None, "queue_size")
 
 
 def _read_groups(raw: dict, problems: Problems) -> tuple[dict[str, dict], Callable]:

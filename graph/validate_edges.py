@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from .model import EdgeSpec, Problems, StageSpec
-from .overrides import is_count
 
 _EDGE_KEYS = {"from", "to", "queue_size"}
 Port = tuple[str, str]
@@ -52,10 +51,7 @@ def _edge_fields(i: int, e: Any, el: int | None, default_q: int,
     else:
         problems.add(el, None, f"edges[{i}]", f"expected a string or a mapping, got {e!r}")
         return None
-    if not is_count(q):
-        problems.add(el, None, f"edges[{i}].queue_size", f"must be an integer >= 1, got {q!r}")
-        q = default_q
-    return src_txt, dst_txt, q
+    return src_txt, dst_txt, problems.count(q, default_q, el, None, f"edges[{i}].queue_size")
 
 
 def _endpoint(field: str, is_from: bool, txt: Any, el: int | None, stages: dict[str, StageSpec],

@@ -6,7 +6,7 @@ from typing import Any
 
 from .loader import line_getter
 from .model import Problems, StageSpec
-from .overrides import check_type, choice_problems, is_count, type_name, unknown_param
+from .overrides import check_type, choice_problems, type_name, unknown_param
 from .registry import UnknownStageType, resolve
 
 _STAGE_KEYS = {"type", "group", "params", "workers"}
@@ -43,10 +43,7 @@ def _read_stage(sname: Any, sval: Any, sl: int | None, problems: Problems) -> St
         problems.add(sline("type"), sname, "type", str(exc))
         return None
     params = _read_params(sname, tname, cls, sval, problems)
-    workers = sval.get("workers", 1)
-    if not is_count(workers):
-        problems.add(sline("workers"), sname, "workers", f"must be an integer >= 1, got {workers!r}")
-        workers = 1
+    workers = problems.count(sval.get("workers", 1), 1, sline("workers"), sname, "workers")
     group = sval.get("group", sname)
     if not isinstance(group, str) or not group:
         problems.add(sline("group"), sname, "group", "must be a non-empty string")

@@ -1,7 +1,8 @@
 """Runners execute a validated graph: `process` (default), `inline`, and `ray`."""
 from __future__ import annotations
 
-from .report import RunOptions, RunResult, format_error
+from .errors import format_error
+from .report import RunOptions, RunResult
 
 RUNNERS = ("process", "inline", "ray")
 

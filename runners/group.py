@@ -1,12 +1,11 @@
-"""One placement group at run time: a spawned process running its stages as threads.
-
-Stages of the group talk through in-process channels; edges to other groups go through
-`runners.transport`. The process reports stats snapshots every second on the control
-queue, and on the first stage failure it reports the stage, item and traceback, wakes every
-thread and exits non-zero. It also exits if the runner's process disappears.
+"""One placement group at run time: a spawned process (or Ray actor) running its stages as
+threads joined by in-process channels, edges to other groups through `runners.transport`.
+It reports a snapshot every second, and on the first stage failure the stage, item and
+traceback; then it wakes every thread and exits non-zero. It dies with the runner too.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import os
@@ -18,12 +17,12 @@ import warnings
 
 from lipgraph.graph.channels import Aborted, Inbox
 from lipgraph.graph.items import EOS
-from lipgraph.graph.stats import (DepthSeries, StageStats, TraceWriter, cuda_peak_bytes, current_rss_bytes,
-                         peak_rss_bytes)
+from lipgraph.graph.profile import write_json_atomic
+from lipgraph.graph.stats import DepthSeries, StageStats, TraceWriter, current_rss_bytes
 
 from .errors import RunError
-from .runtime import RunContext, RunFailure, StageRuntime
-from .stall import opening_cpu
+from .runtime import RunContext, RunFailure, StageRuntime, snapshot, trace_part
+from .stall import opening_cpu, stage_report
 from .transport import QueueOutput, Receiver, ShmCodec
 
 SNAPSHOT_EVERY_S = 1.0
@@ -59,25 +58,16 @@ class SharedFlag:
     def set(self) -> None:
         self.flag.value = 1
 
-    def is_set(self) -> bool:
-        return bool(self.flag.value)
-
     def wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while not self.flag.value:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            time.sleep(min(0.01, left))
-        return True
+        while not self.flag.value and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return bool(self.flag.value)
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
     if os.getppid() != parent_pid:      # the parent died before prctl took effect
         os._exit(1)
 
@@ -115,12 +105,12 @@ class GroupProcess:
     def __init__(self, launch: GroupLaunch):
         self.launch = launch
         self.graph = launch.graph
+        self.key = (launch.group, launch.replica)
         self.failed = threading.Event()
         self.fail_lock = threading.Lock()
         self.inboxes: dict[str, Inbox] = {}
         self.runtimes: list[StageRuntime] = []
-        self.depth_probes: dict[str, callable] = {}
-        self.depths: dict[str, DepthSeries] = {}
+        self.depths: dict[str, tuple] = {}   # edge -> (how deep it is now, its DepthSeries)
         self.rss = DepthSeries(cap=512)      # resident memory over time
         self.trace: TraceWriter | None = None
         self.n_open = 0
@@ -138,37 +128,30 @@ class GroupProcess:
         names = [n for n in g.topo_order() if n in group.stages]
         if launch.trace:
             self.trace = TraceWriter(
-                os.path.join(launch.run_dir, f"trace-{launch.group}-{launch.replica}.jsonl"),
-                os.getpid(), f"{launch.group}[{launch.replica}]" if group.workers > 1 else launch.group)
-        for name in names:
-            self.inboxes[name] = Inbox(name)
+                trace_part(launch.run_dir, launch.group, launch.replica), os.getpid(),
+                f"{launch.group}[{launch.replica}]" if group.workers > 1 else launch.group)
+        self.inboxes = {name: Inbox(name) for name in names}
         threads = []
         for e in g.edges:
-            if e.dst in self.inboxes:
-                inbox = self.inboxes[e.dst]
-                if g.is_cross_group(e):
-                    ch = inbox.channel(e.dst_port, 1, e.name)
-                    qs = launch.queues[e.name]
-                    src_workers = g.stages[e.src].workers
-                    mine = qs if src_workers > 1 else [qs[launch.replica % len(qs)]]
-                    threads.append(Receiver(mine, ch, src_workers > 1, self._receiver_failed, e.name,
-                                            codec.decode))
-                    self.depth_probes[e.name] = (lambda qs=mine, ch=ch: sum(_qsize(q) for q in qs) + len(ch))
-                else:
-                    ch = inbox.channel(e.dst_port, e.queue_size, e.name)
-                    self.depth_probes[e.name] = (lambda ch=ch: len(ch))
-                self.depths[e.name] = DepthSeries()
+            if e.dst not in self.inboxes:
+                continue
+            if g.is_cross_group(e):
+                ch = self.inboxes[e.dst].channel(e.dst_port, 1)
+                qs = launch.queues[e.name]
+                mine = qs if g.stages[e.src].workers > 1 else [qs[launch.replica % len(qs)]]
+                threads.append(Receiver(mine, ch, self._receiver_failed, e.name, codec.decode))
+                probe = (lambda qs=mine, ch=ch: sum(_qsize(q) for q in qs) + len(ch))
+            else:
+                probe = self.inboxes[e.dst].channel(e.dst_port, e.queue_size).__len__
+            self.depths[e.name] = (probe, DepthSeries())
         for tid, name in enumerate(names, start=1):
             spec = g.stages[name]
             stats = StageStats(name, spec.type, spec.group, launch.replica)
             outs = {}
             for e in g.edges_from(name):
                 if g.is_cross_group(e):
-                    qs = launch.queues[e.name]
-                    if spec.workers > 1:   # a replica writes its own queue, TURN-marked
-                        outs[e.src_port] = QueueOutput([qs[launch.replica]], codec, False)
-                    else:
-                        outs[e.src_port] = QueueOutput(qs, codec, g.stages[e.dst].workers > 1)
+                    qs = launch.queues[e.name]     # a replica writes its own queue, TURN-marked
+                    outs[e.src_port] = QueueOutput([qs[launch.replica]] if spec.workers > 1 else qs, codec)
                 else:
                     outs[e.src_port] = self.inboxes[e.dst].channels[e.dst_port]
             stage = spec.cls(name, dict(spec.params), None)
@@ -188,7 +171,7 @@ class GroupProcess:
         with self.fail_lock:
             self.n_open += 1
             if self.n_open == len(self.runtimes):
-                self.send(("ready", (self.launch.group, self.launch.replica)))
+                self.send(("ready", self.key))
 
     def _wait_for_go(self, rt: StageRuntime) -> None:
         """Sources start once every model everywhere is loaded: queues do not fill up
@@ -202,7 +185,6 @@ class GroupProcess:
     def _run_stage(self, rt: StageRuntime) -> None:
         inbox = self.inboxes[rt.stage.name]
         opened = False
-        rt.thread_ident, rt.native_id = threading.get_ident(), threading.get_native_id()
         try:
             # one open at a time per process: model libraries' lazy imports are not
             # thread-safe, and loading in parallel gains little under the GIL
@@ -256,17 +238,12 @@ class GroupProcess:
             inbox.abort()
 
     def snapshot(self) -> dict:
-        return {"pid": os.getpid(), "stages": [rt.stats.snapshot() for rt in self.runtimes],
-                "edges": {k: v.to_dict() for k, v in self.depths.items()},
-                "peak_rss": peak_rss_bytes(), "cuda_peak": cuda_peak_bytes(),
-                "rss": self.rss.to_dict(),
-                "pulse": sum(rt.stage.ctx.pulse for rt in self.runtimes),
-                "open_cpu": opening_cpu(self.runtimes)}
+        return snapshot(self.runtimes, edges={k: v.to_dict() for k, (_, v) in self.depths.items()},
+                        rss=self.rss.to_dict(), open_cpu=opening_cpu(self.runtimes))
 
     def stall_report(self) -> list[dict]:
         """What each stage's thread is doing now, with the stack of those inside stage code
         (for the runner's stall watchdog)."""
-        from .stall import stage_report
         frames = sys._current_frames()
         return [stage_report(rt, frames, replica=self.launch.replica) for rt in self.runtimes]
 
@@ -275,13 +252,10 @@ class GroupProcess:
         if req is None or req.value == self.stall_seen:
             return
         self.stall_seen = req.value
-        import json
-        path = os.path.join(self.launch.run_dir, f"stall-{self.launch.group}-{self.launch.replica}.json")
         # a file rather than the control queue: a frozen process elsewhere may hold the
         # queue's write lock, and this must reach the runner regardless
-        with open(path + ".tmp", "w") as f:
-            json.dump(self.stall_report(), f)
-        os.replace(path + ".tmp", path)
+        path = os.path.join(self.launch.run_dir, "stall-%s-%s.json" % self.key)
+        write_json_atomic(path, self.stall_report())
 
     def sample(self) -> None:
         now = time.monotonic()
@@ -289,17 +263,17 @@ class GroupProcess:
         self.rss.add(now, rss)
         if self.trace:
             self.trace.counter("rss MiB", now, {"rss": round(rss / 2**20, 1)})
-        for name, probe in self.depth_probes.items():
+        for name, (probe, series) in self.depths.items():
             try:
                 d = probe()
             except Exception:
                 continue
-            self.depths[name].add(now, d)
+            series.add(now, d)
             if self.trace:
                 self.trace.counter(f"queue {name}", now, {"depth": d})
 
     def run(self) -> int:
-        key = (self.launch.group, self.launch.replica)
+        key = self.key
         try:
             threads = self.build()
         except BaseException as exc:

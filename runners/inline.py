@@ -3,18 +3,17 @@ streaming runners.
 
 A cooperative scheduler steps one stage at a time, sinks first: while all its outputs are
 below capacity, a stage takes one message from an input it accepts, or a source produces
-one message. Edges are plain deques sized like the graph's queues (a step may overshoot by
-what one message produces). When no stage can step while some are unfinished, the graph is
+one message. Edges are deques sized like the graph's queues (a step may overshoot by what
+one message produces). When no stage can step while some are unfinished, the graph is
 deadlocked and the run fails with the state of every edge.
 
-The scheduler's thread is the run's one worker (`runners.session` watches it like a group
-process). Stopping it (a failure, a signal, a stall) raises `Stopped` into it, which takes
-effect once it runs Python code again: a stage stuck in a sleep loop or between calls is
-stopped; one blocked in a single native call is left behind when the grace runs out.
+Stopping the thread raises `Stopped` into it, which takes effect once it runs Python code
+again; a stage blocked in one native call is left behind when the grace runs out.
 """
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import os
 import queue
@@ -23,10 +22,10 @@ import threading
 import time
 
 from lipgraph.graph.items import EOS
-from lipgraph.graph.stats import StageStats, TraceWriter, cuda_peak_bytes, peak_rss_bytes
+from lipgraph.graph.stats import StageStats, TraceWriter
 
 from .errors import RunError
-from .runtime import RunContext, RunFailure, StageRuntime
+from .runtime import RunContext, RunFailure, StageRuntime, snapshot, trace_part
 from .session import Placement, RunSession, drain
 from .stall import cpu_seconds, stage_report, stall_error
 
@@ -62,8 +61,7 @@ class InlineThread(Placement):
         self.interruptible = False      # a stop may raise into the thread
         self.stopping = False
         self.thread = threading.Thread(target=self._main, name="inline", daemon=True)
-        self.trace = (TraceWriter(os.path.join(run_dir, "trace-inline-0.jsonl"), os.getpid(), "inline")
-                      if self.trace else None)
+        self.trace = TraceWriter(trace_part(run_dir, *KEY), os.getpid(), "inline") if self.trace else None
         self.queues = {(e.dst, e.dst_port): collections.deque() for e in graph.edges}
         self.caps = {(e.dst, e.dst_port): e.queue_size for e in graph.edges}
         self.out_key = {(e.src, e.src_port): (e.dst, e.dst_port) for e in graph.edges}
@@ -133,10 +131,8 @@ class InlineThread(Placement):
             self.msgs.put(("error", RunError.raised(exc)))
         finally:
             for rt in opened:
-                try:
+                with contextlib.suppress(Exception):
                     rt.close()
-                except Exception:
-                    pass
             if self.trace:
                 self.trace.close()
             self._snapshot()
@@ -149,7 +145,6 @@ class InlineThread(Placement):
         steps, open_ports, done = {}, {}, set()
         for name in self.order:
             rt = self.active = runtimes[name]
-            rt.thread_ident, rt.native_id = threading.get_ident(), threading.get_native_id()
             try:
                 rt.open()
             except Exception as exc:
@@ -209,9 +204,7 @@ class InlineThread(Placement):
                 self._snapshot()
 
     def _snapshot(self) -> None:
-        self.msgs.put(("stats", KEY, {
-            "pid": os.getpid(), "stages": [rt.stats.snapshot() for rt in self.runtimes.values()],
-            "peak_rss": peak_rss_bytes(), "cuda_peak": cuda_peak_bytes()}))
+        self.msgs.put(("stats", KEY, snapshot(list(self.runtimes.values()))))
 
     def _describe(self, done, open_ports) -> str:
         lines = ["graph deadlocked: no stage can make progress"]

@@ -142,15 +142,12 @@ def _check_same(old: dict, new: dict) -> None:
     if old.get("digest") != new["digest"]:
         a, b = old.get("params", {}), new["params"]
         for stage in sorted(set(a) | set(b)):
-            if a.get(stage) != b.get(stage):
-                if stage not in a or stage not in b:
-                    changed.append(f"stage '{stage}' {'added' if stage in b else 'removed'}")
-                    continue
-                for k in sorted(set(a[stage]) | set(b[stage])) if isinstance(b[stage], dict) else ["edges"]:
-                    va = a[stage].get(k) if isinstance(a[stage], dict) else a[stage]
-                    vb = b[stage].get(k) if isinstance(b[stage], dict) else b[stage]
-                    if va != vb:
-                        changed.append(f"{stage}.{k}: {va!r} -> {vb!r}")
+            if stage not in a or stage not in b:
+                changed.append(f"stage '{stage}' {'added' if stage in b else 'removed'}")
+                continue
+            pa, pb = ({"edges": p} if not isinstance(p, dict) else p for p in (a[stage], b[stage]))
+            changed += [f"{stage}.{k}: {pa.get(k)!r} -> {pb.get(k)!r}"
+                        for k in sorted(set(pa) | set(pb)) if pa.get(k) != pb.get(k)]
     if changed:
         raise ResumeRefused("cannot resume: the job changed since it was started:\n  "
                             + "\n  ".join(changed)

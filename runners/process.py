@@ -1,13 +1,10 @@
-"""The process runner: each placement group (each replica of a replicated stage) in its own
-spawned process, groups joined by bounded queues, pixel data in shared memory.
-
-The runner's own process only coordinates (`runners.session`). On a failure, a signal or a
-stall it stops every process: SIGTERM, then SIGKILL `TERM_GRACE_S` later. A process that dies
-without a report (SIGKILL, a crash) is named with the item each of its stages had in hand,
-read from a shared array of beacons the stages keep up to date.
+"""The process runner: each placement group (each replica) in its own spawned process, groups
+joined by bounded queues, pixel data in shared memory. A process that dies without a report
+is named with the item each of its stages had in hand, read from a shared array of beacons.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -21,8 +18,8 @@ from lipgraph.graph.stats import peak_rss_bytes
 
 from .group import GroupLaunch, SharedFlag, group_main
 from .session import Placement, RunSession, drain
-from .stall import cpu_seconds, progress_state, stall_error
-from .transport import edge_queue_count
+from .stall import BUSY, cpu_seconds, progress_state, stall_error
+from .transport import edge_queues
 
 TERM_GRACE_S = 1.5        # SIGTERM, then SIGKILL after this
 STALL_ANSWER_S = 1.5      # the stall watchdog waits this long for each process's stacks
@@ -32,32 +29,23 @@ class LocalProcesses(Placement):
     def __init__(self, graph, run_id, run_dir, reporter):
         super().__init__(graph, run_id, run_dir, reporter)
         ctx = mp.get_context("spawn")
-        self.queues = {}
         # queues hold named semaphores: named after this process, so that what a SIGKILL of
         # the whole run leaves is swept by the next run (graph/shm.py)
         with shm.named_semaphores():
-            for e in graph.edges:
-                if graph.is_cross_group(e):
-                    n = edge_queue_count(graph.stages[e.src].workers, graph.stages[e.dst].workers)
-                    self.queues[e.name] = [ctx.Queue(maxsize=e.queue_size) for _ in range(n)]
+            self.queues = edge_queues(graph, lambda e, _: ctx.Queue(maxsize=e.queue_size))
             self.control = ctx.Queue()
         self.go_flag = SharedFlag(ctx)
-        self.slots = {}
-        for name, st in graph.stages.items():
-            for r in range(st.workers):
-                self.slots[(name, r)] = len(self.slots)
+        replicas = [(name, r) for name, st in graph.stages.items() for r in range(st.workers)]
+        self.slots = {key: i for i, key in enumerate(replicas)}
         # per stage replica: first and last index of the message in hand (-1: none)
         self.beacons = ctx.RawArray("q", [-1] * (2 * len(self.slots)))
         self.stall_request = ctx.RawValue("q", 0)
         self.procs: dict[tuple, mp.Process] = {}
-        for gname, group in graph.groups.items():
-            for r in range(group.workers):
-                launch = GroupLaunch(graph, gname, r, run_id, self.queues, self.control, run_dir,
-                                     self.trace, os.getpid(), self.beacons, self.slots,
-                                     self.go_flag, stall_request=self.stall_request)
-                self.procs[(gname, r)] = ctx.Process(target=group_main, args=(launch,),
-                                                     name=f"lipgraph:{gname}[{r}]")
-        self.workers = list(self.procs)
+        for key in self.workers:
+            launch = GroupLaunch(graph, *key, run_id, self.queues, self.control, run_dir, self.trace,
+                                 os.getpid(), self.beacons, self.slots, self.go_flag,
+                                 stall_request=self.stall_request)
+            self.procs[key] = ctx.Process(target=group_main, args=(launch,), name="lipgraph:%s[%s]" % key)
         self.reader = _ControlReader(self.control)
 
     def launch(self) -> None:
@@ -91,7 +79,7 @@ class LocalProcesses(Placement):
                else f"exited with status {code} without reporting an error")
         busy = self._in_hand(key)
         stage, index = (busy[0][0], busy[0][1]) if len(busy) == 1 else (None, None)
-        return self.lost_error(key, "process", how, [_describe_in_hand(b) for b in busy],
+        return self.lost_error(key, how, [_describe_in_hand(b) for b in busy],
                                stage, index, exitcode=code)
 
     def stall_error(self, timeout: float):
@@ -102,36 +90,31 @@ class LocalProcesses(Placement):
         reports: dict[tuple, list] = {}
         deadline = time.monotonic() + STALL_ANSWER_S
         # a stopped process (SIGSTOP, a debugger) cannot answer: waiting for it is no use
-        answering = [key for key, p in live.items() if not _stopped(p.pid)]
-        while len(reports) < len(answering) and time.monotonic() < deadline:
-            for gname, r in answering:
-                path = os.path.join(self.run_dir, f"stall-{gname}-{r}.json")
-                if (gname, r) not in reports and os.path.exists(path):
-                    try:
-                        with open(path) as f:
-                            reports[(gname, r)] = json.load(f)
-                    except (OSError, ValueError):
-                        pass
+        waiting = {key for key, p in live.items() if not _stopped(p.pid)}
+        while waiting and time.monotonic() < deadline:
+            for key in list(waiting):
+                try:
+                    with open(os.path.join(self.run_dir, "stall-%s-%s.json" % key)) as f:
+                        reports[key] = json.load(f)
+                    waiting.discard(key)
+                except (OSError, ValueError):       # not written yet
+                    pass
             time.sleep(0.05)
-        silent, silent_keys = [], []
-        for key, p in live.items():
-            if key in reports:
-                continue
+        silent = [key for key in live if key not in reports]
+        lines = []
+        for key in silent:
             # stopped or frozen: it would not act on SIGTERM either
-            stopped = _stopped(p.pid)
-            p.kill()
-            busy = self._in_hand(key)
-            silent.append(f"{self.name(key, 'process')} "
-                          + ("is stopped (SIGSTOP or a debugger)" if stopped else
-                             f"did not answer within {STALL_ANSWER_S:g} s (frozen)")
-                          + ("; " + ", ".join(_describe_in_hand(b) for b in busy) if busy else ""))
-            silent_keys.append(key)
-        error = stall_error(timeout, [r for rs in reports.values() for r in rs], silent, self.graph)
-        busy_reported = any(r["state"] in ("busy", "opening") for rs in reports.values() for r in rs)
-        if error.stage is None and not busy_reported and len(silent_keys) == 1:
-            busy = self._in_hand(silent_keys[0])
+            stopped = _stopped(live[key].pid)
+            live[key].kill()
+            lines.append(self.lost_error(key, "is stopped (SIGSTOP or a debugger)" if stopped else
+                                         f"did not answer within {STALL_ANSWER_S:g} s (frozen)",
+                                         [_describe_in_hand(b) for b in self._in_hand(key)]).message)
+        answers = [r for rs in reports.values() for r in rs]
+        error = stall_error(timeout, answers, lines, self.graph)
+        if error.stage is None and len(silent) == 1 and not any(r["state"] in BUSY for r in answers):
+            busy = self._in_hand(silent[0])
             if len(busy) == 1:      # the silent process had one item in hand: name it
-                error.stage, error.index, error.group = busy[0][0], busy[0][1], silent_keys[0][0]
+                error.stage, error.index, error.group = busy[0][0], busy[0][1], silent[0][0]
         return error
 
     def _in_hand(self, key: tuple) -> list[tuple]:
@@ -152,10 +135,8 @@ class LocalProcesses(Placement):
         procs = self.procs.values()
         alive = [p for p in procs if p.pid is not None and p.exitcode is None]
         for p in alive:
-            try:
+            with contextlib.suppress(Exception):
                 p.terminate()
-            except Exception:
-                pass
         deadline = time.monotonic() + TERM_GRACE_S
         for p in alive:
             p.join(max(0.0, deadline - time.monotonic()))
@@ -166,10 +147,8 @@ class LocalProcesses(Placement):
         for p in procs:
             if p.pid is not None:
                 p.join(0.1)
-                try:
+                with contextlib.suppress(ValueError):
                     p.close()
-                except ValueError:
-                    pass
         self.reader.stop()
         for q in [q for qs in self.queues.values() for q in qs] + [self.control]:
             q.close()

@@ -1,36 +1,36 @@
 """The Ray runner: the same graph file on a Ray cluster (or a local Ray started on demand).
 
-Each placement group (each replica of a replicated stage) becomes an actor asking for the
-resources its group declares (`gpus`, `cpus`, `resources` in the graph's `groups:`; a GPU
-is asked for only where the cluster has GPUs). Inside, the group runs exactly as in a
-process of the process runner (`runners.group.GroupProcess`: stages as threads). Edges
-between groups are bounded queues carrying object references, so frames move through Ray's
-object store (zero-copy on one node); all the queues of a run live in one asyncio actor
-(`EdgeHub`) rather than one actor process per edge; senders keep a few puts in flight and
-receivers take several queued messages per call, since every call is a round trip. Stats,
-progress, the profile, the trace and failure handling are every runner's (`runners.session`):
-a stage error or a dead actor stops the job with the stage, the item and the traceback, and
-every actor and queue of the run is killed, so nothing is left running on the cluster.
+Each placement group (each replica) becomes an actor asking for the resources its group
+declares (`gpus`, `cpus`, `resources`; a GPU only where the cluster has GPUs) and runs
+exactly as a process of the process runner does (`runners.group.GroupProcess`). Edges
+between groups carry object references, so frames move through Ray's object store
+(zero-copy on one node); all the queues of a run live in one asyncio actor (`EdgeHub`).
+Failure handling and reports are every runner's (`runners.session`); at the end every actor
+of the run is killed, so nothing is left running on the cluster.
 
 Each actor keeps its trace part and temporary-file records in a scratch folder on its own
-node and hands the trace back to the driver at the end (removing a failed run's temporary
-files itself). Inputs and outputs are paths: on a multi-node cluster they must be on
-storage every node sees.
+node and hands the trace back to the driver at the end. Inputs and outputs are paths: on a
+multi-node cluster they must be on storage every node sees.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import queue
 import shutil
 import threading
 import time
 
+import ray
+
 from .errors import RunError
 from .group import GroupLaunch, GroupProcess
 from .report import RunOptions
-from .runtime import remove_registered_temps
+from .runtime import remove_registered_temps, trace_part
 from .session import Placement, RunSession, drain
 from .stall import progress_state, stall_error
-from .transport import edge_queue_count
+from .transport import edge_queues
 
 COLLECT_TIMEOUT_S = 15.0    # for each actor to hand back its trace at the end
 STALL_ANSWER_S = 3.0        # for each actor to say what its stages do when the run stalls
@@ -43,12 +43,10 @@ class RayCodec:
 
     @staticmethod
     def encode(msg):
-        import ray
         return (ray.put(msg),)
 
     @staticmethod
     def decode(data):
-        import ray
         return ray.get(data[0])
 
 
@@ -56,7 +54,6 @@ class EdgeHub:
     """Every bounded queue of one run (edges, and the unbounded control queue)."""
 
     def __init__(self, sizes: dict):
-        import asyncio
         self.queues = {key: asyncio.Queue(maxsize=size) for key, size in sizes.items()}
         # an async actor may run one caller's calls out of order: puts carry their number
         # and wait for their turn (each edge queue has one sender)
@@ -76,12 +73,10 @@ class EdgeHub:
             cond.notify_all()
 
     async def get(self, key: str, timeout: float | None):
-        import asyncio
-        from queue import Empty
         try:
             return await asyncio.wait_for(self.queues[key].get(), timeout)
         except asyncio.TimeoutError:
-            raise Empty() from None
+            raise queue.Empty() from None
 
     async def get_many(self, key: str, most: int, timeout: float | None) -> list:
         """One message (waiting up to `timeout`), then whatever else is already queued, up
@@ -98,11 +93,9 @@ class EdgeHub:
 
 class HubQueue:
     """One of the hub's queues, with the blocking put/get/qsize of a multiprocessing queue.
-
-    Each call to the hub is a round trip, so both ends pipeline: a put returns once the
-    put `PUT_AHEAD` calls earlier has landed (the hub runs one caller's calls in order, so
-    order is kept and the edge holds at most that many messages more than its size), and a
-    get takes what is already queued, up to half the queue's size, in one call."""
+    Every call is a round trip, so a put returns once the put `PUT_AHEAD` calls earlier has
+    landed (the edge holds at most that many more than its size), and a get takes what is
+    queued, up to half the queue's size, in one call."""
 
     def __init__(self, hub, key: str, size: int = 0, ordered: bool = True):
         self.hub, self.key = hub, key
@@ -112,7 +105,6 @@ class HubQueue:
         self.got: list = []             # messages taken from the hub, not yet handed out
 
     def put(self, item) -> None:
-        import ray
         self.pending.append(self.hub.put.remote(self.key, item, self.seq))
         if self.seq is not None:
             self.seq += 1
@@ -120,12 +112,10 @@ class HubQueue:
             ray.get(self.pending.pop(0))
 
     def flush(self) -> None:
-        import ray
         ray.get(self.pending)
         self.pending.clear()
 
     def get(self, timeout: float | None = None):
-        import ray
         if not self.got:
             self.got = ray.get(self.hub.get_many.remote(self.key, self.most, timeout))
         return self.got.pop(0)
@@ -134,13 +124,7 @@ class HubQueue:
         return self.get(0.0)
 
     def qsize(self) -> int:
-        import ray
         return ray.get(self.hub.qsize.remote(self.key))
-
-
-def _node_id() -> str:
-    import ray
-    return ray.get_runtime_context().get_node_id()
 
 
 class _Actor:
@@ -158,16 +142,15 @@ class _Actor:
         self.go.set()
 
     def run(self, launch: GroupLaunch, driver_node: str) -> int:
-        self.launch, self.remote = launch, _node_id() != driver_node
+        self.launch, self.remote = launch, ray.get_runtime_context().get_node_id() != driver_node
         os.makedirs(launch.run_dir, exist_ok=True)
         launch.go = self.go
         self.group = GroupProcess(launch)
         code = self.group.run()
         for q in [q for qs in launch.queues.values() for q in qs] + [launch.control]:
-            try:
-                q.flush()               # everything sent has landed before we report back
-            except Exception:           # the hub is gone: the run is being torn down
-                pass
+            # everything sent has landed before we report back (unless the run is torn down)
+            with contextlib.suppress(Exception):
+                q.flush()
         return code
 
     def collect(self, failed: bool) -> str | None:
@@ -180,12 +163,11 @@ class _Actor:
         trace = getattr(self.group, "trace", None)
         if trace is not None:           # a stopped run's groups may still hold spans
             trace.flush()
-        part = os.path.join(run_dir, f"trace-{self.launch.group}-{self.launch.replica}.jsonl")
-        text = None
+        part = trace_part(run_dir, self.launch.group, self.launch.replica)
         if os.path.exists(part):
             with open(part) as f:
-                text = f.read()
-        return text
+                return f.read()
+        return None
 
     def stall_report(self) -> list:
         """What each stage's thread is doing now (asked by the stall watchdog; runs beside
@@ -207,23 +189,20 @@ def actor_options(group, cluster: dict) -> tuple[dict, str | None]:
     runs on CPU (its stages' `device: auto` picks the CPU)."""
     opts = {"num_cpus": group.cpus or 0, "max_concurrency": 4,
             "num_gpus": (group.gpus or 0) if cluster.get("GPU", 0) > 0 else 0}
-    unmet = []
-    if opts["num_gpus"] > cluster.get("GPU", 0):
-        unmet.append(f"{opts['num_gpus']} GPU(s), the cluster has {cluster.get('GPU', 0):g}")
-    if opts["num_cpus"] > cluster.get("CPU", 0):
-        unmet.append(f"{opts['num_cpus']} CPU(s), the cluster has {cluster.get('CPU', 0):g}")
     if group.resources:
         opts["resources"] = dict(group.resources)
-        for key, amount in group.resources.items():
-            if amount > cluster.get(key, 0):
-                unmet.append(f"resource '{key}': {amount:g}, the cluster has {cluster.get(key, 0):g} "
-                             f"(start nodes with `ray start --resources '{{\"{key}\": N}}'`)")
+    unmet = []
+    for key, amount in {"GPU": opts["num_gpus"], "CPU": opts["num_cpus"], **group.resources}.items():
+        has = cluster.get(key, 0)
+        if amount > has:
+            unmet.append(f"{amount} {key}(s), the cluster has {has:g}" if key in ("GPU", "CPU") else
+                         f"resource '{key}': {amount:g}, the cluster has {has:g} "
+                         f"(start nodes with `ray start --resources '{{\"{key}\": N}}'`)")
     return opts, ", ".join(unmet) or None
 
 
 def init_ray(address: str | None = None):
     """Connect to the cluster at `address`, or start a local Ray (once per process)."""
-    import ray
     address = address or os.environ.get("RAY_ADDRESS") or None
     with _init_lock:
         if ray.is_initialized():
@@ -239,35 +218,29 @@ def init_ray(address: str | None = None):
 
 
 class RayActors(Placement):
-    """Every group (each replica) in an actor, the edges in one hub actor."""
+    """Every group (each replica) in an actor, the edges in one hub actor (Ray connected)."""
 
-    def __init__(self, graph, run_id, run_dir, reporter, address=None, driver_node=None):
+    worker = "actor"
+
+    def __init__(self, graph, run_id, run_dir, reporter, driver_node=None):
         super().__init__(graph, run_id, run_dir, reporter)
-        ray = self.ray = init_ray(address)
-        sizes = {"control": 0}           # 0: unbounded
-        for e in graph.edges:
-            if graph.is_cross_group(e):
-                n = edge_queue_count(graph.stages[e.src].workers, graph.stages[e.dst].workers)
-                sizes.update({f"{e.name}#{i}": e.queue_size for i in range(n)})
+        keys = edge_queues(graph, lambda e, i: (f"{e.name}#{i}", e.queue_size))
+        sizes = dict([k for ks in keys.values() for k in ks], control=0)     # 0: unbounded
         hub = ray.remote(EdgeHub).options(num_cpus=0, max_concurrency=10_000).remote(sizes)
         self.handles = [hub]             # every actor of the run (all killed at the end)
-        self.queues = {}
-        for key in sizes:
-            if key != "control":
-                self.queues.setdefault(key.rpartition("#")[0], []).append(HubQueue(hub, key, sizes[key]))
+        self.queues = {name: [HubQueue(hub, *k) for k in ks] for name, ks in keys.items()}
         self.control = HubQueue(hub, "control", CONTROL_BATCH, ordered=False)   # many senders
-        self.driver_node = driver_node or _node_id()
-        self.workers = [(g, r) for g, group in graph.groups.items() for r in range(group.workers)]
+        self.driver_node = driver_node or ray.get_runtime_context().get_node_id()
         self.actors, self.futures, self.exits = {}, {}, {}
         self.left: list | None = None   # what the workers said last, once the hub is gone
 
     def launch(self) -> RunError | None:
-        cluster = self.ray.cluster_resources()
+        cluster = ray.cluster_resources()
         options = {gname: actor_options(group, cluster) for gname, group in self.graph.groups.items()}
         unmet = [f"group '{g}': {why}" for g, (_, why) in options.items() if why]
         if unmet:       # Ray would wait forever for resources no node has
             return RunError("resources", "the cluster cannot place this graph: " + "; ".join(unmet))
-        actor_cls = self.ray.remote(_Actor)
+        actor_cls = ray.remote(_Actor)
         for key in self.workers:
             launch = GroupLaunch(self.graph, *key, self.run_id, self.queues, self.control,
                                  self.run_dir, self.trace, os.getpid(), codec=RayCodec())
@@ -286,10 +259,10 @@ class RayActors(Placement):
     def ended(self) -> dict:
         pending = {ref: key for key, ref in self.futures.items() if key not in self.exits}
         if pending:
-            finished, _ = self.ray.wait(list(pending), timeout=0, num_returns=len(pending))
+            finished, _ = ray.wait(list(pending), timeout=0, num_returns=len(pending))
             for ref in finished:
                 try:
-                    self.exits[pending[ref]] = self.ray.get(ref)
+                    self.exits[pending[ref]] = ray.get(ref)
                 except Exception as exc:       # the actor died (killed, node lost)
                     self.exits[pending[ref]] = exc
         return self.exits
@@ -300,7 +273,7 @@ class RayActors(Placement):
                  for s in snap.get("stages", []) if s.get("last_index") is not None]
         why = (f"died ({type(how).__name__})" if isinstance(how, BaseException)
                else "stopped without reporting")
-        return self.lost_error(key, "actor", why, notes)
+        return self.lost_error(key, why, notes)
 
     def progress(self):
         # actors still being placed or starting have sent nothing yet: that is Ray's
@@ -316,9 +289,9 @@ class RayActors(Placement):
         deadline = time.monotonic() + STALL_ANSWER_S
         for key, ref in refs.items():
             try:
-                reports += self.ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
+                reports += ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
             except Exception:
-                silent.append(f"{self.name(key, 'actor')} did not answer")
+                silent.append(f"{self.name(key)} did not answer")
         return stall_error(timeout, reports, silent, self.graph)
 
     def stop_all(self, failed: bool) -> None:
@@ -331,30 +304,23 @@ class RayActors(Placement):
             self.left = self.left or []
             self.reporter.warn("runner", f"could not collect the groups' traces: {exc}")
         for handle in self.handles:
-            try:
-                self.ray.kill(handle)
-            except Exception:
-                pass
+            with contextlib.suppress(Exception):
+                ray.kill(handle)
 
     def _collect(self, failed: bool) -> None:
         """Traces of every group into the driver's scratch folder (from whichever node ran
         it), and a failed run's temporary files removed where they were written."""
-        ray = self.ray
         refs = {key: actor.collect.remote(failed) for key, actor in self.actors.items()}
         texts = {}
         for key, ref in refs.items():
-            try:
+            with contextlib.suppress(Exception):    # the actor died with its node or was killed
                 texts[key] = ray.get(ref, timeout=COLLECT_TIMEOUT_S)
-            except Exception:           # the actor died with its node or was killed
-                pass
-        try:                            # remote scratch folders go once all is collected
+        with contextlib.suppress(Exception):        # remote scratch folders go once all is collected
             ray.get([actor.clean.remote() for actor in self.actors.values()], timeout=COLLECT_TIMEOUT_S)
-        except Exception:
-            pass
         os.makedirs(self.run_dir, exist_ok=True)
-        for (gname, r), text in texts.items():
+        for key, text in texts.items():
             if text:
-                with open(os.path.join(self.run_dir, f"trace-{gname}-{r}.jsonl"), "w") as f:
+                with open(trace_part(self.run_dir, *key), "w") as f:
                     f.write(text)
 
 
@@ -372,6 +338,6 @@ class RayRunner(RunSession):
         return super().run()
 
     def place(self, run_id: str, run_dir: str) -> RayActors:
-        place = RayActors(self.graph, run_id, run_dir, self.reporter, self.address, self.driver_node)
+        place = RayActors(self.graph, run_id, run_dir, self.reporter, self.driver_node)
         self.handles = place.handles
         return place

@@ -1,6 +1,7 @@
 """What every runner shares: options, the result, live progress and profile output."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -9,8 +10,7 @@ from typing import Any, Callable
 
 from lipgraph.graph.profile import build_profile, format_table, merge_traces, write_json_atomic
 
-# the run's error and signals, importable from here too (`runners.scaleout`)
-from .errors import Interrupted, RunError, format_error, interrupted_error, raise_interrupted  # noqa: F401
+from .errors import RunError
 
 
 @dataclasses.dataclass
@@ -68,8 +68,9 @@ class Progress:
         self.window: list[tuple[float, int]] = []
         self.drawn = False
 
-    def measure(self, done: int, total: int | None) -> tuple[float, float | None]:
-        """Record `done` now; the rate over the last 10 s and the ETA (None: unknown)."""
+    def update(self, done: int, total: int | None, force: bool = False) -> tuple[float, float | None]:
+        """Record `done` now and draw when due; the rate over the last 10 s and the ETA
+        (None: unknown)."""
         now = time.monotonic()
         self.window.append((now, done))
         while len(self.window) > 2 and now - self.window[0][0] > 10:
@@ -77,12 +78,6 @@ class Progress:
         (t_a, n_a), (t_b, n_b) = self.window[0], self.window[-1]
         rate = (n_b - n_a) / (t_b - t_a) if t_b > t_a else 0.0
         eta = (total - done) / rate if total and rate > 0 else None
-        return rate, eta
-
-    def update(self, done: int, total: int | None, force: bool = False) -> tuple[float, float | None]:
-        """Measure (`measure`'s rate and ETA are returned) and draw when due."""
-        rate, eta = self.measure(done, total)
-        now = time.monotonic()
         if not self.enabled or (not force and now - self.last_print < self.every):
             return rate, eta
         self.last_print = now
@@ -120,10 +115,11 @@ class Reporter:
         self.graph = graph
         self.runner = runner
         self.options = options
+        self.stream = options.stream or sys.stderr
         self.started = time.time()
         self.processes: dict = {}
         self.total: int | None = None
-        self.progress = Progress(graph.name, options.stream, options.progress)
+        self.progress = Progress(graph.name, self.stream, options.progress)
         self.last_write = time.monotonic()
         self.report_failed: set = set()      # reports that could not be written (warned once)
         self.trace_parts: list[str] = []
@@ -135,12 +131,8 @@ class Reporter:
         if (stage, message) in self.warned:
             return
         self.warned[(stage, message)] = None
-        stream = self.options.stream or sys.stderr
-        stream.write(f"warning: {stage}: {message}\n")
-        stream.flush()
-
-    def update(self, key: tuple, snapshot: dict) -> None:
-        self.processes[key] = snapshot
+        self.stream.write(f"warning: {stage}: {message}\n")
+        self.stream.flush()
 
     def items_done(self) -> int:
         sinks = set(self.graph.sinks())
@@ -208,16 +200,13 @@ class Reporter:
                                       "profile"):
                 prof.pop("profile_path")
         if self.options.table:
-            stream = self.options.stream or sys.stderr
-            stream.write("\n" + format_table(prof) + "\n")
+            self.stream.write("\n" + format_table(prof) + "\n")
             if self.options.profile_path:
-                stream.write(f"profile: {self.options.profile_path}\n")
+                self.stream.write(f"profile: {self.options.profile_path}\n")
             if self.options.trace_path:
-                stream.write(f"trace:   {self.options.trace_path} (open in https://ui.perfetto.dev)\n")
-            stream.flush()
+                self.stream.write(f"trace:   {self.options.trace_path} (open in https://ui.perfetto.dev)\n")
+            self.stream.flush()
         for part in self.trace_parts:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(part)
-            except FileNotFoundError:
-                pass
         return prof

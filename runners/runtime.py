@@ -1,24 +1,24 @@
-"""One stage at run time: its instance, its stats, and where its output ports lead.
-
-Every runner drives stages through `StageRuntime` and `RunContext`, so timing, tracing,
-latency at sinks and error context are identical whether a stage runs in a thread of a group
-process, of a Ray actor or of the inline runner. An `Output` is anything with ``put(msg) -> seconds blocked``.
+"""One stage at run time: its instance, its stats, and where its output ports lead. Every
+runner drives stages through `StageRuntime` and `RunContext`, so timing, tracing, latency at
+sinks and error context are the same on every runner.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 from typing import Any, Protocol
 
 from lipgraph.graph.items import EOS, Batch, Flush, Info, Item, count_items
 from lipgraph.graph.stage import Stage, StageContext
-from lipgraph.graph.stats import StageStats, TraceWriter
+from lipgraph.graph.stats import StageStats, TraceWriter, cuda_peak_bytes, peak_rss_bytes
 
 from .errors import RunError
 
 
 class Output(Protocol):
-    def put(self, msg: Any) -> float: ...
+    def put(self, msg: Any) -> float: ...       # seconds blocked
 
 
 class RunFailure(Exception):
@@ -108,6 +108,8 @@ class StageRuntime:
 
     # ----- lifecycle --------------------------------------------------------------------
     def open(self) -> None:
+        """Open the stage in the thread that will run it."""
+        self.thread_ident, self.native_id = threading.get_ident(), threading.get_native_id()
         t = time.monotonic()
         self.activity = ("opening", "open", t)
         self.stage.open()
@@ -134,24 +136,15 @@ class StageRuntime:
 
     def _drive(self, call, label: str, index: int | None, what: str = "process") -> None:
         """Call a stage method and run what it returns to exhaustion, timing the stage's own
-        work (the call itself, for methods that work eagerly, and each step of a generator)
-        apart from time blocked on full outputs."""
+        work (the call, and each step of a generator) apart from the time spent sending."""
         start = time.monotonic()
         self.activity = ("busy", what, start)
-        emits = call()
-        busy = time.monotonic() - start
-        if emits is None:
-            emits = ()
-        it = iter(emits)
-        while True:
+        sending = 0.0
+        for port, msg in call() or ():
             t = time.monotonic()
-            try:
-                port, msg = next(it)
-            except StopIteration:
-                busy += time.monotonic() - t
-                break
-            busy += time.monotonic() - t
             self._send(port, msg)
+            sending += time.monotonic() - t
+        busy = time.monotonic() - start - sending
         self.stats.busy_s += busy
         self.activity = ("idle", None, time.monotonic())
         if self.trace and busy > 0:
@@ -195,26 +188,23 @@ class StageRuntime:
 
     def source_steps(self):
         """Generate the source's messages one at a time (yields after each is sent)."""
-        stage = self.stage
-        it = iter(stage.generate())
-        while True:
-            t = time.monotonic()
-            self.activity = ("busy", "generate", t)
-            try:
-                port, msg = next(it)
-            except StopIteration:
-                self.stats.busy_s += time.monotonic() - t
-                break
+        t = time.monotonic()
+        self.activity = ("busy", "generate", t)
+        for port, msg in self.stage.generate():
             dt = time.monotonic() - t
             self.stats.busy_s += dt
-            if isinstance(msg, (Item, Batch)):
+            data = isinstance(msg, (Item, Batch))
+            if data:
                 self._hold(msg)                   # in hand while it is being sent
                 if self.trace:
-                    self.trace.span(self.tid, stage.name, t, t + dt, {"index": msg.index})
+                    self.trace.span(self.tid, self.stage.name, t, t + dt, {"index": msg.index})
             self._send(port, msg)
-            if isinstance(msg, (Item, Batch)):
+            if data:
                 self.emitted, self.current = msg.last_index, None
             yield
+            t = time.monotonic()
+            self.activity = ("busy", "generate", t)
+        self.stats.busy_s += time.monotonic() - t
 
     def run_source(self) -> None:
         for _ in self.source_steps():
@@ -229,17 +219,24 @@ class StageRuntime:
         return ports
 
 
+def snapshot(runtimes: list[StageRuntime], **extra) -> dict:
+    """What a worker reports to the session: its stages' stats, its memory, heartbeats."""
+    return {"pid": os.getpid(), "stages": [rt.stats.snapshot() for rt in runtimes],
+            "peak_rss": peak_rss_bytes(), "cuda_peak": cuda_peak_bytes(),
+            "pulse": sum(rt.stage.ctx.pulse for rt in runtimes), **extra}
+
+
+def trace_part(run_dir: str, group: str, replica: int) -> str:
+    """The file a worker writes its trace spans to (merged into the run's trace at the end)."""
+    return os.path.join(run_dir, f"trace-{group}-{replica}.jsonl")
+
+
 def remove_registered_temps(run_dir: str) -> None:
     """Delete the temporary files stages registered in the run's scratch folder (the
     unfinished outputs of a failed run)."""
     path = os.path.join(run_dir, "temps.txt")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        for line in f:
-            p = line.strip()
-            if p and os.path.exists(p):
-                try:
+    if os.path.exists(path):
+        with open(path) as f:
+            for p in filter(None, map(str.strip, f)):
+                with contextlib.suppress(OSError):
                     os.unlink(p)
-                except OSError:
-                    pass

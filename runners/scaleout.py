@@ -19,25 +19,30 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
-import signal
 import sys
 import threading
 import time
 
 import yaml
 
+from lipgraph.graph.profile import write_json_atomic as write_report  # noqa: F401  (the jobs' report)
 from lipgraph.graph.spec import GraphError, load_graph
+from lipgraph.launch import make_runner
 from lipgraph.media.segments import Manifest, remove_work_dir
 
-from . import get_runner, job
-from .report import Interrupted, RunOptions, interrupted_error, raise_interrupted
+from . import job
+from .errors import Interrupted, format_error, interrupted_error
+from .report import RunOptions
+from .session import install_signals, restore_signals
 
 
-def _runner(graph, name: str, options: RunOptions, address: str | None):
-    cls = get_runner(name)
-    return cls(graph, options, address=address) if name == "ray" else cls(graph, options)
+def _connect(runner: str, address: str | None):
+    """Ray, connected once before the runs' threads start (None for the other runners)."""
+    if runner != "ray":
+        return None
+    from .ray_runner import init_ray
+    return init_ray(address)
 
 
 def _one(graph, role: str):
@@ -63,10 +68,8 @@ def part_ranges(total: int, parts: int, keyframes=()) -> list[tuple[int, int]]:
 
 def auto_parts(runner: str, address: str | None) -> int:
     """`--parallel auto`: one part per GPU (of the Ray cluster, or of this machine)."""
-    if runner == "ray":
-        from .ray_runner import init_ray
-        import ray
-        init_ray(address)
+    ray = _connect(runner, address)
+    if ray is not None:
         return max(1, int(ray.cluster_resources().get("GPU", 0)))
     import torch
     return max(1, torch.cuda.device_count() if torch.cuda.is_available() else 1)
@@ -86,48 +89,38 @@ def run_split(graph, parts: int, runner: str = "ray", address: str | None = None
     """Run `graph` (validated, its sink writing segments) as `parts` pipelines side by side."""
     stream = stream or sys.stderr
     options = options or RunOptions()
-    if runner == "ray":                 # connect once, before the parts' threads start
-        from .ray_runner import init_ray
-        init_ray(address)
+    _connect(runner, address)
     source, sink = _one(graph, job.SOURCE), _one(graph, job.SINK)
     plan = job.prepare(graph, resume=False)
     total, keys = source.cls.frames(source.params)
     ranges = part_ranges(total, parts, keys)
-    record = plan.manifest.data
     t0 = time.monotonic()
     results: list = [None] * len(ranges)
-    manifests = []
-    threads = []
-    runners: list = []
+    manifests, runners = [], []
     for k, (a, b) in enumerate(ranges):
         part = copy.deepcopy(graph)
         folder = os.path.join(plan.workdir, f"part-{k:03d}")
-        manifests.append(Manifest.create(folder, {kk: v for kk, v in record.items()
-                                                  if kk not in ("segments", "start", "version")}, start=a))
+        manifests.append(Manifest.create(folder, plan.manifest.data, start=a))
         part.stages[source.name].params.update(source.cls.seek(a, b))
         part.stages[sink.name].params.update(sink.cls.segments_in(folder, join=False))
-        opts = dataclasses.replace(options, progress=False, table=False,
-                                   profile_path=(f"{options.profile_path}.part-{k}.json"
-                                                 if options.profile_path else None),
+        profile = f"{options.profile_path}.part-{k}.json" if options.profile_path else None
+        opts = dataclasses.replace(options, progress=False, table=False, profile_path=profile,
                                    trace_path=None)
+        runners.append(make_runner(part, opts, runner, address))
 
-        part_runner = _runner(part, runner, opts, address)
-        runners.append(part_runner)
-
-        def work(k=k, part_runner=part_runner):
-            results[k] = part_runner.run()
-            if not results[k].ok:           # one part failed: the others stop too
-                for other in runners:
-                    if other is not part_runner:
-                        other.cancel(f"stopped: part {k} failed")
-        threads.append(threading.Thread(target=work, name=f"part-{k}", daemon=True))
+    def work(k: int) -> None:
+        results[k] = runners[k].run()
+        if not results[k].ok:           # one part failed: the others stop too
+            for other in runners:
+                if other is not runners[k]:
+                    other.cancel(f"stopped: part {k} failed")
+    threads = [threading.Thread(target=work, args=(k,), name=f"part-{k}", daemon=True)
+               for k in range(len(ranges))]
     stream.write(f"{graph.name}: {total} frames in {len(ranges)} parts "
                  f"({', '.join(f'{a}..{b - 1}' for a, b in ranges)}) on the {runner} runner\n")
     # SIGTERM (like Ctrl-C) raises here, in the main thread: the parts are stopped and
     # cleaned up by their runners, and the join removes its temporary file
-    old_term = None
-    if threading.current_thread() is threading.main_thread():
-        old_term = signal.signal(signal.SIGTERM, raise_interrupted)
+    old_handlers = install_signals()
     try:
         for t in threads:
             t.start()
@@ -136,30 +129,24 @@ def run_split(graph, parts: int, runner: str = "ray", address: str | None = None
             r = results[k]
             stream.write(f"  part {k}: {r.status} ({r.profile['items_done']} frames, "
                          f"{r.profile['wall_s']:.1f} s)\n")
-        wall = time.monotonic() - t0
         # the part that failed first, not the parts it stopped
         failed = sorted((r for r in results if not r.ok),
                         key=lambda r: (r.error or {}).get("kind") == "cancelled")
-        if failed:
-            from .report import format_error
-            remove_work_dir(plan.workdir)
-            return SplitResult(False, results, wall, format_error(failed[0].error), 1)
-        done = [Manifest.load(m.folder) for m in manifests]     # as the parts left them
-        sink.cls.join_parts(sink.params, Manifest.combined(done))
+        error, code = (format_error(failed[0].error), 1) if failed else (None, 0)
+        if not failed:
+            sink.cls.join_parts(sink.params, Manifest.combined([Manifest.load(m.folder) for m in manifests]))
     except (KeyboardInterrupt, Interrupted) as exc:
-        _, error, code = interrupted_error(exc)
+        _, stopped, code = interrupted_error(exc)
+        error = stopped["message"]
         for part_runner in runners:
-            part_runner.cancel(error["message"])
+            part_runner.cancel(error)
         for t in threads:
             if t.is_alive():
                 t.join()
-        remove_work_dir(plan.workdir)
-        return SplitResult(False, results, time.monotonic() - t0, error["message"], code)
     finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        restore_signals(old_handlers)
     remove_work_dir(plan.workdir)
-    return SplitResult(True, results, time.monotonic() - t0)
+    return SplitResult(error is None, results, time.monotonic() - t0, error, code)
 
 
 # ----- batches of jobs ---------------------------------------------------------------------
@@ -203,11 +190,8 @@ def run_jobs(specs: list[JobSpec], runner: str = "ray", address: str | None = No
     """Run every job (up to `concurrency` at once), retrying failures; one job's failure
     never stops another. `check(graph)` raises on a job that cannot start (the stages'
     preflight). Returns one status record per job, in order."""
-    from .report import format_error
     stream = stream or sys.stderr
-    if runner == "ray":
-        from .ray_runner import init_ray
-        init_ray(address)
+    _connect(runner, address)
     status = [{"job": s.name, "output": s.args.get("output"), "status": "pending", "attempts": 0,
                "wall_s": 0.0, "error": None} for s in specs]
     lock = threading.Lock()
@@ -226,9 +210,9 @@ def run_jobs(specs: list[JobSpec], runner: str = "ray", address: str | None = No
                     if job.resumable(graph):
                         job.prepare(graph, resume=False)
                     out = graph.output_path()
-                    result = _runner(graph, runner, RunOptions(
+                    result = make_runner(graph, RunOptions(
                         progress=False, table=False, profile_path=out + ".profile.json",
-                        stall_timeout_s=stall_timeout_s), address).run()
+                        stall_timeout_s=stall_timeout_s), runner, address).run()
                     ok, err = result.ok, (None if result.ok else format_error(result.error))
                 except Exception as exc:                    # bad job entry, missing inputs ...
                     ok, err = False, f"{type(exc).__name__}: {exc}"
@@ -258,8 +242,3 @@ def format_jobs(status: list[dict]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     ok = sum(r["status"] == "ok" for r in status)
     return "\n".join(lines + [f"{ok}/{len(status)} jobs ok"])
-
-
-def write_report(path: str, status: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(status, f, indent=1)

@@ -1,14 +1,11 @@
 """One run of a graph, whatever places its groups: the lifecycle every runner shares.
 
 A `RunSession` makes the run's id and scratch folder, installs the signal handlers, launches
-the workers through its `Placement` and watches them: their messages (snapshots, ready, done,
-warnings, errors), workers that end without a word, the stall watchdog (`runners.stall`) and
-cancellation. However the run ends, it stops every worker, takes their last snapshots,
+the workers through its `Placement` (local processes, Ray actors or one thread) and watches
+them: their messages, workers that end without a word, the stall watchdog (`runners.stall`)
+and cancellation. However the run ends, it stops every worker, takes their last snapshots,
 removes the run's shared memory and, for a failed run, the temporary files stages registered
-(so nothing is left at the output path), and writes the report (`runners.report`). A
-placement only launches, reports and stops: local processes (`runners.process`), Ray actors
-(`runners.ray_runner`) or one thread (`runners.inline`), so failure and clean-up are the
-same on every runner.
+(so nothing is left at the output path), and writes the report (`runners.report`).
 
 What a SIGKILL of the whole run leaves is named after the runner's pid and swept by the next
 run's start: shared memory and named semaphores (`graph.shm.sweep_stale`), scratch folders
@@ -31,7 +28,7 @@ from lipgraph.media.partial import sweep_partials
 
 from .errors import Interrupted, RunError, interrupted_error, raise_interrupted
 from .report import Reporter, RunOptions, RunResult
-from .runtime import remove_registered_temps
+from .runtime import remove_registered_temps, trace_part
 from .stall import StallWatch
 
 POLL_S = 0.1
@@ -39,59 +36,54 @@ ERROR_GRACE_S = 0.5       # a worker ended without a word: wait this long for it
 
 
 class Placement:
-    """Where the groups of one run execute; `workers` holds one (group, replica) key per
-    worker, each of which sends ("stats", key, snapshot), ("ready", key), ("done", key),
-    ("total", n), ("warn", stage, text) or ("error", RunError)."""
+    """Where the groups of one run execute (every placement implements the methods below).
+    `workers` holds one (group, replica) key per worker, each of which sends ("stats", key,
+    snapshot), ("ready", key), ("done", key), ("total", n), ("warn", stage, text) or
+    ("error", RunError)."""
+
+    worker = "process"      # what messages call one worker
 
     def __init__(self, graph, run_id: str, run_dir: str, reporter: Reporter):
         self.graph, self.run_id, self.run_dir, self.reporter = graph, run_id, run_dir, reporter
         self.trace = bool(reporter.options.trace_path)
-        self.workers: list[tuple] = []
+        self.workers = [(g, r) for g, group in graph.groups.items() for r in range(group.workers)]
 
     def launch(self) -> RunError | None:
         """Start every worker; an error if the run cannot be placed at all (nothing started)."""
-        raise NotImplementedError
 
     def events(self, timeout: float):
         """The workers' messages, waiting up to `timeout` for the first."""
-        raise NotImplementedError
 
     def go(self) -> None:
         """Every worker has opened its stages: the sources may start."""
 
     def ended(self) -> dict:
         """Workers that have ended: key -> 0 (cleanly) or what ended them."""
-        raise NotImplementedError
 
     def lost(self, key: tuple, how) -> RunError:
         """The error of a worker that ended (`how`) without reporting one."""
-        raise NotImplementedError
 
     def progress(self):
         """What changes whenever anything moves, for the stall watchdog (None: not yet)."""
-        raise NotImplementedError
 
     def stall_error(self, timeout: float) -> RunError:
         """Nothing moved for `timeout` s: what each stage is doing, the stuck one named."""
-        raise NotImplementedError
 
     def stop_all(self, failed: bool) -> None:
         """Stop every worker still running and release what the placement holds."""
-        raise NotImplementedError
 
-    def name(self, key: tuple, what: str) -> str:
+    def name(self, key: tuple) -> str:
         """How messages name a worker: "process of group 'gpu'[1] (stages: a, b)"."""
         gname, replica = key
         group = self.graph.groups[gname]
         rep = f"[{replica}]" if group.workers > 1 else ""
-        return f"{what} of group '{gname}'{rep} (stages: {', '.join(group.stages)})"
+        return f"{self.worker} of group '{gname}'{rep} (stages: {', '.join(group.stages)})"
 
-    def lost_error(self, key: tuple, what: str, how: str, notes=(), stage=None, index=None,
-                   **extra) -> RunError:
+    def lost_error(self, key: tuple, how: str, notes=(), stage=None, index=None, **extra) -> RunError:
         stages = self.graph.groups[key[0]].stages
         if stage is None and len(stages) == 1:
             stage = stages[0]
-        message = f"{self.name(key, what)} {how}" + ("; " + ", ".join(notes) if notes else "")
+        message = f"{self.name(key)} {how}" + ("; " + ", ".join(notes) if notes else "")
         return RunError("killed", message, stage=stage, group=key[0], index=index, **extra)
 
 
@@ -136,8 +128,7 @@ class RunSession:
         try:
             place = self.place(run_id, run_dir)
             if opts.trace_path:
-                self.reporter.trace_parts = [os.path.join(run_dir, f"trace-{g}-{r}.jsonl")
-                                             for g, r in place.workers]
+                self.reporter.trace_parts = [trace_part(run_dir, *key) for key in place.workers]
             error = place.launch()
             if error is not None:
                 status, exit_code = "failed", 2
@@ -195,7 +186,7 @@ class RunSession:
     def _handle(self, msg: tuple, place: Placement) -> RunError | None:
         kind = msg[0]
         if kind == "stats":
-            self.reporter.update(msg[1], msg[2])
+            self.reporter.processes[msg[1]] = msg[2]
         elif kind == "done":
             self.done.add(msg[1])
         elif kind == "ready":

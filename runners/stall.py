@@ -1,16 +1,11 @@
 """The stall watchdog: a run in which nothing moves for `stall_timeout_s` seconds (no stage
-finished an item, no message moved, no stage sent a heartbeat) is stopped like a failed one.
+finished an item, no message moved, no heartbeat) is stopped like a failed one, since a hung
+stage would otherwise hold the whole pipeline forever (graph/README.md, Stalls). When it
+fires the placement collects what each stage's thread is doing (`stage_report`) and fails
+the run with `stall_error`, naming the stuck stage(s), the item and the stack.
 
-A hung stage (a driver stuck in a kernel call, a network filesystem gone, a lock never
-released) otherwise leaves the whole pipeline waiting forever behind it: every queue fills up
-and every other stage blocks. The runners keep a `StallWatch` over what their processes
-report; when it fires they collect what each stage's thread is doing (`stage_report`: its
-state, the item in hand and, for a thread inside stage code, its stack) and fail the run with
-`stall_error`, which names the stuck stage(s), the item and where the thread is.
-
-Setup moves no messages: there, CPU time counts as progress instead, that of a process still
-starting (imports) and that of the thread opening a stage (model loading). A process stopped
-or stuck in the kernel (a dead NFS mount) uses none, so it is caught during setup too.
+Setup moves no messages: there, CPU time counts as progress instead (a process importing, a
+thread loading a model); a process stopped or stuck in the kernel uses none.
 """
 from __future__ import annotations
 

@@ -1,16 +1,9 @@
-"""Edges between processes: bounded multiprocessing queues carrying shared-memory handles.
-
-An edge between two groups is one bounded queue, or one per replica when either end is a
-replicated stage:
-
-- into a replicated stage, the sender deals data messages round-robin (message k to replica
-  k mod N); a Flush goes to the replica of the next data message, Info and EOS to all;
-- out of a replicated stage, each replica writes its own queue and marks the end of the
-  outputs of each input with a TURN token; the receiver reads the replicas' queues in the
-  same round-robin order, so the stream comes out in input order with no reorder buffer.
-
-A codec turns messages into what the queues carry: with the process runner, pickles whose
-pixel data sits in shared memory (`graph.shm`); with Ray, object references.
+"""Edges between processes: one bounded queue, or one per replica where either end is a
+replicated stage. Into one, data messages are dealt round-robin (a Flush goes with the next
+data message, Info and EOS to all); out of one, each replica marks the end of each input's
+outputs with a TURN token and the receiver reads the replicas in the same order, so the
+stream keeps its order with no reorder buffer. A codec makes what the queues carry:
+shared-memory pickles (`graph.shm`), or with Ray object references.
 """
 from __future__ import annotations
 
@@ -36,31 +29,35 @@ class ShmCodec:
         return shm.loads(data)
 
 
+def edge_queues(graph, make) -> dict:
+    """Edge name -> its queues (`make(edge, i)`), for every edge between groups: one queue,
+    or one per replica of the replicated end."""
+    return {e.name: [make(e, i) for i in range(max(graph.stages[e.src].workers,
+                                                     graph.stages[e.dst].workers))]
+            for e in graph.edges if graph.is_cross_group(e)}
+
+
 class QueueOutput:
     """The sending end of a cross-process edge."""
 
-    def __init__(self, queues: list, codec, to_replicas: bool):
+    def __init__(self, queues: list, codec):
         self.queues = queues
         self.codec = codec
-        self.to_replicas = to_replicas and len(queues) > 1
         self.k = 0   # data messages sent (round-robin position)
-
-    def _put(self, q, data: bytes) -> float:
-        t = time.monotonic()
-        q.put(data)
-        return time.monotonic() - t
 
     def put(self, msg) -> float:
         if msg is EOS or isinstance(msg, Info):
-            targets = self.queues if self.to_replicas else self.queues[:1]
-            return sum(self._put(q, self.codec.encode(msg)) for q in targets)
-        data = self.codec.encode(msg)
-        if not self.to_replicas:
-            return self._put(self.queues[0], data)
-        q = self.queues[self.k % len(self.queues)]
-        if isinstance(msg, (Item, Batch)):
-            self.k += 1
-        return self._put(q, data)
+            targets = self.queues
+        else:
+            targets = [self.queues[self.k % len(self.queues)]]
+            self.k += isinstance(msg, (Item, Batch))
+        blocked = 0.0
+        for q in targets:       # each receiver maps (and unlinks) a segment of its own
+            data = self.codec.encode(msg)
+            t = time.monotonic()
+            q.put(data)
+            blocked += time.monotonic() - t
+        return blocked
 
     def turn(self) -> None:
         self.queues[0].put(TURN)
@@ -69,27 +66,17 @@ class QueueOutput:
 class Receiver(threading.Thread):
     """Moves one incoming cross-process edge into the stage's local channel."""
 
-    def __init__(self, queues: list, channel: Channel, from_replicas: bool, on_error, name: str,
-                 decode=ShmCodec.decode):
+    def __init__(self, queues: list, channel: Channel, on_error, name: str, decode=ShmCodec.decode):
         super().__init__(name=f"recv:{name}", daemon=True)
         self.decode = decode
         self.queues = queues
         self.channel = channel
-        self.from_replicas = from_replicas and len(queues) > 1
         self.on_error = on_error
         self.edge = name
 
     def run(self) -> None:
         try:
-            if self.from_replicas:
-                self._collect()
-            else:
-                q = self.queues[0]
-                while True:
-                    msg = self.decode(q.get())
-                    self.channel.put(msg)
-                    if msg is EOS:
-                        return
+            self._collect()
         except Aborted:
             return
         except BaseException as exc:   # a broken message: report as the consumer's failure
@@ -121,7 +108,3 @@ class Receiver(threading.Thread):
                 if not isinstance(msg, Info):
                     self.channel.put(msg)
         self.channel.put(EOS)
-
-
-def edge_queue_count(src_workers: int, dst_workers: int) -> int:
-    return max(src_workers, dst_workers)
