@@ -18,36 +18,30 @@ frames per second with `workers` 1 and 2 on crop and blend (and encoder threads 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
 from collections import defaultdict
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cv2
 
-import cv2  # noqa: E402
-
-from lipgraph.graph.spec import load_graph  # noqa: E402
-from lipgraph.runners import RunOptions, get_runner  # noqa: E402
-import lipgraph.stages  # noqa: E402,F401  (registers the pipeline's stage types)
-from lipgraph.tools.synthetic import clip_pattern, cutaway_frame, face_frame, write_wav, speech_like  # noqa: E402
+from _common import frame_size, parser, write_json
+from lipgraph.graph.spec import load_graph
+from lipgraph.runners import RunOptions, get_runner
+from lipgraph.tools.synthetic import clip_pattern, make_clip
 
 GRAPH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_side.yaml")
 
 
-def make_clip(folder: str, frames: int, w: int, h: int) -> tuple[str, str, str, list]:
-    from lipgraph.media.writer import VideoWriter
+def face_clip(folder: str, frames: int, w: int, h: int) -> tuple[str, str, str, list]:
+    """A clip of face runs of 40 and cutaways of 10, the face 0.9 of the frame's height; its
+    paths, pattern and the face's box."""
     pattern = clip_pattern(frames, 40, 10)
-    video = os.path.join(folder, f"clip-{frames}.mp4")
     side = h * 9 // 10
-    with VideoWriter(video, w, h, 25, crf=18, preset="veryfast") as out:
-        for i, c in enumerate(pattern):
-            out.write(face_frame(i, w, h, side=side) if c == "F" else cutaway_frame(i, w, h))
-    audio = os.path.join(folder, f"clip-{frames}.wav")
-    write_wav(audio, speech_like(frames / 25))
+    video, audio = make_clip(folder, pattern, name=f"clip-{frames}", width=w, height=h, crf=18, side=side)
     # the astronaut's face inside the photograph (0.35..0.53 x 0.13..0.32 of its side)
     x0, y0 = (w - side) // 2, (h - side) // 2 + 10
     box = [int(x0 + 0.30 * side), int(y0 + 0.08 * side), int(x0 + 0.58 * side), int(y0 + 0.40 * side)]
@@ -100,10 +94,9 @@ class StageClock:
             def timed(self_, *args, _orig=orig, _key=name, **kwargs):
                 t = time.thread_time()
                 out = _orig(self_, *args, **kwargs)
-                if out is None or isinstance(out, (list, tuple)):
-                    clock.cpu[_key] += time.thread_time() - t
-                    return out
                 clock.cpu[_key] += time.thread_time() - t
+                if out is None or isinstance(out, (list, tuple)):
+                    return out
                 return clock._timed_iter(out, _key)
             setattr(cls, meth, timed)
             self.patched.append((cls, meth, orig))
@@ -159,12 +152,11 @@ def measure_wall(video, audio, pattern, box, preset, work, workers) -> float:
 def measure(w: int, h: int, frames: int, preset: str | None = None, workers=(1, 2),
             work: str | None = None) -> dict:
     """Core-ms per frame (per stage, helper threads, total) and throughput per worker count."""
-    import shutil
     preset = preset or load_graph(GRAPH, {"video.path": "x", "mux.path": "y.mp4"}).stages["mux"].params["preset"]
     own = work is None
     work = work or tempfile.mkdtemp(prefix="lipgraph-cpu-side-")
     short, long_ = max(10, frames // 3), frames
-    clips = {n: make_clip(work, n, w, h) for n in (short, long_)}
+    clips = {n: face_clip(work, n, w, h) for n in (short, long_)}
     cv2.setNumThreads(1)            # OpenCV's pool would work outside the stage threads
     try:
         runs = {n: measure_inline(*clips[n], preset, work) for n in (short, long_)}
@@ -189,8 +181,8 @@ def measure(w: int, h: int, frames: int, preset: str | None = None, workers=(1, 
     return result
 
 
-def measure_cpu_side(video, audio, work, device, reduced) -> dict:
-    """bench/device.py's hook: the same measurement at the device benchmark's size."""
+def measure_cpu_side(work: str, reduced: bool) -> dict:
+    """bench/device.py's section 4: the same measurement at the device benchmark's size."""
     w, h, frames = (320, 240, 30) if reduced else (1920, 1080, 90)
     folder = os.path.join(work, "cpu_side")
     os.makedirs(folder, exist_ok=True)
@@ -212,7 +204,7 @@ def report(r: dict) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--size", default="1920x1080")
     ap.add_argument("--frames", type=int, default=90)
     ap.add_argument("--preset", default=None, help="mux.preset (default: the graph's)")
@@ -222,13 +214,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     global ENCODERS
     ENCODERS = args.encoders
-    w, h = (int(v) for v in args.size.split("x"))
+    w, h = frame_size(args.size)
     r = measure(w, h, args.frames, args.preset, [int(x) for x in args.workers.split(",") if x])
     report(r)
     if args.json:
-        import json
-        with open(args.json, "w") as f:
-            json.dump(r, f, indent=1)
+        write_json(args.json, r)
     return 0
 
 

@@ -11,17 +11,14 @@ The detector is S3FD when its weights are found (`--weights`), else OpenCV's Haa
 """
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lipgraph.graph.items import Item  # noqa: E402
-from lipgraph.graph.stage import StageContext  # noqa: E402
-from lipgraph.stages.face_detect import FaceDetect  # noqa: E402
-from lipgraph.tools.synthetic import clip_pattern, cutaway_frame, face_frame  # noqa: E402
+from _common import frame_size, parser
+from lipgraph.graph.items import Item
+from lipgraph.graph.stage import StageContext
+from lipgraph.stages.face_detect import FaceDetect
+from lipgraph.tools.synthetic import clip_pattern, cutaway_frame, face_frame
 
 
 class Counts(StageContext):
@@ -48,12 +45,12 @@ def run(frames, every: str, weights: str):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--size", default="1920x1080")
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--weights", default="")
     args = ap.parse_args(argv)
-    w, h = (int(v) for v in args.size.split("x"))
+    w, h = frame_size(args.size)
     clips = {
         "runs 40/10": clip_pattern(args.frames, 40, 10),
         "short shots 12/6": clip_pattern(args.frames, 12, 6),

@@ -11,18 +11,16 @@ Haar cascade instead and says so: those figures describe the fallback detector, 
 """
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import time
+import warnings
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lipgraph.models.face_detection import build_face_detector, iou  # noqa: E402
-from lipgraph.tools.synthetic import photo  # noqa: E402
+from _common import parser
+from lipgraph.models.face_detection import build_face_detector, iou
+from lipgraph.tools.synthetic import photo
 
 FRAMES = {"1080p": (1080, 1920), "4K": (2160, 3840)}
 FACE_SHARES = (0.12, 0.25, 0.5)       # the photograph's height as a share of the frame's
@@ -43,7 +41,7 @@ def scene(frame_hw, share, photo_name="astronaut", seed=0):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--weights", default="", help="folder holding s3fd-619a316812.pth")
     ap.add_argument("--sides", default="640,960,1280")
     ap.add_argument("--device", default="cpu")
@@ -51,11 +49,9 @@ def main(argv=None) -> int:
     sides = [int(s) for s in args.sides.split(",")]
 
     def detector(side):
-        kind = "auto"
-        return build_face_detector(kind, args.weights or None, device=args.device, max_side=side)
+        return build_face_detector("auto", args.weights or None, device=args.device, max_side=side)
 
-    import warnings
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True):       # the fallback's warning: said below
         warnings.simplefilter("always")
         full = detector(None)
     name = full.name

@@ -16,19 +16,15 @@ All cases run in one invocation, so the figures compare like with like.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import yaml
 
-from lipgraph.graph.spec import load_graph  # noqa: E402
-from lipgraph.runners import RunOptions, get_runner  # noqa: E402
-import lipgraph.stages.synthetic  # noqa: E402,F401  (registers the synthetic_* stage types)
-
-import yaml  # noqa: E402
-
+from _common import parser
+from lipgraph.graph.spec import load_graph
+from lipgraph.runners import RunOptions, get_runner
+import lipgraph.stages.synthetic  # noqa: F401  (registers the synthetic_* stage types)
 
 PARAM = {"sleep": "delay_s", "spin": "spin_s"}
 
@@ -115,7 +111,7 @@ def run_case(folder: str, name: str, build, items: int, queue: int, cores: int,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--items", type=int, default=300)
     ap.add_argument("--queues", default="1,2,4,8")
     ap.add_argument("--cases", default="all")

@@ -20,7 +20,6 @@ uninterrupted run. Prints a table per fault kind and exits 1 if any trial failed
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -34,14 +33,11 @@ from collections import defaultdict
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from _common import MUSETALK, ROOT, parser, work_folder, write_json
+from lipgraph.media.audio import read_audio
+from lipgraph.media.video import VideoReader
+from lipgraph.tools.synthetic import graph_command, make_clip, model_sets, read_id, tiny_weights
 
-from lipgraph.media.audio import read_audio  # noqa: E402
-from lipgraph.media.video import VideoReader  # noqa: E402
-from lipgraph.tools.synthetic import graph_command, make_clip, model_sets, read_id, tiny_weights  # noqa: E402
-
-GRAPH = os.path.join(ROOT, "configs", "graphs", "musetalk.yaml")
 PATTERN = "F" * 30 + "C" * 10 + "F" * 35              # 3 s at 25 fps
 KINDS = ("sigkill_group", "sigkill_stage", "sigint", "sigterm", "stall", "corrupt", "truncate")
 SIGNAL_KINDS = ("sigkill_group", "sigkill_stage", "sigint", "sigterm", "stall")
@@ -137,7 +133,7 @@ class Bench:
         self.reference = read(self.ref)
 
     def command(self, video, out, resume=False):
-        return graph_command(GRAPH, video, self.audio, out, self.sets, "--quiet", "--no-trace",
+        return graph_command(MUSETALK, video, self.audio, out, self.sets, "--quiet", "--no-trace",
                              f"--stall-timeout={STALL_TIMEOUT_S}", *(["--resume"] if resume else []))
 
     def compare(self, out: str) -> str | None:
@@ -248,17 +244,14 @@ class Bench:
             os.killpg(proc.pid, signal.SIGKILL)
         elif kind in ("sigkill_stage", "stall"):
             kids = stage_processes(proc.pid)
-            if not kids:
-                proc.send_signal(signal.SIGKILL if kind == "sigkill_stage" else signal.SIGSTOP)
-                return
-            victim = self.rng.choice(kids)
+            victim = self.rng.choice(kids) if kids else proc
             victim.send_signal(signal.SIGKILL if kind == "sigkill_stage" else signal.SIGSTOP)
         else:
             proc.send_signal(signal.SIGINT if kind == "sigint" else signal.SIGTERM)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--kinds", default=",".join(KINDS))
@@ -269,8 +262,7 @@ def main(argv=None) -> int:
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise SystemExit(f"unknown fault kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
-    folder = args.keep or tempfile.mkdtemp(prefix="lipgraph-faults-")
-    os.makedirs(folder, exist_ok=True)
+    folder = work_folder(args.keep, "lipgraph-faults-")
     bench = Bench(folder, args.seed)
     print(f"reference run: {bench.run_s:.1f} s; {args.trials} trials, seed {args.seed}", flush=True)
     records = []
@@ -303,8 +295,7 @@ def main(argv=None) -> int:
     failed = sum(bool(r["problems"]) for r in records)
     print(f"\n{len(records)} trials, {failed} failed")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=1)
+        write_json(args.json, records)
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
     return 1 if failed else 0

@@ -10,25 +10,26 @@ of the sum. The profile of each run is kept beside its output.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-GRAPH = os.path.join(ROOT, "configs", "graphs", "musetalk.yaml")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# as bench._common: tests import this module from the repository's root
+from bench._common import (MUSETALK, frame_size, parser, random_models, timed_graph_run,  # noqa: E402
+                           work_folder, write_json)
 
 
 def run_length(folder: str, minutes: float, size: tuple[int, int], weights: dict,
                extra: list[str]) -> dict:
-    from lipgraph.tools.synthetic import graph_command, make_long_clip, model_sets, timed_graph_run
+    from lipgraph.tools.synthetic import graph_command, make_long_clip, model_sets
     tag = f"{minutes:g}min"
     video, audio = os.path.join(folder, f"{tag}.mp4"), os.path.join(folder, f"{tag}.wav")
     if not (os.path.exists(video) and os.path.exists(audio)):
         make_long_clip(folder, minutes, width=size[0], height=size[1], name=tag)
     out = os.path.join(folder, f"out-{tag}.mp4")
-    cmd = graph_command(GRAPH, video, audio, out,
+    cmd = graph_command(MUSETALK, video, audio, out,
                         model_sets(weights) + ["mux.preset=ultrafast", "batch.batch_size=16"] + extra,
                         "--no-trace")
     wall = timed_graph_run(cmd, f"{tag} run")
@@ -40,16 +41,15 @@ def run_length(folder: str, minutes: float, size: tuple[int, int], weights: dict
 
 
 def main() -> None:
-    from lipgraph.tools.synthetic import bench_folder, bench_models
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60])
     ap.add_argument("--size", default="160x120")
     ap.add_argument("--keep", default=None, help="folder for inputs and outputs (reused)")
     ap.add_argument("--set", dest="sets", action="append", default=[])
     a = ap.parse_args()
-    size = tuple(int(v) for v in a.size.split("x"))
-    folder = bench_folder(a.keep, "lipgraph-long-")
-    weights = bench_models(folder)
+    size = frame_size(a.size)
+    folder = work_folder(a.keep, "lipgraph-long-")
+    weights = random_models(folder)
     rows = []
     for m in a.minutes:
         r = run_length(folder, m, size, weights, a.sets)
@@ -61,8 +61,7 @@ def main() -> None:
     for r in rows[1:]:
         print(f"peak RSS {r['minutes']:g} min / {rows[0]['minutes']:g} min: "
               f"{r['peak_rss_bytes'] / base:.3f}")
-    with open(os.path.join(folder, "longvideo.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+    write_json(os.path.join(folder, "longvideo.json"), rows)
 
 
 if __name__ == "__main__":

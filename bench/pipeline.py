@@ -12,26 +12,18 @@ cutaway runs (40 face frames, 10 cutaway frames).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lipgraph.graph.profile import format_table  # noqa: E402
-from lipgraph.graph.spec import load_graph  # noqa: E402
-from lipgraph.runners import RunOptions, get_runner  # noqa: E402
-import lipgraph.stages  # noqa: E402,F401  (registers the pipeline's stage types)
-from lipgraph.tools.synthetic import bench_folder, bench_models, clip_pattern, make_clip, model_sets  # noqa: E402
-
-GRAPH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                     "configs", "graphs", "musetalk.yaml")
+from _common import MUSETALK, frame_size, model_args, parser, random_models, work_folder, write_json
+from lipgraph.graph.profile import format_table
+from lipgraph.graph.spec import load_graph
+from lipgraph.runners import RunOptions, get_runner
+from lipgraph.tools.synthetic import clip_pattern, make_clip, model_sets
 
 
 def run(runner: str, sets: list[str], profile: str) -> dict:
-    graph = load_graph(GRAPH, sets)
+    graph = load_graph(MUSETALK, sets)
     t = time.perf_counter()
     res = get_runner(runner)(graph, RunOptions(profile_path=profile, progress=False,
                                                table=False)).run()
@@ -44,19 +36,16 @@ def run(runner: str, sets: list[str], profile: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--frames", type=int, default=150)
-    ap.add_argument("--size", default="640x360")
-    ap.add_argument("--models", choices=("tiny", "full"), default="tiny")
-    ap.add_argument("--device", default="cpu")
+    model_args(ap, "640x360")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--detect-every", type=int, default=1)
-    ap.add_argument("--keep", default=None, help="folder to keep inputs and outputs in")
     a = ap.parse_args()
-    w, h = (int(v) for v in a.size.split("x"))
-    folder = bench_folder(a.keep, "lipgraph-bench-")
+    w, h = frame_size(a.size)
+    folder = work_folder(a.keep, "lipgraph-bench-")
     print(f"preparing {a.frames} frames at {w}x{h} and {a.models} random models in {folder} ...")
-    weights = bench_models(folder, a.models)
+    weights = random_models(folder, a.models)
     pattern = clip_pattern(a.frames)
     video, audio = make_clip(folder, pattern, width=w, height=h)
     faces = pattern.count("F")
@@ -79,9 +68,9 @@ def main() -> None:
     print(f"  process / inline: {ratio:.2f}x")
     print("\nper-stage profile of the process run:\n")
     print(format_table(results["process"]))
-    with open(os.path.join(folder, "bench-pipeline.json"), "w") as f:
-        json.dump({k: {"stream_wall_s": v["stream_wall_s"], "wall_s": v["bench_wall_s"]}
-                   for k, v in results.items()}, f, indent=1)
+    write_json(os.path.join(folder, "bench-pipeline.json"),
+               {k: {"stream_wall_s": v["stream_wall_s"], "wall_s": v["bench_wall_s"]}
+                for k, v in results.items()})
 
 
 if __name__ == "__main__":

@@ -11,17 +11,15 @@ and prints microseconds per message and the share of a 1 ms/frame stage it would
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lipgraph.graph.items import Item  # noqa: E402
-from lipgraph.graph.stats import StageStats, TraceWriter  # noqa: E402
-from lipgraph.runners.runtime import StageRuntime  # noqa: E402
-from lipgraph.stages.synthetic import SyntheticMap  # noqa: E402
+from _common import parser
+from lipgraph.graph.items import Item
+from lipgraph.graph.stats import StageStats, TraceWriter
+from lipgraph.runners.runtime import StageRuntime
+from lipgraph.stages.synthetic import SyntheticMap
 
 
 class _Null:
@@ -56,7 +54,7 @@ def bench(mode: str, n: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = parser(__doc__)
     ap.add_argument("--messages", type=int, default=200_000)
     a = ap.parse_args()
     res = {}

@@ -10,14 +10,12 @@ wall and streaming times, the speed-up of the cached re-dub, and the cache's siz
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-GRAPH = os.path.join(ROOT, "configs", "graphs", "musetalk.yaml")
+from _common import (MUSETALK, frame_size, model_args, parser, random_models, timed_graph_run,
+                     work_folder)
+from lipgraph.tools.synthetic import clip_pattern, graph_command, make_clip, model_sets, speech_like, write_wav
 
 
 def dir_size(path: str) -> int:
@@ -25,18 +23,13 @@ def dir_size(path: str) -> int:
 
 
 def main() -> None:
-    from lipgraph.tools.synthetic import (bench_folder, bench_models, clip_pattern, graph_command, make_clip,
-                                 model_sets, speech_like, timed_graph_run, write_wav)
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--frames", type=int, default=300)
-    ap.add_argument("--size", default="640x360")
-    ap.add_argument("--models", choices=("tiny", "full"), default="tiny")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--keep", default=None)
+    model_args(ap, "640x360")
     a = ap.parse_args()
-    w, h = (int(v) for v in a.size.split("x"))
-    folder = bench_folder(a.keep, "lipgraph-redub-")
-    weights = bench_models(folder, a.models)
+    w, h = frame_size(a.size)
+    folder = work_folder(a.keep, "lipgraph-redub-")
+    weights = random_models(folder, a.models)
     video, dub_a = make_clip(folder, clip_pattern(a.frames), width=w, height=h)
     dub_b = os.path.join(folder, "dub_b.wav")
     write_wav(dub_b, 0.8 * speech_like(a.frames / 25.0)[::-1].copy())
@@ -47,7 +40,7 @@ def main() -> None:
     results = []
     for label, audio, use_cache in runs:
         out = os.path.join(folder, f"out-{len(results)}.mp4")
-        cmd = graph_command(GRAPH, video, audio, out, sets, "--quiet", "--no-trace",
+        cmd = graph_command(MUSETALK, video, audio, out, sets, "--quiet", "--no-trace",
                             *(["--cache", cache] if use_cache else []))
         wall = timed_graph_run(cmd, label)
         prof = json.load(open(out + ".profile.json"))

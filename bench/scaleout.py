@@ -9,30 +9,22 @@ GPUs, by the GPUs: each part's GPU group asks for one).
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-GRAPH = os.path.join(ROOT, "configs", "graphs", "musetalk.yaml")
+from _common import MUSETALK, frame_size, model_args, parser, random_models, timed_graph_run, work_folder
+from lipgraph.tools.synthetic import graph_command, make_long_clip, model_sets
 
 
 def main() -> None:
-    from lipgraph.tools.synthetic import (bench_folder, bench_models, graph_command, make_long_clip,
-                                 model_sets, timed_graph_run)
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--minutes", type=float, default=2.0)
     ap.add_argument("--parts", type=int, default=2)
-    ap.add_argument("--size", default="160x120")
-    ap.add_argument("--models", choices=("tiny", "full"), default="tiny")
-    ap.add_argument("--device", default="cpu")
+    model_args(ap, "160x120")
     ap.add_argument("--address", default=None)
-    ap.add_argument("--keep", default=None)
     a = ap.parse_args()
-    w, h = (int(v) for v in a.size.split("x"))
-    folder = bench_folder(a.keep, "lipgraph-scaleout-")
-    weights = bench_models(folder, a.models)
+    w, h = frame_size(a.size)
+    folder = work_folder(a.keep, "lipgraph-scaleout-")
+    weights = random_models(folder, a.models)
     video, audio = make_long_clip(folder, a.minutes, width=w, height=h, face_run=100, period=200)
     frames = int(round(a.minutes * 60 * 25))
     sets = model_sets(weights, a.device) + ["mux.preset=ultrafast", "batch.batch_size=16"]
@@ -40,7 +32,7 @@ def main() -> None:
     results = {}
     for parts in (1, a.parts):
         out = os.path.join(folder, f"out-{parts}.mp4")
-        cmd = graph_command(GRAPH, video, audio, out, sets, "--quiet", "--no-trace", *extra,
+        cmd = graph_command(MUSETALK, video, audio, out, sets, "--quiet", "--no-trace", *extra,
                             "--parallel", str(parts))
         wall = results[parts] = timed_graph_run(cmd, f"{parts} part(s)")
         print(f"  {parts} part(s): {wall:7.1f} s, {frames / wall:6.1f} frames/s (setup included)",

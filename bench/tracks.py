@@ -11,7 +11,6 @@ SyncNet on the CPU, two faces; also wall ms per frame, as torch uses several thr
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -19,9 +18,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lipgraph.vision.face_tracks import FaceTracker  # noqa: E402
+from _common import frame_size, parser
+from lipgraph.vision.face_tracks import FaceTracker
 
 
 def synthetic_detections(frames: int, faces: int, seed: int = 5):
@@ -90,7 +88,7 @@ def syncnet_cost(frames: int = 100) -> tuple[float, float]:
 def listing_cost(size: str) -> tuple[float, int, int]:
     from lipgraph.tools.faces import list_faces
     from lipgraph.tools.synthetic_faces import make_people_clip, two_people
-    w, h = (int(v) for v in size.split("x"))
+    w, h = frame_size(size)
     folder = tempfile.mkdtemp(prefix="lipgraph-tracks-")
     pattern = ("F" * 80 + "C" * 15) * 2
     video, _, _ = make_people_clip(folder, pattern, two_people(w, h), width=w, height=h)
@@ -101,7 +99,7 @@ def listing_cost(size: str) -> tuple[float, int, int]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--frames", type=int, default=3000)
     ap.add_argument("--size", default="1280x720")
     ap.add_argument("--syncnet", action="store_true", help="also the SyncNet scorer (slow on CPU)")

@@ -7,16 +7,13 @@ the same bounded queue and the same consumer work (touching every page of each f
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
-import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lipgraph.graph import shm  # noqa: E402
+from _common import parser
+from lipgraph.graph import shm
 
 SHAPE = (1080, 1920, 3)
 
@@ -54,7 +51,7 @@ def run(mode: str, frames: int, queue_size: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--queue", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=3)

@@ -7,21 +7,13 @@
 Runs both graphs one after the other (run_graph.py in a subprocess, so each run's timing is
 its own), each writing OUT/<name>.mkv (with --lossless: FFV1, RGB) or .mp4 beside its profile,
 per-frame sidecar and log, then reads the input and both outputs once, frame by frame in
-lockstep (memory stays flat), and writes:
-
-- OUT/side_by_side.mp4: input | A | B, labelled, with the dub as its sound;
-- OUT/report.json and OUT/report.md, per graph: per-stage throughput and the bottleneck (from
-  the profile); fallbacks with their reasons (any stage's counters); identity outside the
-  mouth region (PSNR and SSIM of each face frame against its input frame, only outside the
-  region the model may redraw: MuseTalk's blend-mask box, LatentSync's mask warped into the
-  frame, from the sidecar; for LatentSync this includes the resampled upper face); temporal stability of the mouth region (mean absolute change between
-  consecutive face frames of one shot, inside the edit box resampled to 96 x 96, for the output
-  and for the input under the same boxes); cutaway integrity (identical to the input, frame
-  count and source order); LSE-C / LSE-D with SyncNet weights. Figures that cannot be computed
-  are listed with the reason. Where several faces are dubbed on a frame (the sidecar's
-  `faces`), identity excludes every face's region, and each face (track id) gets its own
-  line: frames by model and fallbacks, identity inside its face box (the upper face), mouth
-  stability and LSE.
+lockstep (memory stays flat), and writes OUT/side_by_side.mp4 (input | A | B, labelled, with
+the dub as its sound), OUT/report.json and OUT/report.md: per graph, per-stage throughput and
+the bottleneck (from the profile), fallbacks with their reasons, identity outside the mouth
+region, temporal stability of the mouth region, cutaway integrity and frame order, LSE-C /
+LSE-D with SyncNet weights, and the same per face where several are dubbed (the sidecar's
+`faces`); `ab_metrics` says how each is made. Figures that cannot be computed are listed
+with the reason.
 
 Exit status: 0, or 1 when a run failed (the report then says what it could and why not the rest).
 

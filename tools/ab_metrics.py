@@ -12,6 +12,7 @@ figures: identity inside its face box, mouth-region stability, frames by model, 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -159,40 +160,52 @@ class TemporalStability:
 
 
 @dataclass
+class Identity:
+    """PSNR (capped) and SSIM of face frames outside the redrawn regions, and how many of them
+    are identical there."""
+
+    psnr: list = field(default_factory=list)
+    ssim: list = field(default_factory=list)
+    identical: int = 0
+
+    def add_psnr(self, p: float) -> None:
+        if not math.isnan(p):
+            self.identical += p == float("inf")
+            self.psnr.append(min(PSNR_CAP_DB, p))
+
+    def result(self) -> dict:
+        return {"identical_outside_mouth": self.identical, "psnr_db": summary(self.psnr),
+                "ssim": summary(self.ssim)}
+
+
+@dataclass
 class FaceFigures:
     """One face of an output (a track id, or a place on the frame): its frames and models, its
     identity inside its face box outside every redrawn region (the upper face), and the
     temporal stability of its mouth region."""
 
     frames: int = 0
-    models: dict = field(default_factory=dict)
-    psnr: list = field(default_factory=list)
-    ssim: list = field(default_factory=list)
-    identical: int = 0
+    models: Counter = field(default_factory=Counter)
+    identity: Identity = field(default_factory=Identity)
     temporal: TemporalStability = field(default_factory=TemporalStability)
 
     def add(self, k: int, src: int, face: dict, out: np.ndarray, inp: np.ndarray, outside: np.ndarray,
             valid: np.ndarray, smap: np.ndarray) -> None:
         h, w = out.shape[:2]
         self.frames += 1
-        self.models[str(face.get("model"))] = self.models.get(str(face.get("model")), 0) + 1
+        self.models[str(face.get("model"))] += 1
         box = clip_box(face["face"], w, h)
         if box is not None:
             x1, y1, x2, y2 = box
-            p = psnr(out[y1:y2, x1:x2], inp[y1:y2, x1:x2], outside[y1:y2, x1:x2])
-            if not math.isnan(p):
-                self.identical += p == float("inf")
-                self.psnr.append(min(PSNR_CAP_DB, p))
+            self.identity.add_psnr(psnr(out[y1:y2, x1:x2], inp[y1:y2, x1:x2], outside[y1:y2, x1:x2]))
             inside = valid[y1:y2, x1:x2]
             if inside.any():
-                self.ssim.append(float(smap[y1:y2, x1:x2][inside].mean()))
+                self.identity.ssim.append(float(smap[y1:y2, x1:x2][inside].mean()))
         self.temporal.add(k, src, face["face"], clip_box(face.get("edit"), w, h), out, inp)
 
     def result(self) -> dict:
         return {"frames": self.frames, "models": dict(sorted(self.models.items())),
-                "identity": {"identical_outside_mouth": self.identical, "psnr_db": summary(self.psnr),
-                             "ssim": summary(self.ssim)},
-                "temporal": self.temporal.result()}
+                "identity": self.identity.result(), "temporal": self.temporal.result()}
 
 
 @dataclass
@@ -200,14 +213,12 @@ class OutputFigures:
     """Everything measured on one output while the videos are read in lockstep."""
 
     lossless: bool
-    psnr: list = field(default_factory=list)
-    ssim: list = field(default_factory=list)
-    identical_faces: int = 0
+    identity: Identity = field(default_factory=Identity)
     faces: dict = field(default_factory=dict)       # key -> FaceFigures
     cutaways: int = 0
     cutaways_identical: int = 0
     cutaway_psnr: list = field(default_factory=list)
-    models: dict = field(default_factory=dict)
+    models: Counter = field(default_factory=Counter)
     srcs: list = field(default_factory=list)
     index_mismatch: list = field(default_factory=list)
     time_mismatch: list = field(default_factory=list)
@@ -221,8 +232,7 @@ class OutputFigures:
             self.index_mismatch.append(k)
         if side.get("time") is not None and abs(float(side["time"]) - t) > 1e-3:
             self.time_mismatch.append(k)
-        model = side.get("model")
-        self.models[str(model)] = self.models.get(str(model), 0) + 1
+        self.models[str(side.get("model"))] += 1
         faces = faces_of(side)
         if not faces:
             self.cutaways += 1
@@ -237,13 +247,10 @@ class OutputFigures:
         outside = ~redrawn
         window = np.ones((2 * SSIM_RADIUS + 1,) * 2, np.uint8)
         valid = ssim_valid((h, w)) & ~(cv2.dilate(redrawn.astype(np.uint8), window) > 0)
-        p = psnr(out, inp, outside)
-        if not math.isnan(p):
-            self.identical_faces += p == float("inf")
-            self.psnr.append(min(PSNR_CAP_DB, p))
+        self.identity.add_psnr(psnr(out, inp, outside))
         smap = ssim_map(luma(out), luma(inp))
         if valid.any():
-            self.ssim.append(float(smap[valid].mean()))
+            self.identity.ssim.append(float(smap[valid].mean()))
         for face in faces:
             self.faces.setdefault(face["key"], FaceFigures()).add(k, src, face, out, inp, outside, valid, smap)
 
@@ -265,8 +272,7 @@ class OutputFigures:
         temporal = TemporalStability(out_sum=sum(t.out_sum for t in parts), in_sum=sum(t.in_sum for t in parts),
                                      pairs=sum(t.pairs for t in parts))
         return {
-            "identity": {"face_frames": faces, "identical_outside_mouth": self.identical_faces,
-                         "psnr_db": summary(self.psnr), "ssim": summary(self.ssim)},
+            "identity": {"face_frames": faces, **self.identity.result()},
             "temporal": temporal.result(),
             "faces": {key: f.result() for key, f in self.faces.items()},
             "cutaways": {"frames": self.cutaways, "identical": self.cutaways_identical,

@@ -5,12 +5,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from typing import Sequence
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass
@@ -77,12 +74,9 @@ def plan_runs(graphs: Sequence[str], out_dir: str, sets_common: Sequence[str],
 
 def execute(run: Run, video: str, audio: str, weights: str | None, runner: str) -> None:
     """Run one graph in a subprocess; its stdout and stderr go to `run.log`."""
-    cmd = [sys.executable, os.path.join(ROOT, "run_graph.py"), run.graph, "--runner", runner,
-           "--video", video, "--audio", audio, "--output", run.output]
-    if weights:
-        cmd += ["--weights", weights]
-    for s in run.sets:
-        cmd += ["--set", s]
+    from .synthetic import graph_command
+    cmd = graph_command(run.graph, video, audio, run.output, run.sets, "--runner", runner,
+                        *(["--weights", weights] if weights else []))
     for stale in (run.output, run.profile, run.sidecar):
         if stale and os.path.exists(stale):
             os.remove(stale)

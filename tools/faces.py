@@ -114,14 +114,11 @@ def contact_sheet(records: list[dict], thumbs: dict, columns: int = 6) -> np.nda
     return sheet
 
 
-def list_faces(video: str, outdir: str, detector="auto", weights: str | None = None,
+def list_faces(video: str, outdir: str, detector: str = "auto", weights: str | None = None,
                detect_every: str | int = 1, min_frames: int = 5) -> dict:
     """Write faces.json and faces.png for `video` under `outdir`; returns the JSON content."""
     from lipgraph.models.face_detection import build_face_detector
-    if not isinstance(detector, str):
-        det = detector
-    else:
-        det = build_face_detector(detector, weights)
+    det = build_face_detector(detector, weights)
     t0 = time.perf_counter()
     tracks, extra = find_tracks(video, det, detect_every)
     kept = [t for t in tracks if len(t.frames) >= min_frames]

@@ -18,14 +18,13 @@ import sys
 
 def make_sample(folder: str, seconds: float = 8.0, fps: float = 25.0, width: int = 640,
                 height: int = 360, extra_s: float = 2.0) -> tuple[str, str]:
-    from lipgraph.tools.synthetic import clip_pattern, make_clip, speech_like, write_wav
+    from lipgraph.tools.synthetic import clip_pattern, make_clip
     os.makedirs(folder, exist_ok=True)
     frames = max(1, int(round(seconds * fps)))
-    video, _ = make_clip(folder, clip_pattern(frames, face_run=60, cutaway_run=20), fps=fps,
-                         name="sample", width=width, height=height, crf=18)
-    os.remove(os.path.join(folder, "sample.wav"))
+    video, wav = make_clip(folder, clip_pattern(frames, face_run=60, cutaway_run=20), fps=fps,
+                           audio_s=frames / fps + extra_s, name="sample", width=width, height=height, crf=18)
     audio = os.path.join(folder, "dub.wav")
-    write_wav(audio, speech_like(frames / fps + extra_s))
+    os.replace(wav, audio)
     return video, audio
 
 

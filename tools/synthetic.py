@@ -15,10 +15,12 @@ import os
 import cv2
 import numpy as np
 
-from lipgraph.models.random_weights import full_size_weights, tiny_weights
+from lipgraph.models.random_weights import tiny_weights  # noqa: F401  (tests import it from here)
 
 ID_BITS = 10
 CELL = 8
+
+
 def model_sets(paths: dict, device: str = "cpu", latentsync: dict | None = None,
                steps: int = 2) -> list[str]:
     """--set lines pointing the model stages of the built-in graph (musetalk; with
@@ -119,15 +121,17 @@ def speech_like(seconds: float, sr: int = 16000) -> np.ndarray:
 
 
 def make_clip(folder: str, pattern: str, fps: float = 25.0, audio_s: float | None = None,
-              name: str = "clip", width: int = 320, height: int = 240, crf: int = 12) -> tuple[str, str]:
-    """Write the video (H.264, high quality) and a speech-like wav; return their paths."""
+              name: str = "clip", width: int = 320, height: int = 240, crf: int = 12,
+              side: int = 200) -> tuple[str, str]:
+    """Write the video (H.264, high quality; faces `side` px) and a speech-like wav; return
+    their paths."""
     from lipgraph.media.writer import VideoWriter
     video = os.path.join(folder, f"{name}.mp4")
     # 4:2:0 needs even sizes; keep odd test sizes odd with 4:4:4
     pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
     with VideoWriter(video, width, height, fps, crf=crf, preset="veryfast", pix_fmt=pix_fmt) as w:
         for i, c in enumerate(pattern):
-            w.write(face_frame(i, width, height) if c == "F" else cutaway_frame(i, width, height))
+            w.write(face_frame(i, width, height, side) if c == "F" else cutaway_frame(i, width, height))
     seconds = len(pattern) / fps if audio_s is None else audio_s
     audio = os.path.join(folder, f"{name}.wav")
     write_wav(audio, speech_like(seconds))
@@ -174,8 +178,6 @@ def make_long_clip(folder: str, minutes: float, fps: float = 25.0, width: int = 
     return video, audio
 
 
-
-
 def graph_command(graph: str, video: str, audio: str, output: str, sets=(), *extra: str) -> list[str]:
     """The run_graph.py command line for a lip-sync graph file and its inputs."""
     import sys
@@ -185,29 +187,3 @@ def graph_command(graph: str, video: str, audio: str, output: str, sets=(), *ext
     for s in sets:
         cmd += ["--set", s]
     return cmd
-
-
-# ----- benchmarks -------------------------------------------------------------------------
-def bench_folder(keep: str | None, prefix: str) -> str:
-    """The benchmark's working folder: `keep` (reused between runs) or a new temporary one."""
-    import tempfile
-    folder = keep or tempfile.mkdtemp(prefix=prefix)
-    os.makedirs(folder, exist_ok=True)
-    return folder
-
-
-def bench_models(folder: str, size: str = "tiny") -> dict:
-    """Random MuseTalk models of `size` (tiny or full) under `folder`/models."""
-    return (full_size_weights if size == "full" else tiny_weights)(os.path.join(folder, "models"))
-
-
-def timed_graph_run(cmd: list[str], label: str) -> float:
-    """Run a run_graph.py command line; its wall time, or exit with its error."""
-    import subprocess
-    import time
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    if proc.returncode:
-        raise SystemExit(f"{label} failed:\n{proc.stderr[-3000:]}")
-    return wall
