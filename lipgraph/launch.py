@@ -87,17 +87,24 @@ def check_files(graph) -> None:
         raise UsageError(str(exc)) from exc
 
 
-def _with_random_weights(path: str, graph, sets, shortcuts: dict, size: str, say):
-    from lipgraph.graph.spec import load_graph
+def random_model_sets(graph, size: str = "tiny") -> list[str]:
+    """--set lines pointing the graph's model stages at random models of `size` (built on
+    first use) and marking the output as not lip-synced."""
     from lipgraph.models.random_weights import ensure_random_weights, random_weight_sets, uses_latentsync
-    say(RANDOM_BANNER)
-    latentsync = uses_latentsync(graph)
-    say(f"note: {size} random models{' (with LatentSync)' if latentsync else ''} "
-        "from the lipgraph cache (built on first use)")
-    extra = random_weight_sets(graph, ensure_random_weights(size, latentsync))
+    extra = random_weight_sets(graph, ensure_random_weights(size, uses_latentsync(graph)))
     sink = graph.output_stage()
     if sink is not None and "comment" in sink.cls.params:
         extra.append(f"{sink.name}.comment=lipgraph random weights: not lip-synced")
+    return extra
+
+
+def _with_random_weights(path: str, graph, sets, shortcuts: dict, size: str, say):
+    from lipgraph.graph.spec import load_graph
+    from lipgraph.models.random_weights import uses_latentsync
+    say(RANDOM_BANNER)
+    say(f"note: {size} random models{' (with LatentSync)' if uses_latentsync(graph) else ''} "
+        "from the lipgraph cache (built on first use)")
+    extra = random_model_sets(graph, size)
     # the user's own --set lines (or mapping) still win
     if isinstance(sets, dict):
         return load_graph(path, {**dict(line.split("=", 1) for line in extra), **sets}, shortcuts)

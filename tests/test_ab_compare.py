@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -419,6 +420,37 @@ def test_failed_runs_are_reported_with_what_could_not_be_computed(tmp_path):
     assert "no SyncNet weights" in missing and missing.count("no output to measure") == 2
     assert report["side_by_side"] is None
     assert "## Not computed" in open(out / "report.md").read()
+
+
+def test_a_running_comparison_stops_when_cancelled(tmp_path, weights):
+    """The web app's Cancel on an A/B job: the graph running in its subprocess is interrupted
+    as Ctrl-C would, it cleans up after itself, and nothing is left at its output."""
+    import threading
+    from lipgraph.api import Cancelled
+    from lipgraph.tools.ab_runs import execute
+    video, audio = make_clip(str(tmp_path), "F" * 400)
+    out = str(tmp_path / "a.mkv")
+    run = Run("A", "musetalk_a", GRAPH, model_sets(weights) + ["mux.codec=ffv1"], out,
+              out + ".frames.jsonl", out + ".profile.json", str(tmp_path / "a.log"))
+    cancel, failure = threading.Event(), []
+
+    def go():
+        try:
+            execute(run, video, audio, None, "process", cancel)
+        except Cancelled as exc:
+            failure.append(exc)
+    worker = threading.Thread(target=go)
+    worker.start()
+    time.sleep(6)                           # started, models loaded, frames moving (~25 s in all)
+    assert worker.is_alive(), open(run.log).read()[-2000:]
+    cancel.set()
+    worker.join(60)
+    assert not worker.is_alive() and failure and "cancelled" in str(failure[0])
+    assert not os.path.exists(out) and run.exit_code is None
+    assert "interrupted by SIGINT" in open(run.log).read()      # it stopped itself, cleanly
+    # what an interrupted run leaves by design: its profile so far and the resumable segments
+    assert {f for f in os.listdir(tmp_path) if f.startswith(("a.mkv", ".a.mkv"))} <= {
+        "a.mkv.profile.json", "a.mkv.trace.json", ".a.mkv.lipgraph"}
 
 
 @pytest.mark.slow      # 21 s; test_compare_reports_each_face covers fallbacks and upper face in CI

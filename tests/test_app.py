@@ -91,6 +91,27 @@ def test_failed_job_and_folders_removed_after_keep(tmp_path):
     assert queue.sweep(now=job.ended_at + 61) == [job.id] and not os.path.exists(folder)
 
 
+def test_each_visitor_sees_its_own_job_until_the_worker_sweeps_it(tmp_path):
+    queue = JobQueue(str(tmp_path), keep_s=60)
+    folders = [queue.new_folder() for _ in range(3)]
+    for f in folders:
+        os.makedirs(f)
+    mine = wait(queue.submit("run", folders[0], lambda job: "a", owner="visitor-1"))
+    newer = wait(queue.submit("run", folders[1], lambda job: "b", owner="visitor-1"))
+    ab = wait(queue.submit("ab", folders[2], lambda job: "c", owner="visitor-1"))
+    assert mine.state == newer.state == ab.state == "done"
+    assert queue.latest("visitor-1", "run") is newer and queue.latest("visitor-1", "ab") is ab
+    assert queue.latest("visitor-2", "run") is None
+    with queue.lock:                           # nobody polls: the worker sweeps by itself
+        queue.keep_s = 0.2
+        queue.lock.notify_all()
+    deadline = time.monotonic() + 10
+    while (queue.jobs or any(os.path.exists(f) for f in folders)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert queue.jobs == {} and queue.latest("visitor-1", "ab") is None
+    assert not any(os.path.exists(f) for f in folders)
+
+
 def test_view_of_a_running_and_a_finished_job(tmp_path):
     queue = JobQueue(str(tmp_path))
     out = tmp_path / "out.mp4"

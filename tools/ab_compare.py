@@ -37,8 +37,9 @@ from .ab_video import analyse
 def compare(graphs: Sequence[str], video: str, audio: str, out_dir: str, *, weights: str | None = None,
             syncnet: str | None = None, sets: Sequence[str] = (), sets_a: Sequence[str] = (),
             sets_b: Sequence[str] = (), runner: str = "process", lossless: bool = False,
-            lse_min_track: int = 100, lse_min_face: float = 100.0) -> dict:
-    """Run both graphs, measure, write side_by_side.mp4, report.json and report.md; return the report."""
+            lse_min_track: int = 100, lse_min_face: float = 100.0, cancel=None) -> dict:
+    """Run both graphs, measure, write side_by_side.mp4, report.json and report.md; return the
+    report. `cancel`: a threading.Event that stops the running graph (lipgraph.api.Cancelled)."""
     from lipgraph.media.audio import probe_audio
     from lipgraph.media.probe import probe_video
     if len(graphs) != 2:
@@ -54,7 +55,7 @@ def compare(graphs: Sequence[str], video: str, audio: str, out_dir: str, *, weig
     runs = plan_runs(graphs, out_dir, sets, (sets_a, sets_b), lossless, weights)
     for run in runs:
         print(f"ab_compare: running {run.label} ({run.name}) -> {run.output}", file=sys.stderr, flush=True)
-        execute(run, video, audio, weights, runner)
+        execute(run, video, audio, weights, runner, cancel)
         if run.error:
             print(f"ab_compare: {run.label} failed, see {run.log}", file=sys.stderr)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -72,8 +73,10 @@ def plan_runs(graphs: Sequence[str], out_dir: str, sets_common: Sequence[str],
     return runs
 
 
-def execute(run: Run, video: str, audio: str, weights: str | None, runner: str) -> None:
-    """Run one graph in a subprocess; its stdout and stderr go to `run.log`."""
+def execute(run: Run, video: str, audio: str, weights: str | None, runner: str, cancel=None) -> None:
+    """Run one graph in a subprocess; its stdout and stderr go to `run.log`. `cancel` (a
+    threading.Event): once set, the run is interrupted as Ctrl-C would (it cleans up after
+    itself) and `lipgraph.api.Cancelled` is raised."""
     from .synthetic import graph_command
     cmd = graph_command(run.graph, video, audio, run.output, run.sets, "--runner", runner,
                         *(["--weights", weights] if weights else []))
@@ -84,12 +87,28 @@ def execute(run: Run, video: str, audio: str, weights: str | None, runner: str) 
     with open(run.log, "w", encoding="utf-8") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
-        run.exit_code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        while cancel is not None and proc.poll() is None and not cancel.wait(0.2):
+            pass
+        if proc.poll() is None and cancel is not None:
+            _interrupt(proc)
+            from lipgraph.api import Cancelled
+            raise Cancelled(f"{run.label} ({run.name}) cancelled", exit_code=130)
+        run.exit_code = proc.wait()
     run.wall_s = round(time.perf_counter() - t0, 3)
     if run.exit_code != 0:
         with open(run.log, encoding="utf-8", errors="replace") as f:
             tail = f.read().splitlines()[-15:]
         run.error = f"run_graph.py exited with status {run.exit_code}:\n" + "\n".join(tail)
+
+
+def _interrupt(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def read_sidecar(path: str) -> list[dict] | None:

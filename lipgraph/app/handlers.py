@@ -72,7 +72,7 @@ def request_args(req: RunRequest) -> tuple[str, dict, dict]:
     return graph, {k: v for k, v in shortcuts.items() if v is not None}, sets
 
 
-def start_run(queue: JobQueue, config: AppConfig, req: RunRequest) -> Job:
+def start_run(queue: JobQueue, config: AppConfig, req: RunRequest, owner: str | None = None) -> Job:
     """Check the request now (files, size, graph, params: the command line's messages, as
     UsageError) and queue the run; its files go to the job's own folder."""
     video = check_upload(req.video, "video", config.max_upload_mb)
@@ -93,11 +93,11 @@ def start_run(queue: JobQueue, config: AppConfig, req: RunRequest) -> Job:
         return lipsync(video, audio, output, graph=graph, set=sets,
                        random_weights=req.random_weights, cancel=job.cancel,
                        progress=lambda info: setattr(job, "progress", info), **shortcuts)
-    return queue.submit("run", folder, work)
+    return queue.submit("run", folder, work, owner)
 
 
 def start_ab(queue: JobQueue, config: AppConfig, video: str | None, audio: str | None,
-             weights: str | None = None, random_weights: bool = False) -> Job:
+             weights: str | None = None, random_weights: bool = False, owner: str | None = None) -> Job:
     """Queue an A/B comparison of MuseTalk and LatentSync on one input (`tools.ab_compare`)."""
     video = check_upload(video, "video", config.max_upload_mb)
     audio = check_upload(audio, "audio", config.max_upload_mb)
@@ -112,22 +112,20 @@ def start_ab(queue: JobQueue, config: AppConfig, video: str | None, audio: str |
             sets_b = random_sets("surgical", video, audio) + ["unet.steps=2", "batch.window=8"]
         report = compare(["musetalk", "surgical"], video, audio, folder,
                          weights=None if random_weights else (weights or None),
-                         sets_a=sets_a, sets_b=sets_b)
+                         sets_a=sets_a, sets_b=sets_b, cancel=job.cancel)
         # what the A/B tab shows, read once here rather than on every poll
         md = os.path.join(folder, "report.md")
         with open(md, encoding="utf-8") as f:
             text = f.read()
         return {"video": report.get("side_by_side"), "report": text,
                 "files": [md, os.path.join(folder, "report.json")]}
-    return queue.submit("ab", folder, work)
+    return queue.submit("ab", folder, work, owner)
 
 
 def random_sets(graph: str, video: str, audio: str) -> list[str]:
     """--set lines pointing a graph's model stages at the tiny random models."""
-    from lipgraph.launch import load
-    from lipgraph.models.random_weights import ensure_random_weights, random_weight_sets, uses_latentsync
-    spec = load(graph, (), {"video": video, "audio": audio, "output": os.devnull + ".mp4"})
-    return random_weight_sets(spec, ensure_random_weights("tiny", uses_latentsync(spec)))
+    from lipgraph.launch import load, random_model_sets
+    return random_model_sets(load(graph, (), {"video": video, "audio": audio, "output": os.devnull + ".mp4"}))
 
 
 # ---- what the page shows -----------------------------------------------------------------
@@ -202,7 +200,6 @@ def downloads(result) -> list[str]:
 
 def view(queue: JobQueue, job: Job | None) -> dict:
     """Everything the Run tab shows for a job, as plain values."""
-    queue.sweep()
     out = {"status": status_text(queue, job), "progress": progress_html(job and job.progress),
            "stages": [], "video": None, "files": [], "summary": "", "chart": [], "over": True}
     if job is None:

@@ -23,6 +23,7 @@ class Job:
     error: str | None = None
     cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
     ended_at: float | None = None
+    owner: str | None = None                   # the visitor (browser session) who asked
 
     @property
     def over(self) -> bool:
@@ -30,7 +31,10 @@ class Job:
 
 
 class JobQueue:
-    """A single worker thread takes the jobs in turn; `keep_s` after a job ends its folder goes."""
+    """A single worker thread takes the jobs in turn; `keep_s` after a job ends its folder and
+    its record go (checked by the worker every `SWEEP_S` while idle, and as each job ends)."""
+
+    SWEEP_S = 60.0
 
     def __init__(self, root: str, keep_s: float = 3600.0):
         self.root, self.keep_s = root, keep_s
@@ -43,14 +47,19 @@ class JobQueue:
     def new_folder(self) -> str:
         return os.path.join(self.root, uuid.uuid4().hex[:12])
 
-    def submit(self, kind: str, folder: str, work: Callable[[Job], Any]) -> Job:
-        self.sweep()
-        job = Job(kind, folder, work)
+    def submit(self, kind: str, folder: str, work: Callable[[Job], Any], owner: str | None = None) -> Job:
+        job = Job(kind, folder, work, owner=owner)
         with self.lock:
             self.jobs[job.id] = job
             self.waiting.append(job)
             self.lock.notify_all()
         return job
+
+    def latest(self, owner: str, kind: str) -> Job | None:
+        """The visitor's newest job of this kind still on record (None once it is swept)."""
+        with self.lock:
+            mine = [j for j in self.jobs.values() if j.owner == owner and j.kind == kind]
+        return mine[-1] if mine else None
 
     def position(self, job: Job) -> int:
         """0: running or ended; n: n-th in line."""
@@ -68,11 +77,14 @@ class JobQueue:
     def _serve(self) -> None:
         while True:
             with self.lock:
-                while not self.waiting:
-                    self.lock.wait()
-                job = self.waiting.pop(0)
-                job.state = "running"
-            self._run(job)
+                if not self.waiting:
+                    self.lock.wait(timeout=min(self.SWEEP_S, self.keep_s))
+                job = self.waiting.pop(0) if self.waiting else None
+                if job is not None:
+                    job.state = "running"
+            if job is not None:
+                self._run(job)
+            self.sweep()
 
     def _run(self, job: Job) -> None:
         from lipgraph.api import Cancelled

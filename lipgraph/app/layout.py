@@ -13,7 +13,6 @@ from .jobs import JobQueue
 
 def build(config: h.AppConfig, queue: JobQueue | None = None) -> gr.Blocks:
     queue = queue or JobQueue(config.jobs_dir, config.keep_s)
-    jobs: dict[str, object] = {}          # session hash -> that visitor's current job
 
     def sample():
         return h.make_sample(tempfile.mkdtemp(prefix="sample-", dir=config.jobs_dir))
@@ -23,29 +22,33 @@ def build(config: h.AppConfig, queue: JobQueue | None = None) -> gr.Blocks:
         req = h.RunRequest(video, audio, model, weights, random_weights, device or None,
                            dtype or None, detect_every, steps, guidance, fps, face)
         try:
-            jobs[request.session_hash] = h.start_run(queue, config, req)
+            job = h.start_run(queue, config, req, owner=request.session_hash)
         except h.UsageError as exc:
             raise gr.Error(f"lipgraph: {exc}", print_exception=False)
-        return h.status_text(queue, jobs[request.session_hash])
+        return h.status_text(queue, job)
 
     def poll(request: gr.Request):
-        v = h.view(queue, jobs.get(request.session_hash))
+        v = h.view(queue, queue.latest(request.session_hash, "run"))
         chart = pd.DataFrame(v["chart"] or [], columns=["stage", "state", "seconds"])
         return (v["status"], v["progress"], pd.DataFrame(v["stages"], columns=h.STAGE_COLUMNS),
                 v["video"], v["files"] or None, v["summary"], chart)
 
     def cancel(request: gr.Request):
-        return h.cancel(queue, jobs.get(request.session_hash))
+        return h.cancel(queue, queue.latest(request.session_hash, "run"))
+
+    def ab_cancel(request: gr.Request):
+        return h.cancel(queue, queue.latest(request.session_hash, "ab"))
 
     def ab_run(video, audio, weights, random_weights, request: gr.Request):
         try:
-            jobs["ab:" + request.session_hash] = h.start_ab(queue, config, video, audio, weights, random_weights)
+            job = h.start_ab(queue, config, video, audio, weights, random_weights,
+                             owner=request.session_hash)
         except h.UsageError as exc:
             raise gr.Error(f"lipgraph: {exc}", print_exception=False)
-        return h.status_text(queue, jobs["ab:" + request.session_hash])
+        return h.status_text(queue, job)
 
     def ab_poll(request: gr.Request):
-        v = h.ab_view(queue, jobs.get("ab:" + request.session_hash))
+        v = h.ab_view(queue, queue.latest(request.session_hash, "ab"))
         return v["status"], v["video"], v["report"], v["files"] or None
 
     with gr.Blocks(title="lipgraph") as page:
@@ -92,12 +95,15 @@ def build(config: h.AppConfig, queue: JobQueue | None = None) -> gr.Blocks:
         with gr.Tab("A/B"):
             gr.Markdown("MuseTalk and LatentSync on the same input: input | A | B side by side, "
                         "and the comparison report.")
-            ab_go = gr.Button("Compare", variant="primary", elem_id="ab-run")
+            with gr.Row():
+                ab_go = gr.Button("Compare", variant="primary", elem_id="ab-run")
+                ab_stop = gr.Button("Cancel", elem_id="ab-cancel")
             ab_status = gr.Markdown("No comparison yet.")
             ab_video = gr.Video(label="Side by side", interactive=False)
             ab_report = gr.Markdown()
             ab_files = gr.File(label="Report", file_count="multiple", interactive=False)
             ab_go.click(ab_run, [video, audio, weights, random_weights], ab_status)
+            ab_stop.click(ab_cancel, None, ab_status)
             gr.Timer(1.0).tick(ab_poll, None, [ab_status, ab_video, ab_report, ab_files])
     page.allowed = [os.path.abspath(config.jobs_dir)]
     return page
