@@ -77,16 +77,14 @@ class PreparedStore:
             self.data.seek(int(slot["offset"]))
             blob = self.data.read(int(slot["length"]))
             self.data.seek(0, os.SEEK_END)
-        if zlib.crc32(blob) != int(slot["crc"]):
-            self.damaged += 1
-            self.index[src]["length"] = 0
-            return None
         try:
-            return decode_record(zlib.decompress(blob))
+            if zlib.crc32(blob) == int(slot["crc"]):
+                return decode_record(zlib.decompress(blob))
         except (ValueError, zlib.error):
-            self.damaged += 1
-            self.index[src]["length"] = 0
-            return None
+            pass
+        self.damaged += 1
+        self.index[src]["length"] = 0
+        return None
 
     def put(self, src: int, record: dict) -> None:
         if not 0 <= src < len(self.index):
@@ -166,18 +164,13 @@ def decode_record(blob: bytes) -> dict:
 
 def record_of(data: dict) -> dict:
     """The storable fields of a frame's data (masks as float16: within 1/2000 of the value)."""
-    rec = {}
-    for k in CACHED:
-        if k in data:
-            v = data[k]
-            if k == "mask" and v is not None:
-                v = np.asarray(v, np.float16)
-            rec[k] = v
+    rec = {k: data[k] for k in CACHED if k in data}
+    if rec.get("mask") is not None:
+        rec["mask"] = np.asarray(rec["mask"], np.float16)
     return rec
 
 
 def restore(data: dict, record: dict) -> None:
-    for k, v in record.items():
-        if k == "mask" and v is not None:
-            v = v.astype(np.float32)
-        data[k] = v
+    data.update(record)
+    if record.get("mask") is not None:
+        data["mask"] = record["mask"].astype(np.float32)

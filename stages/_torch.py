@@ -13,6 +13,9 @@ _models: dict = {}
 _lock = threading.Lock()
 
 DEVICE_PARAMS = {"device": "auto", "dtype": "auto"}
+# dtype param -> torch dtype name ("auto": float16 on CUDA, float32 on CPU)
+DTYPES = {"float16": "float16", "fp16": "float16", "half": "float16", "bfloat16": "bfloat16",
+          "bf16": "bfloat16", "float32": "float32", "fp32": "float32", "float": "float32"}
 
 
 def resolve_device(device: str) -> str:
@@ -27,17 +30,13 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str):
-    """'auto' is float16 on CUDA and float32 on CPU."""
     import torch
     dtype = (dtype or "auto").strip()
     if dtype == "auto":
         return torch.float16 if device.startswith("cuda") else torch.float32
-    table = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
-    if dtype not in table:
+    if dtype not in DTYPES:
         raise ValueError(f"dtype must be auto, float16, bfloat16 or float32, got {dtype!r}")
-    return table[dtype]
+    return getattr(torch, DTYPES[dtype])
 
 
 def check_device_params(params: dict) -> list[tuple[str, str]]:
@@ -46,7 +45,7 @@ def check_device_params(params: dict) -> list[tuple[str, str]]:
     if not (dev in ("auto", "cpu", "cuda", "mps") or dev.startswith("cuda:")):
         problems.append(("device", f"expected auto, cpu, cuda or cuda:N, got {dev!r}"))
     dt = str(params.get("dtype", "auto"))
-    if dt not in ("auto", "float16", "fp16", "half", "bfloat16", "bf16", "float32", "fp32", "float"):
+    if dt != "auto" and dt not in DTYPES:
         problems.append(("dtype", f"expected auto, float16, bfloat16 or float32, got {dt!r}"))
     return problems
 
@@ -117,10 +116,7 @@ class _Halving:
 
 
 def _halving_state(stage, what: str) -> _Halving:
-    states = stage.__dict__.setdefault("_oom_halving", {})
-    if what not in states:
-        states[what] = _Halving()
-    return states[what]
+    return stage.__dict__.setdefault("_oom_halving", {}).setdefault(what, _Halving())
 
 
 def _concat(parts: list):

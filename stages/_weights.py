@@ -52,13 +52,9 @@ def check_weights(graph) -> None:
 VAE_FILES = ["sd_vae_config", "sd_vae_weights"]
 
 
-def vae_required_weights(params) -> list[str]:
-    """What a stage with a `vae` param needs from the weights folder."""
-    return [] if params["vae"] else list(VAE_FILES)
-
-
 class VAEStageChecks:
     """The param and weights checks of the stages that run the shared VAE."""
+    random_weights = {"vae": "vae"}
 
     @classmethod
     def validate_params(cls, params):
@@ -67,14 +63,7 @@ class VAEStageChecks:
 
     @classmethod
     def required_weights(cls, params):
-        return vae_required_weights(params)
-
-
-def vae_folder(stage) -> str:
-    if stage.p["vae"]:
-        return stage.p["vae"]
-    found = resolve(stage, VAE_FILES)
-    return os.fspath(found["sd_vae_config"].parent)
+        return [] if params["vae"] else list(VAE_FILES)
 
 
 def load_shared_vae(stage):
@@ -83,6 +72,6 @@ def load_shared_vae(stage):
     from ._torch import resolve_device, resolve_dtype, shared_model
     device = resolve_device(stage.p["device"])
     dtype = resolve_dtype(stage.p["dtype"], device)
-    folder = vae_folder(stage)
+    folder = stage.p["vae"] or os.fspath(resolve(stage, VAE_FILES)["sd_vae_config"].parent)
     return shared_model(("vae", os.path.abspath(folder), device, str(dtype)),
                         lambda: load_vae(folder, device=device, dtype=dtype))

@@ -57,17 +57,14 @@ class FaceAlign(Stage):
     def process(self, item, port):
         if self.on:
             if item.data.get("box") is None:          # a cutaway: the shot ends
-                self._cut()
+                self.lanes.clear()
             elif "aligned" not in item.data:          # else aligned already (prepared cache)
                 self._align(item.data, self._smoother(item))
         yield "out", item
 
     def on_flush(self, flush, port):
-        self._cut()
-        yield from super().on_flush(flush, port)
-
-    def _cut(self) -> None:
         self.lanes.clear()
+        yield from super().on_flush(flush, port)
 
     def _smoother(self, item):
         """The smoother of the item's face track, new after a gap in that track's frames."""

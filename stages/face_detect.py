@@ -37,7 +37,7 @@ from lipgraph.vision.face_choice import FaceChoice, parse_choice, tracks_ids
 from lipgraph.vision.shots import ShotCuts
 
 from ._torch import (DEVICE_PARAMS, check_device_params, inference, resolve_device,
-                     resolve_dtype, run_halving)
+                     resolve_dtype, run_halving, shared_model)
 from .unet_model import bind_auto
 from .fields import names
 
@@ -134,7 +134,6 @@ class FaceDetect(Stage):
                                   "motion (detect.syncnet=off: the same, without this warning)")
             if path not in (None, "off"):
                 from lipgraph.models.syncnet import load_syncnet
-                from ._torch import shared_model
                 self.syncnet = shared_model(("syncnet", os.path.abspath(path), device),
                                             lambda: load_syncnet(path, device=device))
             self.loudness = SpeechLoudness(self.p["speech"], keep_s=0.0 if self.syncnet is None else KEEP_S)
@@ -180,8 +179,7 @@ class FaceDetect(Stage):
                           "detect.detector=s3fd / a lower detect.score_threshold)")
 
     def _start_choice(self, item) -> None:
-        fps = float(self.info.get("fps") or 25.0)
-        self.fps = fps
+        self.fps = fps = float(self.info.get("fps") or 25.0)
         scorer = None
         if self.syncnet is not None:
             from lipgraph.vision.speaker_syncnet import SyncNetConfidence
@@ -224,8 +222,7 @@ class FaceDetect(Stage):
         if not others or item.data.get("preroll"):     # pre-roll only warms up: one item
             yield "out", item
             return
-        n = len(others) + 1
-        item.data.update(face_slot=0, face_slots=n)
+        item.data.update(face_slot=0, face_slots=len(others) + 1)
         yield "out", item
         for slot, (box, tid) in enumerate(others, start=1):
             yield "out", Item(item.index, {**item.data, "box": box, "face_id": tid,
@@ -310,8 +307,6 @@ class FaceDetect(Stage):
         for it, boxes in zip(between, self._detect(between)):
             prev = self._choose(it, boxes, prev)
             it.data["box"] = prev
-
-
 
 
 def _bind_speech(params: dict, graph: dict) -> dict:

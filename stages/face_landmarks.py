@@ -67,10 +67,10 @@ class FaceLandmarks(Stage):
         sets = set() if self.p["sets"] in ("none", "auto") else set(self.p["sets"].split(","))
         self.held: list = []
         self.fan = self.lm106 = None
-        weights = self.p["weights"] or None
         if "106" in sets:
             from lipgraph.models.insightface import INSIGHTFACE_FILES, InsightFaceLandmarker
-            found, missing = find_optional(self.p["insightface"] or weights, list(INSIGHTFACE_FILES))
+            found, missing = find_optional(self.p["insightface"] or self.p["weights"],
+                                           list(INSIGHTFACE_FILES))
             if missing is None:
                 # upstream hands InsightFace its RGB frames where BGR is expected: the same here
                 providers = None if self.p["device"] == "auto" else self.p["device"]
@@ -86,7 +86,7 @@ class FaceLandmarks(Stage):
             from lipgraph.models.landmarks import FANLandmarks, load_fan
             path, missing = self.p["fan"], None
             if not path:
-                found, missing = find_optional(weights, ["fan_landmarks"])
+                found, missing = find_optional(self.p["weights"], ["fan_landmarks"])
                 path = found.get("fan_landmarks")
             if missing is not None:
                 self.ctx.warn(f"FAN landmark weights not found: MuseTalk's face box is the "

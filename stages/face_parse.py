@@ -21,16 +21,14 @@ from .fields import names
 class FaceParse(Stage):
     params = {"weights": "", "parser": "", "mode": "jaw", "parse_every": 1, "expand": 1.5,
               **DEVICE_PARAMS}
-    # param -> the file of the random models it takes (models/random_weights.py)
     random_weights = {"parser": "parser"}
     reads = names("frame")          # and face_box, on MuseTalk's batches
     writes = names("crop_box", "mask")
+    choices = {"mode": ("jaw", "raw", "neck")}
 
     @classmethod
     def validate_params(cls, params):
         problems = check_device_params(params)
-        if params["mode"] not in ("jaw", "raw", "neck"):
-            problems.append(("mode", f"expected jaw, raw or neck, got {params['mode']!r}"))
         if params["parse_every"] < 1:
             problems.append(("parse_every", "must be >= 1"))
         return problems

@@ -23,6 +23,8 @@ one sink is not capped by one thread's per-frame work; the same frames and times
 `join: false` leaves the segments for whoever joins the parts of a split job."""
 from __future__ import annotations
 
+import os
+
 from lipgraph.graph.ordering import OrderedMerge
 from lipgraph.graph.stage import Stage
 
@@ -75,15 +77,13 @@ class Mux(Stage):
 
     @classmethod
     def check_files(cls, params):
-        import os
-
-        from lipgraph.media.writer import _FORMATS
+        from lipgraph.media.writer import container_format
         path = os.path.abspath(params["path"])
-        folder, name = os.path.split(path)
-        ext = os.path.splitext(name)[1].lower()
-        if ext not in _FORMATS:
-            return [f"{path}: unsupported output extension {ext!r}, expected one of "
-                    f"{', '.join(sorted(_FORMATS))}"]
+        folder = os.path.dirname(path)
+        try:
+            container_format(path)
+        except ValueError as exc:
+            return [str(exc)]
         if os.path.isdir(path):
             return [f"{path}: the output path is a folder"]
         if not os.path.isdir(folder):
@@ -120,9 +120,6 @@ class Mux(Stage):
         self.info.update(info.data)
         if "start_index" in info.data:
             self._write(self.merge.set_start(info.data["start_index"]))
-        return ()
-
-    def on_flush(self, flush, port):
         return ()
 
     def process(self, item, port):
@@ -197,28 +194,25 @@ class Mux(Stage):
             return self._finish()
 
     def _finish(self):
-        import os
         self.merge.finish()
+        empty = RuntimeError(f"{self.p['path']}: no frames to write (empty video, or audio "
+                             "shorter than one frame)")
+        if self.writer is None and self.manifest is None:
+            raise empty
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
         if self.manifest is not None:
             from lipgraph.media.segments import join_segments, remove_work_dir
-            if self.writer is not None:
-                self.writer.close()
-                self.writer = None
             if not self.p["join"]:
                 return ()           # one part of a split job: the driver joins the parts
             if not self.manifest.segments:
-                raise RuntimeError(f"{self.p['path']}: no frames to write (empty video, or audio "
-                                   "shorter than one frame)")
+                raise empty
             join_segments(self.manifest, self.p["path"], self.p["audio"] or None,
                           self.p["sidecar"] or None, self.metadata(self.p),
                           on_temp=self.ctx.register_temp, progress=self.ctx.heartbeat)
             remove_work_dir(self.manifest.folder)
             return ()
-        if self.writer is None:
-            raise RuntimeError(f"{self.p['path']}: no frames to write (empty video, or audio "
-                               "shorter than one frame)")
-        self.writer.close()
-        self.writer = None
         if self.sidecar:
             self.sidecar.close()
             self.sidecar = None
@@ -237,6 +231,5 @@ def encoder_count(value) -> int:
     """`encoders: auto`: one segment encoder per 4 cores (each encoder threads itself), 1 to 4."""
     if value != "auto":
         return int(value)
-    import os
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(4, cores // 4))

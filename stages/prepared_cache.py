@@ -26,9 +26,9 @@ _NOT_SHAPING = {"batch_size"}
 _MODEL_PARAMS = ("weights", "vae", "parser", "fan", "insightface", "mask")
 
 
-def cache_key(graph: dict) -> tuple[str, str]:
-    """(video id, params key) for the graph being bound: the key digests the video's
-    identity and every param and model file that shapes the video-side work."""
+def cache_key(graph: dict) -> tuple[str, str, str]:
+    """(video path, video id, params key) for the graph being bound: the key digests the
+    video's identity and every param and model file that shapes the video-side work."""
     from lipgraph.media.identity import file_identity
     video = next(s.params["path"] for s in graph.values() if s.type == "video_source")
     ident = file_identity(video)
@@ -45,7 +45,7 @@ def cache_key(graph: dict) -> tuple[str, str]:
     meta = {"video": ident, "stages": shaping}
     video_id = hashlib.sha256(ident["path"].encode()).hexdigest()[:16]
     key = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    return video_id, key
+    return video, video_id, key
 
 
 class _CacheStage(Stage):
@@ -61,9 +61,7 @@ class _CacheStage(Stage):
             raise ValueError("the prepared-video cache keeps one face per frame: dub several "
                              "faces of a frame (--dub, face: ID+ID) without --cache")
         if params["dir"] and not params["key"]:
-            params["video_id"], params["key"] = cache_key(graph)
-            params["video"] = next(s.params["path"] for s in graph.values()
-                                   if s.type == "video_source")
+            params["video"], params["video_id"], params["key"] = cache_key(graph)
         return params
 
     def open(self):

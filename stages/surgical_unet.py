@@ -17,10 +17,14 @@ With `fallback: none` a failure stops the run with the stage, window and reason.
 """
 from __future__ import annotations
 
+import os
+
 from lipgraph.graph.stage import Stage
 
 from ._torch import DEVICE_PARAMS, check_device_params, free_cuda_cache, is_oom
 from .fields import names, unet_inputs
+from .unets import unet_class
+from .unets.musetalk import MuseTalkUNet
 
 # what a window falling back to MuseTalk drops: LatentSync's inputs and any partial output
 _DISCARD = unet_inputs("latentsync") + names("pred")
@@ -34,7 +38,6 @@ class SurgicalUNet(Stage):
               "version": "auto", "unet3d": "", "unet3d_config": "", "steps": 20, "guidance": 1.5,
               "cache_interval": 0, "seed": 1247,
               **DEVICE_PARAMS}
-    # param -> the file of the random models it takes (models/random_weights.py)
     random_weights = {"unet": "unet", "unet_config": "unet_config", "vae": "vae",
                       "unet3d": "unet3d", "unet3d_config": "unet3d_config"}
     renamed = {"backend": "model"}
@@ -45,7 +48,6 @@ class SurgicalUNet(Stage):
 
     @classmethod
     def validate_params(cls, params):
-        from .unets import unet_class
         problems = check_device_params(params)
         try:
             unet_class(params["model"])
@@ -70,11 +72,9 @@ class SurgicalUNet(Stage):
         from .unets.latentsync import LatentSyncUNet
         need = LatentSyncUNet.required_weights(params)
         missing = None
-        if not need:
-            import os
-            if not os.path.exists(params["unet3d"]):
-                missing = f"{params['unet3d']} does not exist"
-        else:
+        if not need and not os.path.exists(params["unet3d"]):
+            missing = f"{params['unet3d']} does not exist"
+        elif need:
             from lipgraph.models.weight_finder import MissingWeightsError, resolve_weights
             try:
                 resolve_weights(params["weights"] or None, need)
@@ -88,16 +88,12 @@ class SurgicalUNet(Stage):
 
     @classmethod
     def required_weights(cls, params):
-        from .unets import unet_class
         need = list(unet_class(params["model"]).required_weights(params))
         if params["model"] != "musetalk" and params["fallback"] == "musetalk":
-            from .unets.musetalk import MuseTalkUNet
             need += MuseTalkUNet.required_weights(params)
         return need
 
     def open(self):
-        from .unets import unet_class
-        from .unets.musetalk import MuseTalkUNet
         name = self.p["model"]
         self.fallback = None
         if name != "musetalk" and self.p["fallback"] == "musetalk":
@@ -156,8 +152,6 @@ def _reason(exc: BaseException) -> str:
 def checkpoint_version(unet3d: str, weights: str) -> str:
     """`version: auto`: 1.6 or 1.5 by the checkpoint found (a published file is known by its
     size, in our layout by its folder); 1.5 when nothing tells."""
-    import os
-
     from lipgraph.models.weight_finder import find_weight, shared_variant
     from lipgraph.models.weight_table import WEIGHT_FILES
     by_name = {"latentsync15_unet": "1.5", "latentsync16_unet": "1.6"}

@@ -30,6 +30,9 @@ class SyntheticFailure(RuntimeError):
     pass
 
 
+_FAULTS = {"fail_at": -1, "kill_at": -1, "hang_at": -1}     # what _maybe_fail reads
+
+
 def _maybe_fail(stage: Stage, index: int) -> None:
     if index == stage.p.get("fail_at", -1):
         raise SyntheticFailure(f"synthetic failure at index {index}")
@@ -68,7 +71,7 @@ class SyntheticSource(Stage):
     inputs = ()
     outputs = ("out",)
     params = {"count": 100, "shape": [8, 8, 3], "fps": 25.0, "start_index": 0, "delay_s": 0.0,
-              "fail_at": -1, "kill_at": -1, "hang_at": -1, "fresh": True}
+              "fresh": True, **_FAULTS}
 
     def generate(self):
         n, start = self.p["count"], self.p["start_index"]
@@ -89,8 +92,7 @@ class SyntheticMap(Stage):
     sleeping, `spin_s` on the CPU), failure, kill."""
 
     stateless = True
-    params = {"add": 0, "delay_s": 0.0, "vary": False, "spin_s": 0.0, "fail_at": -1,
-              "kill_at": -1, "hang_at": -1, "fail_once": ""}
+    params = {"add": 0, "delay_s": 0.0, "vary": False, "spin_s": 0.0, "fail_once": "", **_FAULTS}
 
     def process(self, item, port):
         for m in item.members():
@@ -155,12 +157,9 @@ class SyntheticZip(Stage):
 def bypass_predicate(spec: str):
     """'none', 'all', 'alternate', 'runs:A:B' (A long then B bypassed), 'random:P:SEED'."""
     kind, *args = spec.split(":")
-    if kind == "none":
-        return lambda i: False
-    if kind == "all":
-        return lambda i: True
-    if kind == "alternate":
-        return lambda i: i % 2 == 1
+    fixed = {"none": lambda i: False, "all": lambda i: True, "alternate": lambda i: i % 2 == 1}
+    if kind in fixed:
+        return fixed[kind]
     if kind == "runs":
         a, b = int(args[0]), int(args[1])
         return lambda i: i % (a + b) >= a
@@ -185,7 +184,7 @@ class SyntheticRouter(_Holding):
     """Batches long-path items, sends the others down `bypass` (a stand-in batch builder)."""
 
     outputs = ("main", "bypass")
-    params = {"batch_size": 4, "bypass": "alternate", "fail_at": -1, "kill_at": -1, "hang_at": -1}
+    params = {"batch_size": 4, "bypass": "alternate", **_FAULTS}
 
     @classmethod
     def validate_params(cls, params):
@@ -211,7 +210,7 @@ class SyntheticRouter(_Holding):
 class SyntheticBatchMap(Stage):
     """A batched model stand-in: `delay_s` per batch plus `per_item_s` per item."""
 
-    params = {"delay_s": 0.0, "per_item_s": 0.0, "fail_at": -1, "kill_at": -1, "hang_at": -1}
+    params = {"delay_s": 0.0, "per_item_s": 0.0, **_FAULTS}
 
     def process(self, batch, port):
         for m in batch.members():
@@ -249,8 +248,7 @@ class SyntheticSink(Stage):
     (a temporary file renamed on success). Records index, frame value and trail."""
 
     outputs = ()
-    params = {"path": "", "inputs": ["in"], "delay_s": 0.0, "fail_at": -1, "kill_at": -1,
-              "hang_at": -1}
+    params = {"path": "", "inputs": ["in"], "delay_s": 0.0, **_FAULTS}
 
     @classmethod
     def ports(cls, params):
@@ -276,12 +274,8 @@ class SyntheticSink(Stage):
             self._write(self.merge.set_start(info.data["start_index"]))
         return ()
 
-    def on_flush(self, flush, port):
-        return ()
-
     def process(self, item, port):
-        msgs = self.merge.push(port, item) if self.merge else [item]
-        self._write(msgs)
+        self._write(self.merge.push(port, item) if self.merge else [item])
         return ()
 
     def on_eos(self, port):

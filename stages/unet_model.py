@@ -12,10 +12,7 @@ from __future__ import annotations
 
 def unet_params(graph) -> dict | None:
     """Params of the graph's surgical_unet stage (None if it has none)."""
-    for spec in graph.values():
-        if spec.type == "surgical_unet":
-            return spec.params
-    return None
+    return next((spec.params for spec in graph.values() if spec.type == "surgical_unet"), None)
 
 
 def graph_models(graph) -> list[str]:

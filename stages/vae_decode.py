@@ -10,8 +10,6 @@ from .fields import names
 
 class VAEDecode(VAEStageChecks, Stage):
     params = {"weights": "", "vae": "", **DEVICE_PARAMS}
-    # param -> the file of the random models it takes (models/random_weights.py)
-    random_weights = {"vae": "vae"}
     reads = names("pred")
     writes = names("face")
 

@@ -22,8 +22,6 @@ class VAEEncode(VAEStageChecks, Stage):
     # keep: also leave each frame's latents on the frame (for the prepared cache)
     params = {"model": "auto", "weights": "", "vae": "", "sample": False, "seed": 0,
               "keep": "auto", **DEVICE_PARAMS}
-    # param -> the file of the random models it takes (models/random_weights.py)
-    random_weights = {"vae": "vae"}
     choices = {"model": ("auto", "musetalk", "latentsync")}
     renamed = {"convention": "model"}
     reads = ()              # crops or aligned faces, by model

@@ -179,26 +179,22 @@ class VideoSource(Stage):
         from lipgraph.media.pingpong import PingPongReader
         from lipgraph.media.resample import ResampledReader
         from lipgraph.media.video import VideoReader
-        if self.rate is not None:
-            with ResampledReader(self.p["path"], self.rate, self.total, chunk=self.p["chunk"],
-                                 threads=self.p["threads"], start=self.first) as r:
-                for f in r:
-                    yield f.index, f.time, f.image, f.source_index, f.undecodable
-            return
+        path, threads = self.p["path"], self.p["threads"]
         src_duration = self.vinfo.frame_count / self.fps
+        if self.rate is not None:
+            reader = ResampledReader(path, self.rate, self.total, chunk=self.p["chunk"],
+                                     threads=threads, start=self.first)
         # containers that do not store a frame count (Matroska, WebM) only estimate it:
         # the ping-pong reader counts the packets, so let it decide whether to turn back
-        if self.limit_s is not None and (not self.vinfo.frame_count_exact
-                                         or self.limit_s > src_duration + 1e-6):
-            with PingPongReader(self.p["path"], self.total, chunk=self.p["chunk"],
-                                threads=self.p["threads"], start=self.first) as r:
-                for f in r:
-                    yield f.index, f.time, f.image, f.source_index, f.undecodable
+        elif self.limit_s is not None and (not self.vinfo.frame_count_exact
+                                           or self.limit_s > src_duration + 1e-6):
+            reader = PingPongReader(path, self.total, chunk=self.p["chunk"], threads=threads,
+                                    start=self.first)
         else:
-            with VideoReader(self.p["path"], threads=self.p["threads"],
-                             start_index=self.first) as r:
-                for f in r:
-                    yield f.index, f.time, f.image, f.index, f.undecodable
+            reader = VideoReader(path, threads=threads, start_index=self.first)
+        with reader as r:
+            for f in r:
+                yield f.index, f.time, f.image, getattr(f, "source_index", f.index), f.undecodable
 
     def generate(self):
         v = self.vinfo
@@ -208,15 +204,14 @@ class VideoSource(Stage):
         self.ctx.set_total(max(0, end - self.first))
         yield "out", Info(start_index=self.first, total=self.total, fps=self.fps, width=v.width,
                           height=v.height, rotation=v.rotation, video_path=self.p["path"])
-        eps = 1e-6
         if start >= end:
             return                      # a resumed job whose frames are all done
         made = self.first
         for index, t, image, src, undecodable in self._frames():
             # a frame belongs to the output if it is shown entirely within the audio
-            if self.limit_s is not None and (index >= self.total or t + 1.0 / self.fps > self.limit_s + eps):
-                return
-            if index >= end:
+            beyond_audio = self.limit_s is not None and (index >= self.total
+                                                         or t + 1.0 / self.fps > self.limit_s + 1e-6)
+            if beyond_audio or index >= end:
                 return
             made = index + 1
             data = {"frame": image, "src_index": src}

@@ -28,7 +28,6 @@ class WhisperFeatures(Stage):
     outputs = ("out",)
     params = {"weights": "", "whisper": "", "model": "auto", **DEVICE_PARAMS}
     renamed = {"flavour": "model"}
-    # param -> the file of the random models it takes (models/random_weights.py)
     random_weights = {"whisper": "whisper"}
     reads = {"frames": names("box"), "audio": names("pcm")}     # and dub_pcm, when given
     writes = names(*FEATURE_KEYS.values())

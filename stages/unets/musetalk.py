@@ -13,12 +13,8 @@ class MuseTalkUNet:
 
     @staticmethod
     def required_weights(params) -> list[str]:
-        need = []
-        if not params["unet"]:
-            need.append("musetalk_unet")
-        if not params["unet_config"]:
-            need.append("musetalk_unet_config")
-        return need
+        files = {"unet": "musetalk_unet", "unet_config": "musetalk_unet_config"}
+        return [name for param, name in files.items() if not params[param]]
 
     def __init__(self, stage):
         from lipgraph.models.musetalk_unet import load_musetalk_unet
