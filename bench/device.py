@@ -19,6 +19,10 @@ H100; `--reduced`: tiny models, small frames, few steps, under 3 minutes on a 2-
 JSON is rewritten after every section; the exit status is 1 when any section failed. Random
 weights measure the work and the numerics, never lip-sync quality.
 
+One file over 400 lines on purpose: a GPU machine is lent for minutes, so everything it should
+measure (its plan, time budget, the sections and their recovery) is one command to copy there;
+the report's formatting lives apart in bench/device_report.py.
+
     python bench/device.py OUT [--device cuda|cpu] [--reduced] [--sections sanity,e2e,...]
                                [--keep DIR]
 """
