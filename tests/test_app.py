@@ -112,6 +112,16 @@ def test_each_visitor_sees_its_own_job_until_the_worker_sweeps_it(tmp_path):
     assert not any(os.path.exists(f) for f in folders)
 
 
+def test_an_idle_queue_with_keep_zero_does_not_spin(tmp_path):
+    queue = JobQueue(str(tmp_path), keep_s=0)
+    time.sleep(0.2)
+    cpu, wall = time.process_time(), time.monotonic()
+    time.sleep(1.0)
+    used = time.process_time() - cpu
+    assert used < 0.5 * (time.monotonic() - wall), f"idle worker used {used:.2f} s of CPU"
+    assert queue.jobs == {}
+
+
 def test_view_of_a_running_and_a_finished_job(tmp_path):
     queue = JobQueue(str(tmp_path))
     out = tmp_path / "out.mp4"

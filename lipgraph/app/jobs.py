@@ -78,7 +78,8 @@ class JobQueue:
         while True:
             with self.lock:
                 if not self.waiting:
-                    self.lock.wait(timeout=min(self.SWEEP_S, self.keep_s))
+                    # --keep 0 must not spin: a tenth of a second at the least
+                    self.lock.wait(timeout=max(0.1, min(self.SWEEP_S, self.keep_s)))
                 job = self.waiting.pop(0) if self.waiting else None
                 if job is not None:
                     job.state = "running"
