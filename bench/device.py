@@ -319,10 +319,9 @@ class Bench:
 
 
 def write_text(path: str, text: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
+    from lipgraph.media.partial import written_aside
+    with written_aside(path) as tmp, open(tmp, "w") as f:
         f.write(text)
-    os.replace(tmp, path)
 
 
 def stage_row(s: dict) -> dict:

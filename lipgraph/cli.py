@@ -186,7 +186,8 @@ def run_jobs_file(args) -> int:
                                stall_timeout_s=args.stall_timeout, check=preflight)
     print(scaleout.format_jobs(status), file=sys.stderr)
     report = os.path.splitext(args.jobs)[0] + ".report.json"
-    scaleout.write_report(report, status)
+    from lipgraph.graph.profile import write_json_atomic
+    write_json_atomic(report, status)
     print(f"report: {report}", file=sys.stderr)
     return 0 if all(r["status"] == "ok" for r in status) else 1
 

@@ -301,7 +301,8 @@ class AudioTrack:
         while self._skip and (cut := self._source.take(min(self._skip, 1 << 16)).shape[1]):
             self._skip -= cut
         samples = self._source.take(want)
-        return np.pad(samples, ((0, 0), (0, want - samples.shape[1])))
+        short = want - samples.shape[1]
+        return np.pad(samples, ((0, 0), (0, short))) if short else samples
 
     def encode_until(self, seconds: float) -> None:
         target = round(seconds * self.rate)

@@ -26,7 +26,6 @@ import time
 
 import yaml
 
-from lipgraph.graph.profile import write_json_atomic as write_report  # noqa: F401  (the jobs' report)
 from lipgraph.graph.spec import GraphError, load_graph
 from lipgraph.launch import make_runner
 from lipgraph.media.segments import Manifest, remove_work_dir

@@ -50,27 +50,35 @@ class Placement:
 
     def launch(self) -> RunError | None:
         """Start every worker; an error if the run cannot be placed at all (nothing started)."""
+        raise NotImplementedError
 
     def events(self, timeout: float):
         """The workers' messages, waiting up to `timeout` for the first."""
+        raise NotImplementedError
 
     def go(self) -> None:
         """Every worker has opened its stages: the sources may start."""
+        raise NotImplementedError
 
     def ended(self) -> dict:
         """Workers that have ended: key -> 0 (cleanly) or what ended them."""
+        raise NotImplementedError
 
     def lost(self, key: tuple, how) -> RunError:
         """The error of a worker that ended (`how`) without reporting one."""
+        raise NotImplementedError
 
     def progress(self):
         """What changes whenever anything moves, for the stall watchdog (None: not yet)."""
+        raise NotImplementedError
 
     def stall_error(self, timeout: float) -> RunError:
         """Nothing moved for `timeout` s: what each stage is doing, the stuck one named."""
+        raise NotImplementedError
 
     def stop_all(self, failed: bool) -> None:
         """Stop every worker still running and release what the placement holds."""
+        raise NotImplementedError
 
     def name(self, key: tuple) -> str:
         """How messages name a worker: "process of group 'gpu'[1] (stages: a, b)"."""

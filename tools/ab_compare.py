@@ -54,6 +54,9 @@ def compare(graphs: Sequence[str], video: str, audio: str, out_dir: str, *, weig
     os.makedirs(out_dir, exist_ok=True)
     runs = plan_runs(graphs, out_dir, sets, (sets_a, sets_b), lossless, weights)
     for run in runs:
+        if cancel is not None and cancel.is_set():      # cancelled between the two runs
+            from lipgraph.api import Cancelled
+            raise Cancelled(f"{run.label} ({run.name}) cancelled before it started", exit_code=130)
         print(f"ab_compare: running {run.label} ({run.name}) -> {run.output}", file=sys.stderr, flush=True)
         execute(run, video, audio, weights, runner, cancel)
         if run.error:

@@ -88,12 +88,11 @@ def execute(run: Run, video: str, audio: str, weights: str | None, runner: str, 
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        while cancel is not None and proc.poll() is None and not cancel.wait(0.2):
-            pass
-        if proc.poll() is None and cancel is not None:
-            _interrupt(proc)
-            from lipgraph.api import Cancelled
-            raise Cancelled(f"{run.label} ({run.name}) cancelled", exit_code=130)
+        while cancel is not None and proc.poll() is None:
+            if cancel.wait(0.2):
+                _interrupt(proc)
+                from lipgraph.api import Cancelled
+                raise Cancelled(f"{run.label} ({run.name}) cancelled", exit_code=130)
         run.exit_code = proc.wait()
     run.wall_s = round(time.perf_counter() - t0, 3)
     if run.exit_code != 0:
