@@ -56,7 +56,7 @@ class _CacheStage(Stage):
 
     @classmethod
     def bind(cls, params, graph, notes):
-        if params["dir"] and any("+" in str(s.params.get("face", "")) for s in graph.values()
+        if params["dir"] and any(_several_faces(s.params["face"]) for s in graph.values()
                                  if s.type == "face_detect"):
             raise ValueError("the prepared-video cache keeps one face per frame: dub several "
                              "faces of a frame (--dub, face: ID+ID) without --cache")
@@ -122,3 +122,12 @@ class CacheWrite(_CacheStage):
         if self.store is not None and self.p["lane"] == "faces":
             self.ctx.count("cache_bytes", self.store.size_bytes())
         return ()
+
+
+def _several_faces(face) -> bool:
+    """face: ID+ID dubs every listed face of a frame (an invalid value is face_detect's to report)."""
+    from lipgraph.vision.face_choice import parse_choice
+    try:
+        return parse_choice(face)[0] == "all"
+    except ValueError:
+        return False

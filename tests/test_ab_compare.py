@@ -485,3 +485,17 @@ def test_compare_musetalk_with_latentsync_counts_fallbacks_and_upper_face(tmp_pa
     assert b["cutaways"]["identical"] == 4
     md = open(out / "report.md").read()
     assert "surgical" in md and "PSNR outside mouth region" in md
+
+
+def test_fallbacks_per_face_follow_the_runs_count():
+    from lipgraph.tools.ab_metrics import face_fallbacks
+
+    def faces():
+        return {"1": {"models": {"latentsync": 10}}, "2": {"models": {"latentsync": 6, "musetalk": 4}}}
+    counted, none_counted, no_profile = faces(), faces(), faces()
+    face_fallbacks(counted, 4)          # the run counted fallbacks: MuseTalk frames are them
+    face_fallbacks(none_counted, 0)     # MuseTalk frames, but the run counted no fallback
+    face_fallbacks(no_profile, None)    # no profile: unknown
+    assert {k: f["fallback_frames"] for k, f in counted.items()} == {"1": 0, "2": 4}
+    assert {k: f["fallback_frames"] for k, f in none_counted.items()} == {"1": 0, "2": 0}
+    assert {k: f["fallback_frames"] for k, f in no_profile.items()} == {"1": None, "2": None}
